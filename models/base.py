@@ -1,0 +1,50 @@
+"""The contract every enhancement model follows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+
+Task = Literal["denoise", "super_resolution", "diffusion", "identity"]
+Spacing = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the node records about the model that made a derived series.
+
+    ``weights_sha256`` identifies the exact weights (or, for a classical filter, its
+    parameters): the node derives the equipment's DeviceUID from it, so any change of
+    weights gives a new DeviceUID.
+    """
+
+    name: str
+    version: str
+    task: Task
+    modality: str
+    description: str
+    weights_sha256: str
+    scale_factor: int = 1
+
+
+class Enhancer(Protocol):
+    """A model that maps a volume (z, y, x) in modality units to an enhanced volume."""
+
+    @property
+    def info(self) -> ModelInfo:
+        """Name, version, task and checksum of the model."""
+        ...
+
+    def __call__(self, volume: np.ndarray, spacing_mm: Spacing) -> tuple[np.ndarray, Spacing]:
+        """Return the enhanced volume (float32) and its voxel spacing (z, y, x) in mm."""
+        ...
+
+
+def parameters_sha256(name: str, parameters: dict[str, object]) -> str:
+    """A stable checksum of a parameterised filter, standing in for a weights checksum."""
+    canonical = json.dumps({"name": name, **parameters}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -1,0 +1,1 @@
+"""The HTTP edge: admin API (and, later, dashboard and DICOMweb routes)."""

@@ -1,0 +1,237 @@
+"""The ``pacs-node`` command (an entry point): serve, worker, echo, jobs, db, presets."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pacs_node.errors import ConfigError, EnhancementError
+from pacs_node.settings import CStoreDestination, Settings, load_settings
+
+app = typer.Typer(help="PACS Enhancement Node", no_args_is_help=True, add_completion=False)
+jobs_app = typer.Typer(help="Inspect enhancement jobs.", no_args_is_help=True)
+db_app = typer.Typer(help="Job database maintenance.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(db_app, name="db")
+console = Console()
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML overlay on configs/default.yaml", exists=True),
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _repository(settings: Settings) -> Any:
+    from pacs_node.db.migrate import is_current
+    from pacs_node.db.repository import JobRepository
+    from pacs_node.db.session import make_engine, make_session_factory
+
+    engine = make_engine(settings.db_url)
+    if not is_current(engine, settings.db_url):
+        console.print("[red]the job database is not migrated:[/red] run `pacs-node db upgrade`")
+        raise typer.Exit(2)
+    return JobRepository(make_session_factory(engine))
+
+
+def _json_default(value: object) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _time(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+@app.command()
+def serve(config: ConfigOption = None) -> None:
+    """Run the node: Storage SCP, series completion, admin API, and an embedded worker."""
+    settings = _settings(config)
+    _configure_logging(settings.log_level)
+    from pacs_node.node import serve as run_node
+
+    try:
+        run_node(settings)
+    except EnhancementError as exc:
+        console.print(f"[red]cannot start:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def worker(config: ConfigOption = None) -> None:
+    """Run a Celery worker for this node's queue (same as `celery -A workers.app worker`)."""
+    settings = _settings(config)
+    from pacs_node.node import worker_command, worker_environment
+
+    command = worker_command(settings, "worker-%h-" + str(os.getpid()))
+    os.execve(command[0], command, worker_environment(settings))
+
+
+@app.command()
+def echo(
+    peer: Annotated[str, typer.Argument(help="AET@host:port")],
+    calling_ae: Annotated[str, typer.Option(help="our AE title")] = "PACSNODE",
+    timeout_s: Annotated[float, typer.Option(help="connection timeout")] = 10.0,
+) -> None:
+    """Send a C-ECHO (DICOM ping) to a peer; exit status 0 on success."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    try:
+        destination = CStoreDestination.parse(peer)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    ae = AE(ae_title=calling_ae)
+    ae.connection_timeout = timeout_s
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not assoc.is_established:
+        console.print(f"[red]association with {destination} failed[/red]")
+        raise typer.Exit(1)
+    status = assoc.send_c_echo()
+    assoc.release()
+    code = int(status.Status) if "Status" in status else None
+    if code != 0:
+        console.print(f"[red]C-ECHO to {destination} failed: status {code}[/red]")
+        raise typer.Exit(1)
+    console.print(f"C-ECHO to {destination}: success")
+
+
+@jobs_app.command("list")
+def jobs_list(
+    config: ConfigOption = None,
+    status: Annotated[str | None, typer.Option(help="only jobs in this state")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List jobs, newest first."""
+    from pacs_node.db.models import JobStatus
+
+    settings = _settings(config)
+    try:
+        wanted = JobStatus(status.upper()) if status else None
+    except ValueError as exc:
+        choices = ", ".join(s.value for s in JobStatus)
+        console.print(f"[red]unknown status {status!r}; one of {choices}[/red]")
+        raise typer.Exit(2) from exc
+    jobs = _repository(settings).list_jobs(status=wanted, limit=limit)
+    if as_json:
+        typer.echo(json.dumps([asdict(j) for j in jobs], default=_json_default, indent=2))
+        return
+    table = Table(title=f"Jobs ({len(jobs)})")
+    for column in ("ID", "Status", "Preset", "Modality", "Series", "Instances", "From", "Updated", "Error"):
+        table.add_column(column)
+    for job in jobs:
+        table.add_row(
+            str(job.id),
+            job.status.value,
+            job.preset,
+            job.modality or "",
+            f"{job.series_number or ''} {job.series_description or ''}".strip(),
+            str(job.instance_count),
+            job.calling_ae_title or "",
+            _time(job.updated_at),
+            (job.error_message or "")[:60],
+        )
+    console.print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(
+    job_id: Annotated[int, typer.Argument(help="job ID")],
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Show one job with its event trail and send results."""
+    settings = _settings(config)
+    job = _repository(settings).get_job(job_id)
+    if job is None:
+        console.print(f"[red]job {job_id} not found[/red]")
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(asdict(job), default=_json_default, indent=2))
+        return
+    console.print(f"[bold]Job {job.id}[/bold]  {job.status.value}  preset {job.preset}")
+    for label, value in (
+        ("Study", job.study_instance_uid),
+        ("Series", job.series_instance_uid),
+        ("Description", f"{job.series_number or ''} {job.series_description or ''}".strip()),
+        ("Modality", job.modality),
+        ("Instances", job.instance_count),
+        ("From", f"{job.calling_ae_title} -> {job.called_ae_title}"),
+        ("Destination", job.destination),
+        ("Attempts", job.attempts),
+        ("Derived series", job.output_series_instance_uid),
+        ("Error", f"{job.error_code}: {job.error_message}" if job.error_message else None),
+    ):
+        console.print(f"  {label:<15} {value if value not in (None, '') else '-'}")
+    events = Table(title="Events")
+    for column in ("Time", "Status", "Message"):
+        events.add_column(column)
+    for event in job.events:
+        events.add_row(_time(event.at), event.status.value, event.message)
+    console.print(events)
+    if job.outputs:
+        from pynetdicom.status import code_to_category
+
+        sent_ok = sum(
+            1
+            for o in job.outputs
+            if o.send_status is not None
+            and code_to_category(o.send_status) in ("Success", "Warning")
+        )
+        console.print(f"  Outputs: {len(job.outputs)} derived instances, {sent_ok} acknowledged")
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Create or migrate the job database to the newest schema."""
+    settings = _settings(config)
+    from pacs_node.db.migrate import upgrade
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    console.print("job database is up to date")
+
+
+@app.command()
+def presets() -> None:
+    """List the enhancement presets with their model versions and checksums."""
+    from models.registry import get_preset, preset_names
+
+    table = Table(title="Presets")
+    for column in ("Preset", "Model", "Version", "Task", "SHA-256"):
+        table.add_column(column)
+    for name in preset_names():
+        info = get_preset(name, device="cpu").info
+        table.add_row(name, info.name, info.version, info.task, info.weights_sha256[:16])
+    console.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,90 @@
+"""Series completion: a quiet series becomes a QUEUED (or SKIPPED) job and is published."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from pacs_node.db.models import JobStatus
+from pacs_node.db.repository import JobRepository
+from pacs_node.dicom.classify import series_skip_reason
+from pacs_node.dispatch import Dispatcher
+from pacs_node.errors import DispatchError
+
+logger = logging.getLogger(__name__)
+
+
+class CompletionMonitor:
+    """Polls the job database; every step is idempotent so several nodes may run it.
+
+    A job whose series received no instance for ``series_timeout_s`` is closed: SKIPPED
+    with the reason when the series is not enhanceable, else QUEUED. QUEUED jobs not yet
+    in the broker are published; if the broker is down they stay and are retried, so an
+    accepted series is never lost. Jobs left in RECEIVING by a restart are picked up too.
+    """
+
+    def __init__(
+        self,
+        repository: JobRepository,
+        dispatcher: Dispatcher,
+        series_timeout_s: float,
+        interval_s: float,
+    ) -> None:
+        self._repository = repository
+        self._dispatcher = dispatcher
+        self._quiet_for = timedelta(seconds=series_timeout_s)
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _skip_reason(self, job_id: int) -> str | None:
+        headers = []
+        for item in self._repository.job_inputs(job_id):
+            try:
+                headers.append(pydicom.dcmread(Path(item.path), stop_before_pixels=True))
+            except (OSError, InvalidDicomError) as exc:
+                return f"stored instance {item.sop_instance_uid} is unreadable: {exc}"
+        if not headers:
+            return "the series has no stored instances"
+        return series_skip_reason(headers)
+
+    def run_once(self) -> None:
+        """Close every quiet series and publish every undispatched job."""
+        for job_id in self._repository.due_receiving_jobs(self._quiet_for):
+            reason = self._skip_reason(job_id)
+            status = self._repository.close_receiving(job_id, self._quiet_for, reason)
+            if status is JobStatus.SKIPPED:
+                logger.info("job %d skipped: %s", job_id, reason)
+            elif status is JobStatus.QUEUED:
+                logger.info("job %d queued", job_id)
+        for job_id in self._repository.undispatched_jobs():
+            try:
+                self._dispatcher.enqueue(job_id)
+            except DispatchError as exc:
+                logger.warning("%s; will retry", exc)
+                return
+            self._repository.mark_dispatched(job_id)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # noqa: BLE001 - the loop must outlive a database hiccup
+                logger.exception("completion monitor round failed; retrying")
+            self._stop.wait(self._interval_s)
+
+    def start(self) -> None:
+        """Run in a daemon thread until ``stop()``."""
+        self._thread = threading.Thread(target=self._loop, name="completion-monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and wait for its current round."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)

@@ -1,0 +1,1 @@
+"""The job database: typed models, session factory, repository and migrations."""

@@ -1,0 +1,429 @@
+"""Every read and write of the job database, as short transactions with plain results."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from pacs_node.db.models import Instance, Job, JobEvent, JobOutput, JobStatus, Series, utcnow
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """What the receiver knows of one instance it has just written to disk."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str | None
+    series_number: int | None
+    series_description: str | None
+    path: str
+    size_bytes: int
+    calling_ae_title: str | None
+    called_ae_title: str | None
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """Result of recording an instance: its job and whether it was already known."""
+
+    job_id: int | None
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class EventView:
+    """One audit-trail line."""
+
+    at: datetime
+    status: JobStatus
+    message: str
+    actor: str
+
+
+@dataclass(frozen=True)
+class OutputView:
+    """One derived instance and its send result."""
+
+    sop_instance_uid: str
+    source_sop_instance_uid: str
+    path: str
+    send_status: int | None
+    send_message: str | None
+    sent_at: datetime | None
+
+
+@dataclass(frozen=True)
+class InputView:
+    """One received instance of a job."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: str
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as the CLI, API and worker see it, detached from any session."""
+
+    id: int
+    status: JobStatus
+    preset: str
+    destination: str | None
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str | None
+    series_number: int | None
+    series_description: str | None
+    calling_ae_title: str | None
+    called_ae_title: str | None
+    instance_count: int
+    attempts: int
+    error_code: str | None
+    error_message: str | None
+    output_series_instance_uid: str | None
+    created_at: datetime
+    updated_at: datetime
+    last_instance_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    events: list[EventView] = field(default_factory=list)
+    outputs: list[OutputView] = field(default_factory=list)
+
+
+def _view(job: Job, *, details: bool) -> JobView:
+    return JobView(
+        id=job.id,
+        status=job.status,
+        preset=job.preset,
+        destination=job.destination,
+        study_instance_uid=job.series.study_instance_uid,
+        series_instance_uid=job.series.series_instance_uid,
+        modality=job.series.modality,
+        series_number=job.series.series_number,
+        series_description=job.series.series_description,
+        calling_ae_title=job.calling_ae_title,
+        called_ae_title=job.called_ae_title,
+        instance_count=job.instance_count,
+        attempts=job.attempts,
+        error_code=job.error_code,
+        error_message=job.error_message,
+        output_series_instance_uid=job.output_series_instance_uid,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        last_instance_at=job.last_instance_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        events=[EventView(e.at, e.status, e.message, e.actor) for e in job.events]
+        if details
+        else [],
+        outputs=[
+            OutputView(
+                o.sop_instance_uid,
+                o.source_sop_instance_uid,
+                o.path,
+                o.send_status,
+                o.send_message,
+                o.sent_at,
+            )
+            for o in job.outputs
+        ]
+        if details
+        else [],
+    )
+
+
+class JobRepository:
+    """The job database behind one session factory; each method is one transaction."""
+
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self._sessions = session_factory
+
+    # -- receiving -----------------------------------------------------------------
+
+    def find_instance(self, sop_instance_uid: str) -> bool:
+        """Whether an instance with this SOP Instance UID is already stored."""
+        with self._sessions() as session:
+            found = session.scalar(
+                select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)
+            )
+            return found is not None
+
+    def record_instance(
+        self, received: ReceivedInstance, *, preset: str, destination: str | None
+    ) -> StoreOutcome:
+        """Record a stored instance and attach it to its series' open job.
+
+        The series' job in RECEIVING is reused; if the series has none (first
+        instance, or new instances after an earlier job finished) one is created.
+        A duplicate SOP Instance UID changes nothing and is reported as such.
+        """
+        for attempt in range(3):
+            try:
+                return self._record_instance_once(received, preset, destination)
+            except IntegrityError:
+                # A concurrent association inserted the same series or instance first
+                # (PostgreSQL); the next attempt sees its row.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _record_instance_once(
+        self, received: ReceivedInstance, preset: str, destination: str | None
+    ) -> StoreOutcome:
+        now = utcnow()
+        with self._sessions.begin() as session:
+            existing = session.scalar(
+                select(Instance).where(Instance.sop_instance_uid == received.sop_instance_uid)
+            )
+            if existing is not None:
+                return StoreOutcome(job_id=existing.job_id, duplicate=True)
+            series = session.scalar(
+                select(Series)
+                .where(Series.series_instance_uid == received.series_instance_uid)
+                .with_for_update()
+            )
+            if series is None:
+                series = Series(
+                    study_instance_uid=received.study_instance_uid,
+                    series_instance_uid=received.series_instance_uid,
+                    modality=received.modality,
+                    series_number=received.series_number,
+                    series_description=received.series_description,
+                    created_at=now,
+                )
+                session.add(series)
+                session.flush()
+            job = session.scalar(
+                select(Job).where(Job.series_id == series.id, Job.status == JobStatus.RECEIVING)
+            )
+            if job is None:
+                job = Job(
+                    series_id=series.id,
+                    status=JobStatus.RECEIVING,
+                    preset=preset,
+                    destination=destination,
+                    calling_ae_title=received.calling_ae_title,
+                    called_ae_title=received.called_ae_title,
+                    instance_count=0,
+                    attempts=0,
+                    created_at=now,
+                    updated_at=now,
+                    last_instance_at=now,
+                )
+                session.add(job)
+                session.flush()
+                message = f"first instance received from {received.calling_ae_title or '?'}"
+                session.add(JobEvent(job_id=job.id, status=JobStatus.RECEIVING, message=message))
+            job.instance_count += 1
+            job.last_instance_at = now
+            session.add(
+                Instance(
+                    series_id=series.id,
+                    job_id=job.id,
+                    sop_instance_uid=received.sop_instance_uid,
+                    sop_class_uid=received.sop_class_uid,
+                    transfer_syntax_uid=received.transfer_syntax_uid,
+                    path=received.path,
+                    size_bytes=received.size_bytes,
+                    calling_ae_title=received.calling_ae_title,
+                    received_at=now,
+                )
+            )
+            return StoreOutcome(job_id=job.id, duplicate=False)
+
+    # -- completion and dispatch -----------------------------------------------------
+
+    def due_receiving_jobs(self, quiet_for: timedelta) -> list[int]:
+        """Jobs in RECEIVING whose last instance arrived at least ``quiet_for`` ago."""
+        cutoff = utcnow() - quiet_for
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(Job.id)
+                .where(Job.status == JobStatus.RECEIVING, Job.last_instance_at <= cutoff)
+                .order_by(Job.id)
+            )
+            return list(rows)
+
+    def close_receiving(
+        self, job_id: int, quiet_for: timedelta, skip_reason: str | None
+    ) -> JobStatus | None:
+        """Move a quiet RECEIVING job to QUEUED, or to SKIPPED with ``skip_reason``.
+
+        Returns the new status, or None when an instance arrived meanwhile (the
+        job is still receiving) or another process closed it first.
+        """
+        cutoff = utcnow() - quiet_for
+        new_status = JobStatus.SKIPPED if skip_reason else JobStatus.QUEUED
+        with self._sessions.begin() as session:
+            values: dict[str, object] = {"status": new_status, "updated_at": utcnow()}
+            if skip_reason:
+                values.update(error_code="skipped", error_message=skip_reason)
+                values["finished_at"] = utcnow()
+            result = session.execute(
+                update(Job)
+                .where(
+                    Job.id == job_id,
+                    Job.status == JobStatus.RECEIVING,
+                    Job.last_instance_at <= cutoff,
+                )
+                .values(**values)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            count = session.scalar(select(Job.instance_count).where(Job.id == job_id))
+            message = (
+                f"series complete ({count} instances); skipped: {skip_reason}"
+                if skip_reason
+                else f"series complete ({count} instances); queued"
+            )
+            session.add(JobEvent(job_id=job_id, status=new_status, message=message))
+            return new_status
+
+    def undispatched_jobs(self) -> list[int]:
+        """QUEUED jobs whose task has not been handed to the broker yet."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(Job.id)
+                .where(Job.status == JobStatus.QUEUED, Job.dispatched_at.is_(None))
+                .order_by(Job.id)
+            )
+            return list(rows)
+
+    def mark_dispatched(self, job_id: int) -> None:
+        """Remember that the job's task is in the broker."""
+        with self._sessions.begin() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=utcnow()))
+
+    def used_series_numbers(self, study_instance_uid: str) -> set[int]:
+        """Series numbers of every series of the study this node has seen."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(Series.series_number).where(
+                    Series.study_instance_uid == study_instance_uid,
+                    Series.series_number.is_not(None),
+                )
+            )
+            return {int(n) for n in rows if n is not None}
+
+    # -- the worker ------------------------------------------------------------------
+
+    def claim(self, job_id: int) -> bool:
+        """Atomically move QUEUED → RUNNING; False if the job is not QUEUED (a duplicate task)."""
+        now = utcnow()
+        with self._sessions.begin() as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+                .values(
+                    status=JobStatus.RUNNING,
+                    attempts=Job.attempts + 1,
+                    started_at=func.coalesce(Job.started_at, now),
+                    updated_at=now,
+                )
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            attempts = session.scalar(select(Job.attempts).where(Job.id == job_id))
+            session.add(
+                JobEvent(job_id=job_id, status=JobStatus.RUNNING, message=f"attempt {attempts}")
+            )
+            return True
+
+    def transition(
+        self,
+        job_id: int,
+        status: JobStatus,
+        message: str = "",
+        *,
+        error_code: str | None = None,
+        actor: str = "node",
+    ) -> None:
+        """Set the job's status and append the event, in one transaction."""
+        now = utcnow()
+        values: dict[str, object] = {"status": status, "updated_at": now}
+        if status is JobStatus.FAILED:
+            values.update(error_code=error_code or "error", error_message=message)
+        if status.finished:
+            values["finished_at"] = now
+        with self._sessions.begin() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(**values))
+            session.add(JobEvent(job_id=job_id, status=status, message=message, actor=actor))
+
+    def add_event(self, job_id: int, message: str) -> None:
+        """Append an audit line without changing the status."""
+        with self._sessions.begin() as session:
+            status = session.scalar(select(Job.status).where(Job.id == job_id))
+            if status is not None:
+                session.add(JobEvent(job_id=job_id, status=status, message=message))
+
+    def job_inputs(self, job_id: int) -> list[InputView]:
+        """The stored instances of the job's series (all of them, across receive sessions)."""
+        with self._sessions() as session:
+            series_id = session.scalar(select(Job.series_id).where(Job.id == job_id))
+            rows = session.scalars(
+                select(Instance).where(Instance.series_id == series_id).order_by(Instance.id)
+            )
+            return [InputView(r.sop_instance_uid, r.sop_class_uid, r.path) for r in rows]
+
+    def replace_outputs(
+        self, job_id: int, output_series_uid: str, outputs: Iterable[tuple[str, str, str]]
+    ) -> None:
+        """Record the derived instances ``(sop_uid, source_sop_uid, path)`` of a job."""
+        with self._sessions.begin() as session:
+            job = session.get_one(Job, job_id, options=[selectinload(Job.outputs)])
+            job.outputs.clear()
+            session.flush()
+            job.output_series_instance_uid = output_series_uid
+            for sop_uid, source_uid, path in outputs:
+                job.outputs.append(
+                    JobOutput(sop_instance_uid=sop_uid, source_sop_instance_uid=source_uid, path=path)
+                )
+
+    def record_send_results(
+        self, job_id: int, results: Sequence[tuple[str, int | None, str]]
+    ) -> None:
+        """Store each derived instance's send status ``(sop_uid, status, message)``."""
+        now = utcnow()
+        by_uid = {uid: (status, message) for uid, status, message in results}
+        with self._sessions.begin() as session:
+            outputs = session.scalars(select(JobOutput).where(JobOutput.job_id == job_id))
+            for output in outputs:
+                if output.sop_instance_uid in by_uid:
+                    output.send_status, output.send_message = by_uid[output.sop_instance_uid]
+                    output.sent_at = now
+
+    # -- reading ---------------------------------------------------------------------
+
+    def get_job(self, job_id: int) -> JobView | None:
+        """One job with its events and outputs."""
+        with self._sessions() as session:
+            job = session.get(
+                Job,
+                job_id,
+                options=[
+                    selectinload(Job.series),
+                    selectinload(Job.events),
+                    selectinload(Job.outputs),
+                ],
+            )
+            return _view(job, details=True) if job is not None else None
+
+    def list_jobs(
+        self, *, status: JobStatus | None = None, limit: int = 100, offset: int = 0
+    ) -> list[JobView]:
+        """Jobs, newest first."""
+        with self._sessions() as session:
+            query = select(Job).options(selectinload(Job.series)).order_by(Job.id.desc())
+            if status is not None:
+                query = query.where(Job.status == status)
+            jobs = session.scalars(query.limit(limit).offset(offset))
+            return [_view(job, details=False) for job in jobs]

@@ -1,0 +1,170 @@
+"""The running node: SCP, completion monitor, admin API and (embedded mode) a worker."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+
+from pacs_node.api.app import create_app
+from pacs_node.completion import CompletionMonitor
+from pacs_node.db import migrate
+from pacs_node.db.repository import JobRepository
+from pacs_node.db.session import make_engine, make_session_factory
+from pacs_node.dispatch import Dispatcher
+from pacs_node.scp.handlers import ReceiveContext
+from pacs_node.scp.server import start_scp
+from pacs_node.settings import REPO_ROOT, Settings
+from pacs_node.storage import InstanceStore
+
+logger = logging.getLogger(__name__)
+
+
+def worker_command(settings: Settings, hostname: str) -> list[str]:
+    """The command line of a Celery worker for this node's queue."""
+    return [
+        sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+        "--loglevel", settings.log_level,
+        "--pool", settings.worker.pool,
+        "--concurrency", str(settings.worker.concurrency),
+        "--queues", settings.worker.queue,
+        "--hostname", hostname,
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+
+
+def worker_environment(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child worker see exactly this node's resolved settings."""
+    env = dict(os.environ)
+    env.update(
+        PACS_NODE_DATA_DIR=str(settings.data_dir),
+        PACS_NODE_DATABASE_URL=settings.db_url,
+        PACS_NODE_BROKER_URL=settings.celery_broker_url,
+        PACS_NODE_DEVICE=settings.device,
+    )
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+class EmbeddedWorker:
+    """A Celery worker child process, restarted if it dies, stopped with the node."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._command = worker_command(settings, f"embedded-{os.getpid()}@%h")
+        self._env = worker_environment(settings)
+        self._log_path = settings.data_dir / "worker.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, name="worker-supervisor", daemon=True)
+
+    def _spawn(self) -> None:
+        with open(self._log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                self._command, env=self._env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+            )
+        logger.info("embedded worker started (pid %d, log %s)", self._process.pid, self._log_path)
+
+    def _supervise(self) -> None:
+        while not self._stop.is_set():
+            if self._process is None or self._process.poll() is not None:
+                if self._process is not None:
+                    logger.error("embedded worker exited with %s; restarting", self._process.returncode)
+                    self._stop.wait(2.0)
+                    if self._stop.is_set():
+                        return
+                self._spawn()
+            self._stop.wait(1.0)
+
+    def start(self) -> None:
+        """Start the worker and its supervisor."""
+        self._spawn()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM: finish the current task), then kill after 60 s."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+
+def serve(settings: Settings) -> None:
+    """Run the node until SIGINT or SIGTERM."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    repository = JobRepository(make_session_factory(engine))
+    store = InstanceStore(settings.data_dir)
+    dispatcher = Dispatcher(settings.celery_broker_url, settings.worker.queue)
+    worker = EmbeddedWorker(settings) if settings.embedded_worker else None
+    if worker is not None:
+        worker.start()
+    context = ReceiveContext(
+        store=store,
+        repository=repository,
+        preset=settings.preset,
+        destination=str(settings.destination) if settings.destination else None,
+    )
+    scp = start_scp(settings, context)
+    monitor = CompletionMonitor(
+        repository, dispatcher, settings.series_timeout_s, settings.monitor_interval_s
+    )
+    monitor.start()
+    http = uvicorn.Server(
+        uvicorn.Config(
+            create_app(repository, engine),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level="warning",
+        )
+    )
+    http_thread = threading.Thread(target=http.run, name="http", daemon=True)
+    http_thread.start()
+
+    stop = threading.Event()
+
+    def _request_stop(signum: int, _frame: object) -> None:
+        logger.info("signal %d received; stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, _request_stop)
+    logger.info(
+        "node %s ready: DICOM port %d, admin API http://%s:%d, %s worker, destination %s",
+        settings.ae_title,
+        settings.port,
+        settings.http_host,
+        settings.http_port,
+        "embedded" if worker else "external",
+        settings.destination or "(none)",
+    )
+    _write_ready_file(settings.data_dir)
+    while not stop.is_set():
+        stop.wait(1.0)
+    scp.shutdown()
+    monitor.stop()
+    http.should_exit = True
+    http_thread.join(timeout=10)
+    if worker is not None:
+        worker.stop()
+    dispatcher.close()
+    engine.dispose()
+    (settings.data_dir / "node.ready").unlink(missing_ok=True)
+    logger.info("node stopped")
+
+
+def _write_ready_file(data_dir: Path) -> None:
+    """Mark the node as accepting associations (scripts and tests wait for this file)."""
+    (data_dir / "node.ready").write_text(f"{os.getpid()} {time.time():.0f}\n")

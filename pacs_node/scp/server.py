@@ -1,0 +1,55 @@
+"""Start and stop the Storage SCP on the configured AE title and port."""
+
+from __future__ import annotations
+
+import logging
+
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from pacs_node.scp.handlers import ReceiveContext, handle_store
+from pacs_node.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Uncompressed transfer syntaxes only; compressed ones are negotiated away so the
+# sender converts (or fails clearly) instead of the node storing pixels it cannot read.
+UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+
+
+def build_ae(settings: Settings) -> AE:
+    """An AE accepting Verification and every storage SOP class, uncompressed.
+
+    Every storage class is accepted so that a whole study (secondary captures,
+    structured reports, ...) can be sent without association failures: instances the
+    node does not enhance are stored and their series recorded as SKIPPED with a reason.
+    """
+    ae = AE(ae_title=settings.ae_title)
+    ae.require_called_aet = True
+    ae.maximum_associations = settings.scp.maximum_associations
+    ae.maximum_pdu_size = settings.scp.max_pdu_bytes
+    ae.acse_timeout = settings.scp.acse_timeout_s
+    ae.dimse_timeout = settings.scp.dimse_timeout_s
+    ae.network_timeout = settings.scp.network_timeout_s
+    ae.add_supported_context(Verification)
+    for context in AllStoragePresentationContexts:
+        assert context.abstract_syntax is not None
+        ae.add_supported_context(context.abstract_syntax, UNCOMPRESSED)
+    return ae
+
+
+def start_scp(settings: Settings, context: ReceiveContext) -> ThreadedAssociationServer:
+    """Start the SCP in background threads and return its server (``shutdown()`` stops it)."""
+    ae = build_ae(settings)
+    server = ae.start_server(
+        (settings.scp.bind_address, settings.port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, handle_store, [context])],
+    )
+    assert server is not None
+    logger.info(
+        "Storage SCP %s listening on %s:%d", settings.ae_title, settings.scp.bind_address, settings.port
+    )
+    return server

@@ -1,0 +1,214 @@
+"""The node's one typed configuration object, built once per process in an entry point.
+
+Sources, highest priority first: explicit arguments, environment variables
+(``PACS_NODE_`` prefix, ``__`` between nested names), a YAML overlay named by
+``PACS_NODE_CONFIG`` (or passed explicitly), ``configs/default.yaml``, field defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from pacs_node.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
+CONFIG_ENV = "PACS_NODE_CONFIG"
+
+# AE titles: 1-16 characters of the default character repertoire, no backslash or
+# control characters; leading/trailing spaces are not significant (PS3.5 6.2, VR AE).
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+def _check_ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or not _AE_RE.match(stripped):
+        raise ValueError(
+            f"AE title {value!r} must be 1-16 printable ASCII characters without backslash"
+        )
+    return stripped
+
+
+AETitle = Annotated[str, AfterValidator(_check_ae_title)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CStoreDestination(_Section):
+    """A DICOM peer that receives derived series by C-STORE, written ``AET@host:port``."""
+
+    kind: Literal["dicom"] = "dicom"
+    ae_title: AETitle
+    host: str = Field(min_length=1)
+    port: Port
+
+    @classmethod
+    def parse(cls, text: str) -> CStoreDestination:
+        """Parse ``AET@host:port``; raise ``ValueError`` naming the expected form."""
+        match = re.fullmatch(r"([^@]{1,16})@(\[[^\]]+\]|[^:@]+):(\d+)", text.strip())
+        if not match:
+            raise ValueError(f"destination {text!r} is not of the form AET@host:port")
+        host = match.group(2).strip("[]")
+        return cls(ae_title=match.group(1), host=host, port=int(match.group(3)))
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class ScpSettings(_Section):
+    """Storage SCP tuning."""
+
+    bind_address: str = "0.0.0.0"
+    max_pdu_bytes: int = Field(default=0, ge=0)
+    acse_timeout_s: float = Field(default=30.0, gt=0)
+    dimse_timeout_s: float = Field(default=60.0, gt=0)
+    network_timeout_s: float = Field(default=60.0, gt=0)
+    maximum_associations: int = Field(default=16, ge=1)
+
+
+class SendSettings(_Section):
+    """C-STORE sending of derived series."""
+
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    dimse_timeout_s: float = Field(default=120.0, gt=0)
+    acse_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class DerivedSettings(_Section):
+    """How derived series are labelled."""
+
+    series_description_template: str = "{source} [{preset}]"
+    series_number_offset: int = Field(default=1000, ge=1, le=100000)
+    manufacturer: str = "PACS Enhancement Node"
+    equipment_model_name: str = "pacs-node"
+
+
+class WorkerSettings(_Section):
+    """Celery worker behaviour."""
+
+    # None: start a worker beside ``serve`` exactly when the broker is the embedded SQLite one.
+    embedded: bool | None = None
+    pool: Literal["solo", "prefork", "threads"] = "solo"
+    concurrency: int = Field(default=1, ge=1)
+    queue: str = Field(default="pacs_node", pattern=r"^[A-Za-z0-9_.-]+$")
+    max_attempts: int = Field(default=3, ge=1)
+    retry_backoff_s: float = Field(default=10.0, ge=0)
+
+
+class Settings(BaseSettings):
+    """Every setting of the node; see ``configs/default.yaml`` for the documented defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PACS_NODE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    ae_title: AETitle = "ENHANCE"
+    port: Port = 11112
+    http_host: str = "127.0.0.1"
+    http_port: Port = 8000
+    data_dir: Path = Path("./var")
+    database_url: str | None = None
+    broker_url: str | None = None
+    destination: CStoreDestination | None = None
+    series_timeout_s: float = Field(default=10.0, gt=0)
+    monitor_interval_s: float = Field(default=1.0, gt=0)
+    preset: str = Field(default="ct-denoise", min_length=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    scp: ScpSettings = ScpSettings()
+    send: SendSettings = SendSettings()
+    derived: DerivedSettings = DerivedSettings()
+    worker: WorkerSettings = WorkerSettings()
+
+    @field_validator("destination", mode="before")
+    @classmethod
+    def _parse_destination(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return None if not value.strip() else CStoreDestination.parse(value)
+        return value
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        # Absolute, so that a worker started from another directory sees the same files.
+        return value.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        """The job database URL (default: SQLite in the data directory)."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'jobs.sqlite'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        """The Celery broker URL (default: kombu's SQLAlchemy transport on SQLite)."""
+        return self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
+
+    @property
+    def embedded_worker(self) -> bool:
+        """Whether ``serve`` starts a worker process beside itself."""
+        if self.worker.embedded is not None:
+            return self.worker.embedded
+        return self.celery_broker_url.startswith("sqla+sqlite")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        overlay = os.environ.get(CONFIG_ENV)
+        if overlay:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=Path(overlay)))
+        sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=DEFAULT_CONFIG))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings once, in an entry point.
+
+    Parameters
+    ----------
+    config_file
+        Optional YAML overlay (same keys as ``configs/default.yaml``); it is also
+        exported as ``PACS_NODE_CONFIG`` so that child processes read it too.
+    **overrides
+        Explicit values that beat every other source.
+
+    Raises
+    ------
+    ConfigError
+        With every invalid or unknown key listed, so a typo fails at start-up.
+    """
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"configuration file {config_file} does not exist")
+        os.environ[CONFIG_ENV] = str(config_file.resolve())
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc

@@ -1,0 +1,62 @@
+"""Durable file storage for received and derived instances under the data directory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from pacs_node.errors import StorageError
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
+
+
+class InstanceStore:
+    """Files of the node, named by hashes: a received UID never becomes a path component.
+
+    Layout: ``<root>/received/<aa>/<sha256(sop uid)>.dcm`` and
+    ``<root>/derived/<sha256(series uid)>/<sha256(sop uid)>.dcm``.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.received_dir = root / "received"
+        self.derived_dir = root / "derived"
+
+    def received_path(self, sop_instance_uid: str) -> Path:
+        """Where a received instance with this SOP Instance UID is stored."""
+        digest = _digest(sop_instance_uid)
+        return self.received_dir / digest[:2] / f"{digest}.dcm"
+
+    def derived_path(self, series_instance_uid: str, sop_instance_uid: str) -> Path:
+        """Where a derived instance is stored."""
+        return self.derived_dir / _digest(series_instance_uid) / f"{_digest(sop_instance_uid)}.dcm"
+
+    def write_atomic(self, path: Path, data: bytes) -> None:
+        """Write ``data`` so that ``path`` holds either nothing or all of it, even after a crash.
+
+        Temporary file in the same directory, fsync, atomic rename, fsync of the directory
+        so the rename itself survives a power loss.
+        """
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp_name, path)
+            except BaseException:
+                Path(tmp_name).unlink(missing_ok=True)
+                raise
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc

@@ -1,0 +1,72 @@
+"""Shared fixtures: real SQLite and PostgreSQL databases, a migrated repository."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from sqlalchemy import Engine
+
+from pacs_node.db.migrate import upgrade
+from pacs_node.db.repository import JobRepository
+from pacs_node.db.session import make_engine, make_session_factory
+
+# The production-mode services; CI (`make test`) starts them on these addresses.
+POSTGRES_ADMIN_DSN = os.environ.get(
+    "PACS_NODE_TEST_POSTGRES_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test"
+)
+REDIS_URL = os.environ.get("PACS_NODE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _postgres_reachable() -> bool:
+    try:
+        with psycopg.connect(POSTGRES_ADMIN_DSN, connect_timeout=3):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_available() -> bool:
+    return _postgres_reachable()
+
+
+@pytest.fixture()
+def postgres_url(postgres_available: bool) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    if not postgres_available:
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_DSN!r} (make test starts it)")
+    name = f"pacs_node_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    params = psycopg.conninfo.conninfo_to_dict(POSTGRES_ADMIN_DSN)
+    user = params.get("user", "postgres")
+    yield f"postgresql+psycopg://{user}@{params.get('host')}:{params.get('port')}/{name}"
+    with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A migrated, empty job database of each supported backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'jobs.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    upgrade(url)
+    return url
+
+
+@pytest.fixture()
+def engine(db_url: str) -> Iterator[Engine]:
+    eng = make_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture()
+def repository(engine: Engine) -> JobRepository:
+    return JobRepository(make_session_factory(engine))

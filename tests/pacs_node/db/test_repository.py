@@ -1,0 +1,147 @@
+"""The job repository on real SQLite and PostgreSQL databases."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine
+
+from pacs_node.db.migrate import is_current
+from pacs_node.db.models import Base, JobStatus
+from pacs_node.db.repository import JobRepository, ReceivedInstance
+
+
+def _instance(sop: str, series: str = "1.2.3.4", study: str = "1.2.3", number: int = 3) -> ReceivedInstance:
+    return ReceivedInstance(
+        sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        study_instance_uid=study,
+        series_instance_uid=series,
+        modality="CT",
+        series_number=number,
+        series_description="Abdomen",
+        path=f"/data/{sop}.dcm",
+        size_bytes=1000,
+        calling_ae_title="SCANNER",
+        called_ae_title="ENHANCE",
+    )
+
+
+def test_migrations_match_models(engine: Engine, db_url: str) -> None:
+    assert is_current(engine, db_url)
+    with engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == []
+
+
+def test_instances_of_a_series_share_one_receiving_job(repository: JobRepository) -> None:
+    first = repository.record_instance(_instance("1.1"), preset="ct-denoise", destination="P@h:1")
+    second = repository.record_instance(_instance("1.2"), preset="ct-denoise", destination="P@h:1")
+    other = repository.record_instance(_instance("2.1", series="9.9"), preset="x", destination=None)
+    assert not first.duplicate and not second.duplicate
+    assert first.job_id == second.job_id != other.job_id
+    assert first.job_id is not None
+    job = repository.get_job(first.job_id)
+    assert job is not None
+    assert job.status is JobStatus.RECEIVING and job.instance_count == 2
+    assert (job.preset, job.destination, job.calling_ae_title) == ("ct-denoise", "P@h:1", "SCANNER")
+    assert [e.status for e in job.events] == [JobStatus.RECEIVING]
+
+
+def test_duplicate_sop_instance_is_not_recorded_twice(repository: JobRepository) -> None:
+    first = repository.record_instance(_instance("1.1"), preset="p", destination=None)
+    again = repository.record_instance(_instance("1.1"), preset="p", destination=None)
+    assert again.duplicate and again.job_id == first.job_id
+    assert repository.find_instance("1.1") and not repository.find_instance("1.9")
+    assert first.job_id is not None
+    job = repository.get_job(first.job_id)
+    assert job is not None and job.instance_count == 1
+    assert len(repository.job_inputs(first.job_id)) == 1
+
+
+def test_lifecycle_and_audit_trail(repository: JobRepository) -> None:
+    job_id = repository.record_instance(_instance("1.1"), preset="p", destination=None).job_id
+    assert job_id is not None
+    assert repository.due_receiving_jobs(timedelta(hours=1)) == []
+    assert repository.due_receiving_jobs(timedelta(0)) == [job_id]
+    assert repository.close_receiving(job_id, timedelta(0), None) is JobStatus.QUEUED
+    assert repository.close_receiving(job_id, timedelta(0), None) is None  # closed once only
+    assert repository.undispatched_jobs() == [job_id]
+    repository.mark_dispatched(job_id)
+    assert repository.undispatched_jobs() == []
+    assert repository.claim(job_id) is True
+    assert repository.claim(job_id) is False  # a duplicate task does nothing
+    repository.replace_outputs(job_id, "2.25.1", [("2.25.2", "1.1", "/d/1.dcm")])
+    repository.transition(job_id, JobStatus.SENDING, "sending")
+    repository.record_send_results(job_id, [("2.25.2", 0, "Success")])
+    repository.transition(job_id, JobStatus.DONE, "stored")
+    job = repository.get_job(job_id)
+    assert job is not None
+    assert job.status is JobStatus.DONE and job.attempts == 1
+    assert job.output_series_instance_uid == "2.25.1"
+    assert [e.status for e in job.events] == [
+        JobStatus.RECEIVING,
+        JobStatus.QUEUED,
+        JobStatus.RUNNING,
+        JobStatus.SENDING,
+        JobStatus.DONE,
+    ]
+    times = [e.at for e in job.events]
+    assert times == sorted(times) and all(t.tzinfo is not None for t in times)
+    assert job.started_at is not None and job.finished_at is not None
+    assert [(o.sop_instance_uid, o.send_status) for o in job.outputs] == [("2.25.2", 0)]
+
+
+def test_skipped_and_failed_keep_their_reason(repository: JobRepository) -> None:
+    skipped = repository.record_instance(_instance("1.1"), preset="p", destination=None).job_id
+    failed = repository.record_instance(_instance("2.1", series="5.5"), preset="p", destination=None).job_id
+    assert skipped is not None and failed is not None
+    assert repository.close_receiving(skipped, timedelta(0), "a localizer") is JobStatus.SKIPPED
+    repository.close_receiving(failed, timedelta(0), None)
+    repository.claim(failed)
+    repository.transition(failed, JobStatus.FAILED, "slices differ in size", error_code="invalid_series")
+    skipped_job, failed_job = repository.get_job(skipped), repository.get_job(failed)
+    assert skipped_job is not None and failed_job is not None
+    assert skipped_job.status is JobStatus.SKIPPED and "a localizer" in (skipped_job.error_message or "")
+    assert (failed_job.error_code, failed_job.error_message) == ("invalid_series", "slices differ in size")
+    assert {j.id for j in repository.list_jobs(status=JobStatus.FAILED)} == {failed}
+
+
+def test_new_instances_after_a_finished_job_open_a_new_job(repository: JobRepository) -> None:
+    first = repository.record_instance(_instance("1.1"), preset="p", destination=None).job_id
+    assert first is not None
+    repository.close_receiving(first, timedelta(0), "skipped for the test")
+    again = repository.record_instance(_instance("1.2"), preset="p", destination=None).job_id
+    assert again is not None and again != first
+    assert len(repository.job_inputs(again)) == 2  # the whole series is the new job's input
+
+
+def test_concurrent_associations_create_one_series_and_job(repository: JobRepository) -> None:
+    errors: list[BaseException] = []
+
+    def store(index: int) -> None:
+        try:
+            for n in range(10):
+                repository.record_instance(_instance(f"1.{index}.{n}"), preset="p", destination=None)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=store, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    jobs = repository.list_jobs()
+    assert len(jobs) == 1 and jobs[0].instance_count == 40
+
+
+def test_used_series_numbers(repository: JobRepository) -> None:
+    repository.record_instance(_instance("1.1", series="5", number=3), preset="p", destination=None)
+    repository.record_instance(_instance("1.2", series="6", number=1003), preset="p", destination=None)
+    repository.record_instance(_instance("1.3", series="7", study="other", number=4), preset="p", destination=None)
+    assert repository.used_series_numbers("1.2.3") == {3, 1003}

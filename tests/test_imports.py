@@ -1,0 +1,48 @@
+"""The architecture's import rules (STYLE.md): models know nothing of the node or queue,
+the node never imports the workers, and entry points are leaves nothing imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ENTRY_POINTS = {"pacs_node.cli", "workers.app", "workers.tasks"}
+
+
+def _imports(package: str) -> list[tuple[Path, str]]:
+    found = []
+    for path in (ROOT / package).rglob("*.py"):
+        if "migrations" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                found += [(path, alias.name) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.append((path, node.module))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [("models", ("pacs_node", "workers")), ("pacs_node", ("workers",))],
+)
+def test_forbidden_imports(package: str, forbidden: tuple[str, ...]) -> None:
+    bad = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path, name in _imports(package)
+        if name.split(".")[0] in forbidden
+    ]
+    assert not bad, bad
+
+
+def test_entry_points_are_leaves() -> None:
+    importers = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for package in ("pacs_node", "workers", "models")
+        for path, name in _imports(package)
+        if name in ENTRY_POINTS and not (name == "workers.app" and path.name == "tasks.py")
+    ]
+    assert not importers, importers

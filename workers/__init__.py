@@ -1,0 +1,1 @@
+"""Celery workers: a thin task over the plain ``run_job`` function."""

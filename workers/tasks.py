@@ -1,0 +1,54 @@
+"""Celery tasks: translate ``run_job``'s outcome into retries and FAILED jobs (an edge)."""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+from celery import Task
+
+from pacs_node.db.models import JobStatus
+from pacs_node.errors import DispatchError, EnhancementError
+from workers.app import app, settings
+from workers.context import WorkerContext
+from workers.job import run_job
+
+logger = logging.getLogger(__name__)
+
+
+@cache
+def _context() -> WorkerContext:
+    return WorkerContext.from_settings(settings)
+
+
+@app.task(name="workers.enhance_series", bind=True, max_retries=None)
+def enhance_series(self: Task, job_id: int) -> str | None:
+    """Run job ``job_id``; retry transient send failures with back-off, else mark FAILED."""
+    ctx = _context()
+    repo = ctx.repository
+    try:
+        status = run_job(job_id, ctx)
+    except DispatchError as exc:
+        job = repo.get_job(job_id)
+        attempts = job.attempts if job else ctx.settings.worker.max_attempts
+        if attempts >= ctx.settings.worker.max_attempts:
+            repo.transition(
+                job_id, JobStatus.FAILED, f"{exc} (after {attempts} attempts)", error_code=exc.code
+            )
+            return JobStatus.FAILED.value
+        delay = ctx.settings.worker.retry_backoff_s * attempts
+        repo.transition(
+            job_id, JobStatus.QUEUED, f"{exc}; retry {attempts + 1} in {delay:.0f} s"
+        )
+        raise self.retry(countdown=delay, exc=exc) from exc
+    except EnhancementError as exc:
+        repo.transition(job_id, JobStatus.FAILED, str(exc), error_code=exc.code)
+        return JobStatus.FAILED.value
+    except Exception as exc:  # noqa: BLE001 - edge: an unexpected error still ends the job
+        logger.exception("job %d failed unexpectedly", job_id)
+        repo.transition(
+            job_id, JobStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}",
+            error_code="internal_error",
+        )
+        return JobStatus.FAILED.value
+    return status.value if status else None
