@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -44,7 +45,7 @@ class Enhancer(Protocol):
         ...
 
 
-def parameters_sha256(name: str, parameters: dict[str, object]) -> str:
+def parameters_sha256(name: str, parameters: Mapping[str, object]) -> str:
     """A stable checksum of a parameterised filter, standing in for a weights checksum."""
     canonical = json.dumps({"name": name, **parameters}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -44,6 +44,7 @@ def _configure_logging(level: str) -> None:
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _repository(settings: Settings) -> Any:
@@ -98,7 +99,7 @@ def echo(
 ) -> None:
     """Send a C-ECHO (DICOM ping) to a peer; exit status 0 on success."""
     from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
     try:
         destination = CStoreDestination.parse(peer)
@@ -143,7 +144,17 @@ def jobs_list(
         typer.echo(json.dumps([asdict(j) for j in jobs], default=_json_default, indent=2))
         return
     table = Table(title=f"Jobs ({len(jobs)})")
-    for column in ("ID", "Status", "Preset", "Modality", "Series", "Instances", "From", "Updated", "Error"):
+    for column in (
+        "ID",
+        "Status",
+        "Preset",
+        "Modality",
+        "Series",
+        "Instances",
+        "From",
+        "Updated",
+        "Error",
+    ):
         table.add_column(column)
     for job in jobs:
         table.add_row(
@@ -196,14 +207,9 @@ def jobs_show(
         events.add_row(_time(event.at), event.status.value, event.message)
     console.print(events)
     if job.outputs:
-        from pynetdicom.status import code_to_category
+        from pacs_node.scu import acknowledged
 
-        sent_ok = sum(
-            1
-            for o in job.outputs
-            if o.send_status is not None
-            and code_to_category(o.send_status) in ("Success", "Warning")
-        )
+        sent_ok = sum(1 for o in job.outputs if acknowledged(o.send_status))
         console.print(f"  Outputs: {len(job.outputs)} derived instances, {sent_ok} acknowledged")
 
 

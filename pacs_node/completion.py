@@ -34,11 +34,13 @@ class CompletionMonitor:
         dispatcher: Dispatcher,
         series_timeout_s: float,
         interval_s: float,
+        own_manufacturer: str,
     ) -> None:
         self._repository = repository
         self._dispatcher = dispatcher
         self._quiet_for = timedelta(seconds=series_timeout_s)
         self._interval_s = interval_s
+        self._own_manufacturer = own_manufacturer
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -51,7 +53,7 @@ class CompletionMonitor:
                 return f"stored instance {item.sop_instance_uid} is unreadable: {exc}"
         if not headers:
             return "the series has no stored instances"
-        return series_skip_reason(headers)
+        return series_skip_reason(headers, self._own_manufacturer)
 
     def run_once(self) -> None:
         """Close every quiet series and publish every undispatched job."""
@@ -74,7 +76,7 @@ class CompletionMonitor:
         while not self._stop.is_set():
             try:
                 self.run_once()
-            except Exception:  # noqa: BLE001 - the loop must outlive a database hiccup
+            except Exception:  # the loop must outlive a database hiccup
                 logger.exception("completion monitor round failed; retrying")
             self._stop.wait(self._interval_s)
 

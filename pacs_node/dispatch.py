@@ -37,7 +37,7 @@ class Dispatcher:
         """
         try:
             self._app.send_task(ENHANCE_TASK, args=[job_id], queue=self._queue)
-        except Exception as exc:  # noqa: BLE001 - kombu raises many transport-specific errors
+        except Exception as exc:  # kombu raises many transport-specific errors
             raise DispatchError(f"cannot publish job {job_id} to the broker: {exc}") from exc
         logger.info("job %d published to queue %s", job_id, self._queue)
 

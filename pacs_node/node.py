@@ -62,7 +62,9 @@ class EmbeddedWorker:
         self._log_path = settings.data_dir / "worker.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._supervise, name="worker-supervisor", daemon=True)
+        self._thread = threading.Thread(
+            target=self._supervise, name="worker-supervisor", daemon=True
+        )
 
     def _spawn(self) -> None:
         with open(self._log_path, "ab") as log:
@@ -75,7 +77,9 @@ class EmbeddedWorker:
         while not self._stop.is_set():
             if self._process is None or self._process.poll() is not None:
                 if self._process is not None:
-                    logger.error("embedded worker exited with %s; restarting", self._process.returncode)
+                    logger.error(
+                        "embedded worker exited with %s; restarting", self._process.returncode
+                    )
                     self._stop.wait(2.0)
                     if self._stop.is_set():
                         return
@@ -119,7 +123,11 @@ def serve(settings: Settings) -> None:
     )
     scp = start_scp(settings, context)
     monitor = CompletionMonitor(
-        repository, dispatcher, settings.series_timeout_s, settings.monitor_interval_s
+        repository,
+        dispatcher,
+        settings.series_timeout_s,
+        settings.monitor_interval_s,
+        own_manufacturer=settings.derived.manufacturer,
     )
     monitor.start()
     http = uvicorn.Server(

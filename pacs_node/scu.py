@@ -18,6 +18,11 @@ from pacs_node.settings import CStoreDestination, SendSettings
 logger = logging.getLogger(__name__)
 
 
+def acknowledged(status: int | None) -> bool:
+    """Whether a C-STORE status means stored: success or warning (PS3.4 B.2.3)."""
+    return status is not None and code_to_category(status) in ("Success", "Warning")
+
+
 @dataclass(frozen=True)
 class SendResult:
     """The peer's answer for one instance; ``status`` None means no answer came."""
@@ -28,8 +33,8 @@ class SendResult:
 
     @property
     def ok(self) -> bool:
-        """Success or warning (PS3.4 B.2.3: a warning means the instance was stored)."""
-        return self.status is not None and code_to_category(self.status) in ("Success", "Warning")
+        """Whether the peer stored the instance."""
+        return acknowledged(self.status)
 
 
 def send_c_store(

@@ -34,7 +34,8 @@ def create_app(settings: Settings) -> Celery:
 @setup_logging.connect
 def _configure_logging(**_kwargs: object) -> None:
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s"
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s",
     )
 
 

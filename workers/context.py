@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import socket
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
@@ -20,6 +22,8 @@ class WorkerContext:
     engine: Engine
     repository: JobRepository
     store: InstanceStore
+    # Who ran a job, for the audit trail: host and process of this worker.
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerContext:

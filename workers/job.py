@@ -15,23 +15,31 @@ from models.registry import UnknownPresetError, get_preset
 from pacs_node import __version__
 from pacs_node.db.models import JobStatus
 from pacs_node.db.repository import JobView
-from pacs_node.dicom.derived import DerivationInfo, build_derived_series, choose_series_number
+from pacs_node.dicom.derived import (
+    SMOOTHING,
+    DerivationInfo,
+    build_derived_series,
+    choose_series_number,
+)
 from pacs_node.dicom.volume import load_series
 from pacs_node.errors import DispatchError, InvalidSeriesError, ModelError
-from pacs_node.scu import send_c_store
+from pacs_node.scu import acknowledged, send_c_store
 from pacs_node.settings import CStoreDestination
 from workers.context import WorkerContext
 
 logger = logging.getLogger(__name__)
 
-# Image derivation codes, CID 7203 (PS3.16): what was done to the pixels.
+# Image derivation codes, CID 7203 (PS3.16): what was done to the pixels. CID 7203 has
+# no "noise reduction" concept; Smoothing is the closest for every denoiser.
 _DERIVATION_CODES: dict[str, tuple[str, str, str]] = {
-    "denoise": ("113087", "DCM", "Smoothing"),
-    "identity": ("113087", "DCM", "Smoothing"),
+    "denoise": SMOOTHING,
+    "identity": SMOOTHING,
 }
 
 
-def _derivation_info(ctx: WorkerContext, job: JobView, model: ModelInfo, source_number: int | None) -> DerivationInfo:
+def _derivation_info(
+    ctx: WorkerContext, job: JobView, model: ModelInfo, source_number: int | None
+) -> DerivationInfo:
     derived = ctx.settings.derived
     used = ctx.repository.used_series_numbers(job.study_instance_uid)
     return DerivationInfo(
@@ -95,6 +103,19 @@ def _enhance_and_write(ctx: WorkerContext, job: JobView) -> list[Path]:
     return paths
 
 
+def _pending_outputs(ctx: WorkerContext, job: JobView) -> list[Path]:
+    """On a retry: the derived files of an earlier attempt that the destination has not
+    acknowledged yet, so a failed send repeats neither the model nor the stored instances.
+    Empty when there is no complete earlier output (then the series is enhanced anew)."""
+    if not job.outputs or not all(Path(o.path).is_file() for o in job.outputs):
+        return []
+    pending = [Path(o.path) for o in job.outputs if not acknowledged(o.send_status)]
+    ctx.repository.add_event(
+        job.id, f"reusing derived series {job.output_series_instance_uid}; {len(pending)} to send"
+    )
+    return pending
+
+
 def run_job(job_id: int, ctx: WorkerContext) -> JobStatus | None:
     """Run one job from QUEUED to DONE or FAILED.
 
@@ -104,13 +125,13 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobStatus | None:
     marks the job FAILED with its reason.
     """
     repo = ctx.repository
-    if not repo.claim(job_id):
+    if not repo.claim(job_id, worker=ctx.name):
         logger.info("job %d is not QUEUED; nothing to do", job_id)
         return None
     job = repo.get_job(job_id)
     assert job is not None
     try:
-        paths = _enhance_and_write(ctx, job)
+        paths = _pending_outputs(ctx, job) or _enhance_and_write(ctx, job)
     except (InvalidSeriesError, ModelError) as exc:
         repo.transition(job_id, JobStatus.FAILED, str(exc), error_code=exc.code)
         logger.warning("job %d failed: %s", job_id, exc)
@@ -136,5 +157,9 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobStatus | None:
             f"{len(failed)} of {len(results)} instances not stored by {destination} "
             f"(first: {status} {first.message})"
         )
-    repo.transition(job_id, JobStatus.DONE, f"{len(results)} instances stored by {destination}")
+    repo.transition(
+        job_id,
+        JobStatus.DONE,
+        f"all {len(job.outputs) or len(results)} instances stored by {destination}",
+    )
     return JobStatus.DONE

@@ -37,17 +37,17 @@ def enhance_series(self: Task, job_id: int) -> str | None:
             )
             return JobStatus.FAILED.value
         delay = ctx.settings.worker.retry_backoff_s * attempts
-        repo.transition(
-            job_id, JobStatus.QUEUED, f"{exc}; retry {attempts + 1} in {delay:.0f} s"
-        )
+        repo.transition(job_id, JobStatus.QUEUED, f"{exc}; retry {attempts + 1} in {delay:.0f} s")
         raise self.retry(countdown=delay, exc=exc) from exc
     except EnhancementError as exc:
         repo.transition(job_id, JobStatus.FAILED, str(exc), error_code=exc.code)
         return JobStatus.FAILED.value
-    except Exception as exc:  # noqa: BLE001 - edge: an unexpected error still ends the job
+    except Exception as exc:  # edge: an unexpected error still ends the job
         logger.exception("job %d failed unexpectedly", job_id)
         repo.transition(
-            job_id, JobStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}",
+            job_id,
+            JobStatus.FAILED,
+            f"internal error: {type(exc).__name__}: {exc}",
             error_code="internal_error",
         )
         return JobStatus.FAILED.value

@@ -23,7 +23,7 @@ def create_app(repository: JobRepository, engine: Engine) -> FastAPI:
         try:
             with engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
-        except Exception as exc:  # noqa: BLE001 - edge: report, do not crash
+        except Exception as exc:  # edge: report, do not crash
             raise HTTPException(status_code=503, detail=f"database unavailable: {exc}") from exc
         return {"status": "ok", "version": __version__}
 
@@ -34,7 +34,9 @@ def create_app(repository: JobRepository, engine: Engine) -> FastAPI:
         offset: int = Query(default=0, ge=0),
     ) -> list[dict[str, Any]]:
         """Jobs, newest first."""
-        return [asdict(job) for job in repository.list_jobs(status=status, limit=limit, offset=offset)]
+        return [
+            asdict(job) for job in repository.list_jobs(status=status, limit=limit, offset=offset)
+        ]
 
     @app.get("/api/jobs/{job_id}")
     def show_job(job_id: int) -> dict[str, Any]:

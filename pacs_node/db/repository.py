@@ -316,7 +316,7 @@ class JobRepository:
 
     # -- the worker ------------------------------------------------------------------
 
-    def claim(self, job_id: int) -> bool:
+    def claim(self, job_id: int, worker: str = "worker") -> bool:
         """Atomically move QUEUED → RUNNING; False if the job is not QUEUED (a duplicate task)."""
         now = utcnow()
         with self._sessions.begin() as session:
@@ -334,7 +334,12 @@ class JobRepository:
                 return False
             attempts = session.scalar(select(Job.attempts).where(Job.id == job_id))
             session.add(
-                JobEvent(job_id=job_id, status=JobStatus.RUNNING, message=f"attempt {attempts}")
+                JobEvent(
+                    job_id=job_id,
+                    status=JobStatus.RUNNING,
+                    message=f"attempt {attempts} on {worker}",
+                    actor=worker,
+                )
             )
             return True
 
@@ -385,7 +390,9 @@ class JobRepository:
             job.output_series_instance_uid = output_series_uid
             for sop_uid, source_uid, path in outputs:
                 job.outputs.append(
-                    JobOutput(sop_instance_uid=sop_uid, source_sop_instance_uid=source_uid, path=path)
+                    JobOutput(
+                        sop_instance_uid=sop_uid, source_sop_instance_uid=source_uid, path=path
+                    )
                 )
 
     def record_send_results(

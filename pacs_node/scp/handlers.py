@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from pacs_node.db.repository import JobRepository, ReceivedInstance
@@ -55,7 +56,9 @@ def handle_store(event: Event, context: ReceiveContext) -> int | Dataset:
     is truncated, 0xA900 when identifiers or pixel data are missing, 0xA700 when the
     disk or the database fails.
     """
-    requested_uid = str(event.request.AffectedSOPInstanceUID)
+    request = event.request
+    assert isinstance(request, C_STORE)  # bound to EVT_C_STORE only
+    requested_uid = str(request.AffectedSOPInstanceUID)
     calling = event.assoc.requestor.ae_title
     called = event.assoc.acceptor.ae_title
     transfer_syntax = str(event.context.transfer_syntax)
@@ -106,7 +109,7 @@ def handle_store(event: Event, context: ReceiveContext) -> int | Dataset:
     except EnhancementError as exc:
         logger.error("C-STORE %s from %s: storage failed: %s", requested_uid, calling, exc)
         return _status(OUT_OF_RESOURCES, str(exc))
-    except Exception as exc:  # noqa: BLE001 - edge: database or disk failure → out of resources
+    except Exception as exc:  # edge: database or disk failure → out of resources
         logger.exception("C-STORE %s from %s: could not record instance", requested_uid, calling)
         return _status(OUT_OF_RESOURCES, f"could not record instance: {type(exc).__name__}")
     if outcome.duplicate:

@@ -6,7 +6,7 @@ import logging
 
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs_node.scp.handlers import ReceiveContext, handle_store
@@ -50,6 +50,9 @@ def start_scp(settings: Settings, context: ReceiveContext) -> ThreadedAssociatio
     )
     assert server is not None
     logger.info(
-        "Storage SCP %s listening on %s:%d", settings.ae_title, settings.scp.bind_address, settings.port
+        "Storage SCP %s listening on %s:%d",
+        settings.ae_title,
+        settings.scp.bind_address,
+        settings.port,
     )
     return server

@@ -51,7 +51,9 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert settings.data_dir == tmp_path.resolve()
     assert settings.db_url == "postgresql+psycopg://u@db/pacs"
     assert settings.celery_broker_url == "redis://broker:6379/0"
-    assert settings.destination == CStoreDestination(ae_title="ORTHANC", host="pacs.example", port=4242)
+    assert settings.destination == CStoreDestination(
+        ae_title="ORTHANC", host="pacs.example", port=4242
+    )
     assert settings.series_timeout_s == 2.5
     assert (settings.preset, settings.device) == ("gaussian", "cpu")
     assert settings.worker.max_attempts == 5

@@ -1,6 +1,7 @@
 """Alembic environment: runs the node's migrations against the URL the caller configured."""
 
 from alembic import context
+
 from pacs_node.db.models import Base
 from pacs_node.db.session import make_engine
 

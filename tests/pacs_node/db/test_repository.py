@@ -14,7 +14,9 @@ from pacs_node.db.models import Base, JobStatus
 from pacs_node.db.repository import JobRepository, ReceivedInstance
 
 
-def _instance(sop: str, series: str = "1.2.3.4", study: str = "1.2.3", number: int = 3) -> ReceivedInstance:
+def _instance(
+    sop: str, series: str = "1.2.3.4", study: str = "1.2.3", number: int = 3
+) -> ReceivedInstance:
     return ReceivedInstance(
         sop_instance_uid=sop,
         sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
@@ -98,16 +100,25 @@ def test_lifecycle_and_audit_trail(repository: JobRepository) -> None:
 
 def test_skipped_and_failed_keep_their_reason(repository: JobRepository) -> None:
     skipped = repository.record_instance(_instance("1.1"), preset="p", destination=None).job_id
-    failed = repository.record_instance(_instance("2.1", series="5.5"), preset="p", destination=None).job_id
+    failed = repository.record_instance(
+        _instance("2.1", series="5.5"), preset="p", destination=None
+    ).job_id
     assert skipped is not None and failed is not None
     assert repository.close_receiving(skipped, timedelta(0), "a localizer") is JobStatus.SKIPPED
     repository.close_receiving(failed, timedelta(0), None)
     repository.claim(failed)
-    repository.transition(failed, JobStatus.FAILED, "slices differ in size", error_code="invalid_series")
+    repository.transition(
+        failed, JobStatus.FAILED, "slices differ in size", error_code="invalid_series"
+    )
     skipped_job, failed_job = repository.get_job(skipped), repository.get_job(failed)
     assert skipped_job is not None and failed_job is not None
-    assert skipped_job.status is JobStatus.SKIPPED and "a localizer" in (skipped_job.error_message or "")
-    assert (failed_job.error_code, failed_job.error_message) == ("invalid_series", "slices differ in size")
+    assert skipped_job.status is JobStatus.SKIPPED and "a localizer" in (
+        skipped_job.error_message or ""
+    )
+    assert (failed_job.error_code, failed_job.error_message) == (
+        "invalid_series",
+        "slices differ in size",
+    )
     assert {j.id for j in repository.list_jobs(status=JobStatus.FAILED)} == {failed}
 
 
@@ -126,7 +137,9 @@ def test_concurrent_associations_create_one_series_and_job(repository: JobReposi
     def store(index: int) -> None:
         try:
             for n in range(10):
-                repository.record_instance(_instance(f"1.{index}.{n}"), preset="p", destination=None)
+                repository.record_instance(
+                    _instance(f"1.{index}.{n}"), preset="p", destination=None
+                )
         except BaseException as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
@@ -142,6 +155,10 @@ def test_concurrent_associations_create_one_series_and_job(repository: JobReposi
 
 def test_used_series_numbers(repository: JobRepository) -> None:
     repository.record_instance(_instance("1.1", series="5", number=3), preset="p", destination=None)
-    repository.record_instance(_instance("1.2", series="6", number=1003), preset="p", destination=None)
-    repository.record_instance(_instance("1.3", series="7", study="other", number=4), preset="p", destination=None)
+    repository.record_instance(
+        _instance("1.2", series="6", number=1003), preset="p", destination=None
+    )
+    repository.record_instance(
+        _instance("1.3", series="7", study="other", number=4), preset="p", destination=None
+    )
     assert repository.used_series_numbers("1.2.3") == {3, 1003}

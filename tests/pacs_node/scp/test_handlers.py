@@ -34,7 +34,9 @@ class Node:
 def node(tmp_path: Path, repository: JobRepository) -> Iterator[Node]:
     settings = Settings(ae_title="ENHANCE", port=free_port(), data_dir=tmp_path)
     store = InstanceStore(tmp_path)
-    context = ReceiveContext(store=store, repository=repository, preset="ct-denoise", destination=None)
+    context = ReceiveContext(
+        store=store, repository=repository, preset="ct-denoise", destination=None
+    )
     server = start_scp(settings, context)
     yield Node(settings.port, store, repository)
     server.shutdown()

@@ -1,0 +1,532 @@
+"""Build the derived (enhanced) series from a source series and the model's output values."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+
+import numpy as np
+from highdicom.sr import CodedConcept
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.sr.codedict import Collection as CodeCollection
+from pydicom.sr.codedict import codes
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+
+from pacs_node.dicom.classify import skip_reason
+from pacs_node.dicom.uids import derived_series_uid, derived_sop_uid, device_uid
+
+__all__ = [
+    "PROCESSING_EQUIPMENT",
+    "SMOOTHING",
+    "SOURCE_IMAGE_PURPOSE",
+    "SOURCE_SERIES_PURPOSE",
+    "DerivationInfo",
+    "build_derived_series",
+    "choose_series_number",
+]
+
+#: (113087, DCM, "Smoothing") from CID 7203 Image Derivation: the closest standard concept
+#: to model-based denoising (CID 7203 has no "denoising" code).
+SMOOTHING: tuple[str, str, str] = (
+    codes.DCM.Smoothing.value,
+    codes.DCM.Smoothing.scheme_designator,
+    codes.DCM.Smoothing.meaning,
+)
+#: (121322, DCM) CID 7202 Source Image Purposes of Reference.
+SOURCE_IMAGE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
+#: (121323, DCM) CID 7210 Related Series Purposes of Reference.
+SOURCE_SERIES_PURPOSE = codes.DCM.SourceSeriesForImageProcessingOperation
+#: (109102, DCM) CID 7005 Contributing Equipment Purposes of Reference.
+PROCESSING_EQUIPMENT = codes.DCM.ProcessingEquipment
+
+_IS_MIN, _IS_MAX = -(2**31), 2**31 - 1  # IS value range (PS3.5 6.2)
+_LO_MAX, _SH_MAX, _ST_MAX = 64, 16, 1024  # characters (PS3.5 6.2)
+_TEMPLATE_FIELDS = ("source", "preset", "model", "version")
+# Default character repertoire without backslash (the value delimiter) or controls (PS3.5 6.1).
+_LO_TEXT = re.compile(r"[ -\[\]-~]*")
+# ST may also hold CR, LF, FF and backslash (PS3.5 6.2).
+_ST_TEXT = re.compile(r"[ -~\r\n\f]*")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+# Attributes no longer true of the new pixels or of the new instance, removed from copies:
+_DROPPED_KEYWORDS = (
+    "PixelData",
+    # Pixel statistics of the old pixels (PS3.3 C.7.6.3, C.7.3.1).
+    "SmallestImagePixelValue",
+    "LargestImagePixelValue",
+    "SmallestPixelValueInSeries",
+    "LargestPixelValueInSeries",
+    # A thumbnail of the old pixels (PS3.3 C.7.6.1.1.6).
+    "IconImageSequence",
+    # Signatures over the old data set would not verify (PS3.3 C.12.1.1.3).
+    "DigitalSignaturesSequence",
+    "MACParametersSequence",
+    "EncryptedAttributesSequence",
+    # The source's own derivation history is replaced by this derivation (PS3.3 C.7.6.1).
+    "SourceImageSequence",
+    "DerivationCodeSequence",
+    "RelatedSeriesSequence",
+    # Identify the creator/status of the source instance, not of the new one (PS3.3 C.12.1).
+    "InstanceCreatorUID",
+    "SOPInstanceStatus",
+    "SOPAuthorizationDateTime",
+    "SOPAuthorizationComment",
+    "AuthorizationEquipmentCertificationNumber",
+    "DataSetTrailingPadding",
+    "PixelDataProviderURL",
+    "StorageMediaFileSetID",
+    "StorageMediaFileSetUID",
+)
+
+
+@lru_cache(maxsize=1)
+def _cid7203_dcm_codes() -> dict[str, str]:
+    """Return CodeValue -> CodeMeaning of the DCM concepts of CID 7203 Image Derivation."""
+    concepts = CodeCollection("CID7203").concepts
+    return {c.value: c.meaning for c in concepts.values() if c.scheme_designator == "DCM"}
+
+
+def _check_text(name: str, value: str, pattern: re.Pattern[str], max_len: int) -> None:
+    """Raise ValueError unless ``value`` is a non-empty valid DICOM text of ``max_len``."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    if len(value) > max_len:
+        raise ValueError(f"{name} must be at most {max_len} characters, got {len(value)}")
+    if not pattern.fullmatch(value):
+        raise ValueError(
+            f"{name} must use printable ASCII without backslash or control characters, "
+            f"got {value!r}"
+        )
+
+
+@dataclass(frozen=True)
+class DerivationInfo:
+    """What was done to the pixels and by which equipment; validated on construction.
+
+    Attributes
+    ----------
+    preset : str
+        Enhancement preset name; part of the derived UIDs.
+    model_name : str
+        Model registry name; part of the DeviceUID.
+    model_version : str
+        Model version; part of the derived UIDs and of the DeviceUID.
+    weights_sha256 : str
+        Hex SHA-256 (64 characters) of the weights; part of the DeviceUID.
+    description : str
+        Derivation Description (0008,2111), ST, at most 1024 characters.
+    derivation_code : tuple of str
+        (CodeValue, CodingSchemeDesignator, CodeMeaning) for Derivation Code Sequence
+        (0008,9215), CID 7203 Image Derivation, e.g. :data:`SMOOTHING`. A DCM code must be
+        one of CID 7203 with its meaning; other schemes are accepted (CID 7203 is
+        extensible).
+    series_description_template : str
+        Template of Series Description (0008,103E) with the placeholders ``{source}``
+        (source SeriesDescription), ``{preset}``, ``{model}`` and ``{version}``.
+    series_number : int
+        Series Number (0020,0011) of the derived series, see :func:`choose_series_number`.
+    manufacturer : str
+        Manufacturer (0008,0070) of the node, for Contributing Equipment Sequence.
+    equipment_model_name : str
+        Manufacturer's Model Name (0008,1090) of the node.
+    software_versions : str
+        Software Versions (0018,1020) of the node.
+    """
+
+    preset: str
+    model_name: str
+    model_version: str
+    weights_sha256: str
+    description: str
+    derivation_code: tuple[str, str, str]
+    series_description_template: str
+    series_number: int
+    manufacturer: str
+    equipment_model_name: str
+    software_versions: str
+
+    def __post_init__(self) -> None:
+        """Check every field against its DICOM value representation."""
+        for name in ("preset", "model_name", "model_version"):
+            _check_text(name, getattr(self, name), _LO_TEXT, _LO_MAX)
+        for name in ("manufacturer", "equipment_model_name", "software_versions"):
+            _check_text(name, getattr(self, name), _LO_TEXT, _LO_MAX)
+        _check_text("description", self.description, _ST_TEXT, _ST_MAX)
+        if not isinstance(self.weights_sha256, str) or not _SHA256.fullmatch(self.weights_sha256):
+            raise ValueError(
+                f"weights_sha256 must be 64 hexadecimal digits, got {self.weights_sha256!r}"
+            )
+        self._check_derivation_code()
+        try:
+            self.series_description_template.format(**dict.fromkeys(_TEMPLATE_FIELDS, "x"))
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise ValueError(
+                "series_description_template may use only the placeholders "
+                f"{{source}}, {{preset}}, {{model}}, {{version}}; "
+                f"{self.series_description_template!r} fails: {exc!r}"
+            ) from exc
+        if (
+            isinstance(self.series_number, bool)
+            or not isinstance(self.series_number, int)
+            or not 0 <= self.series_number <= _IS_MAX
+        ):
+            raise ValueError(
+                f"series_number must be an int in 0..{_IS_MAX} (IS), got {self.series_number!r}"
+            )
+
+    def _check_derivation_code(self) -> None:
+        """Check the code triple's VRs (SH, SH, LO) and, for DCM, its CID 7203 membership."""
+        if not isinstance(self.derivation_code, tuple) or len(self.derivation_code) != 3:
+            raise ValueError(
+                "derivation_code must be (CodeValue, CodingSchemeDesignator, CodeMeaning), "
+                f"got {self.derivation_code!r}"
+            )
+        value, scheme, meaning = self.derivation_code
+        _check_text("derivation_code CodeValue", value, _LO_TEXT, _SH_MAX)
+        _check_text("derivation_code CodingSchemeDesignator", scheme, _LO_TEXT, _SH_MAX)
+        _check_text("derivation_code CodeMeaning", meaning, _LO_TEXT, _LO_MAX)
+        if scheme == "DCM":
+            known = _cid7203_dcm_codes()
+            if value not in known:
+                raise ValueError(
+                    f"derivation_code ({value}, DCM) is not in CID 7203 Image Derivation"
+                )
+            if known[value].casefold() != meaning.casefold():
+                raise ValueError(
+                    f"derivation_code ({value}, DCM) means {known[value]!r}, not {meaning!r}"
+                )
+
+
+def choose_series_number(source_number: int | None, used: Collection[int], offset: int) -> int:
+    """Return a Series Number for the derived series that no series of the study uses.
+
+    Parameters
+    ----------
+    source_number : int or None
+        Series Number of the source series (Type 2, may be empty: PS3.3 C.7.3.1).
+    used : Collection[int]
+        Series Numbers already present in the study.
+    offset : int
+        Added to the source number (or to 0 when it is empty); at least 1.
+
+    Returns
+    -------
+    int
+        ``source_number + offset``, increased by one until it is neither used nor the
+        source number.
+
+    Raises
+    ------
+    ValueError
+        If ``offset`` is below 1 or no free number fits the IS range (at most 2**31 - 1).
+    """
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 1:
+        raise ValueError(f"offset must be an int >= 1, got {offset!r}")
+    taken = set(used)
+    if source_number is not None:
+        taken.add(source_number)
+    candidate = (source_number or 0) + offset
+    candidate = max(candidate, 0)
+    while candidate in taken:
+        candidate += 1
+    if candidate > _IS_MAX:
+        raise ValueError(
+            f"no free series number between {(source_number or 0) + offset} and {_IS_MAX} "
+            "(IS range); lower the offset"
+        )
+    return candidate
+
+
+def _code_item(value: str, scheme: str, meaning: str) -> Dataset:
+    """Return one Code Sequence Macro item (PS3.3 8.8, Table 8.8-1)."""
+    return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
+
+
+def _remove_private(ds: Dataset) -> None:
+    """Remove private elements at every nesting level (PS3.5 7.8).
+
+    Vendor reconstruction data (kernels, raw-data offsets, ...) describes the old pixels.
+    """
+    ds.remove_private_tags()
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _remove_private(item)
+
+
+def _copy_header(source: Dataset) -> Dataset:
+    """Return a deep copy of ``source`` without pixel data and the dropped attributes."""
+    out = Dataset()
+    dropped = {kw for kw in _DROPPED_KEYWORDS if kw in source}
+    for elem in source:
+        if elem.keyword in dropped:
+            continue
+        out.add(copy.deepcopy(elem))
+    _remove_private(out)
+    return out
+
+
+def _da(now: datetime) -> str:
+    return now.strftime("%Y%m%d")
+
+
+def _tm(now: datetime) -> str:
+    return now.strftime("%H%M%S.%f")
+
+
+def _dt(now: datetime) -> str:
+    # DT may carry the UTC offset when ``now`` is timezone-aware (PS3.5 6.2).
+    return now.strftime("%Y%m%d%H%M%S.%f") + now.strftime("%z")
+
+
+def _series_description(source: Dataset, info: DerivationInfo) -> str:
+    """Format the template and fit it to LO: 64 characters, no backslash or controls."""
+    raw = source.get("SeriesDescription", "") or ""
+    # A stray backslash in a source's LO reads as several values (PS3.5 6.4): rejoin them.
+    source_text = "/".join(str(v) for v in raw) if isinstance(raw, MultiValue) else str(raw)
+    text = info.series_description_template.format(
+        source=source_text,
+        preset=info.preset,
+        model=info.model_name,
+        version=info.model_version,
+    )
+    text = re.sub(r"[\x00-\x1f\x7f]", " ", text.replace("\\", "/")).strip()
+    return text[:_LO_MAX].rstrip() or info.preset
+
+
+def _rescale(source: Dataset, index: int) -> tuple[float, float]:
+    """Return (slope, intercept) of the Modality LUT (PS3.3 C.11.1); identity if absent."""
+    if "ModalityLUTSequence" in source:
+        raise ValueError(
+            f"sources[{index}] uses a Modality LUT Sequence; only RescaleSlope/Intercept "
+            "can be inverted"
+        )
+    # Absent or empty (Type 1 for CT, absent for MR): the identity transform.
+    raw_slope, raw_intercept = source.get("RescaleSlope"), source.get("RescaleIntercept")
+    slope = 1.0 if raw_slope is None or raw_slope == "" else float(raw_slope)
+    intercept = 0.0 if raw_intercept is None or raw_intercept == "" else float(raw_intercept)
+    if slope == 0.0:
+        raise ValueError(f"sources[{index}] has RescaleSlope 0, which cannot be inverted")
+    return slope, intercept
+
+
+def _padding_range(source: Dataset) -> tuple[int, int] | None:
+    """Return the stored-value range marked as padding (PS3.3 C.7.5.1.1.2), or None."""
+    pad = source.get("PixelPaddingValue")
+    if pad is None:
+        return None
+    limit = source.get("PixelPaddingRangeLimit")
+    if limit is None:
+        return int(pad), int(pad)
+    return min(int(pad), int(limit)), max(int(pad), int(limit))
+
+
+def _stored_pixels(
+    source: Dataset, index: int, frame: np.ndarray, slope: float, intercept: float
+) -> np.ndarray:
+    """Return the stored values of one output slice with 16 bits stored.
+
+    Values are mapped back through the source's rescale so modality values (HU) keep their
+    meaning, rounded and clipped to the range of PixelRepresentation with Bits Stored 16.
+    Source padding pixels stay padding; other pixels are kept out of the padding range.
+    """
+    signed = int(source.PixelRepresentation) == 1
+    low, high = (-(2**15), 2**15 - 1) if signed else (0, 2**16 - 1)
+    stored = np.rint((frame.astype(np.float64) - intercept) / slope)
+    stored = np.clip(stored, low, high).astype(np.int32)
+
+    padding = _padding_range(source)
+    if padding is not None:
+        if "PixelData" not in source:
+            raise ValueError(
+                f"sources[{index}] has PixelPaddingValue but no PixelData; pass full data "
+                "sets so padding pixels can be kept"
+            )
+        src = source.pixel_array.astype(np.int32)
+        pad_low, pad_high = padding
+        is_padding = (src >= pad_low) & (src <= pad_high)
+        stored[is_padding] = src[is_padding]
+        # A real pixel must not become padding (PS3.3 C.7.5.1.1.2): move it just outside.
+        collide = ~is_padding & (stored >= pad_low) & (stored <= pad_high)
+        stored[collide] = pad_high + 1 if pad_high + 1 <= high else pad_low - 1
+    return stored.astype("<i2" if signed else "<u2")
+
+
+def _check_sources(sources: Sequence[Dataset], values: np.ndarray) -> None:
+    """Raise ValueError naming the argument and the constraint it breaks."""
+    if len(sources) == 0:
+        raise ValueError("sources must contain at least one dataset")
+    first = sources[0]
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "Rows", "Columns"):
+        if keyword not in first:
+            raise ValueError(f"sources[0] has no {keyword}")
+    for index, source in enumerate(sources):
+        reason = skip_reason(source)
+        if reason is not None:
+            raise ValueError(f"sources[{index}] cannot be enhanced: {reason}")
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "Rows", "Columns"):
+            if source.get(keyword) != first.get(keyword):
+                raise ValueError(
+                    f"sources must share {keyword}; sources[{index}] has "
+                    f"{source.get(keyword)!r}, sources[0] has {first.get(keyword)!r}"
+                )
+    expected = (len(sources), int(first.Rows), int(first.Columns))
+    if values.ndim != 3 or values.shape != expected:
+        raise ValueError(
+            f"values must have shape (len(sources), Rows, Columns) = {expected}, got {values.shape}"
+        )
+    if not np.issubdtype(values.dtype, np.number) or np.issubdtype(
+        values.dtype, np.complexfloating
+    ):
+        raise ValueError(f"values must be a real numeric array, got dtype {values.dtype}")
+    if not np.isfinite(values).all():
+        raise ValueError("values must be finite (no NaN or infinity)")
+
+
+def build_derived_series(
+    sources: Sequence[Dataset], values: np.ndarray, info: DerivationInfo, now: datetime
+) -> list[FileDataset]:
+    """Return the derived series: one new instance per source instance, same order.
+
+    Each instance keeps the patient, study, frame of reference, image plane, acquisition
+    and VOI attributes of its source, gets new deterministic Series/SOP Instance UIDs,
+    ImageType DERIVED\\SECONDARY, derivation and source references, a Contributing
+    Equipment item for this node, and the new pixels stored through the source's
+    Rescale Slope/Intercept with 16 bits stored.
+
+    Parameters
+    ----------
+    sources : Sequence[pydicom.dataset.Dataset]
+        Full datasets (with PixelData when PixelPaddingValue is used) of one enhanceable
+        series, e.g. :attr:`SeriesVolume.datasets`.
+    values : numpy.ndarray
+        Real array (len(sources), Rows, Columns) of modality values (HU for CT),
+        ``values[k]`` belonging to ``sources[k]``.
+    info : DerivationInfo
+        What was done and by which equipment.
+    now : datetime.datetime
+        Creation time written to InstanceCreation, Content, Series and Contribution
+        date/time.
+
+    Returns
+    -------
+    list of pydicom.dataset.FileDataset
+        Instances with Explicit VR Little Endian file meta, ready for ``save_as`` with
+        ``enforce_file_format=True`` or for C-STORE.
+
+    Raises
+    ------
+    ValueError
+        If ``sources`` is empty, mixes series, studies, SOP classes or matrix sizes,
+        holds an instance that cannot be enhanced, or ``values`` has the wrong shape or
+        non-finite values.
+    """
+    values = np.asarray(values)
+    _check_sources(sources, values)
+
+    first = sources[0]
+    series_uid = derived_series_uid(first.SeriesInstanceUID, info.preset, info.model_version)
+    equipment_uid = device_uid(info.model_name, info.model_version, info.weights_sha256)
+    description = _series_description(first, info)
+    date, time, date_time = _da(now), _tm(now), _dt(now)
+
+    related = Dataset()
+    related.StudyInstanceUID = first.StudyInstanceUID
+    related.SeriesInstanceUID = first.SeriesInstanceUID
+    related.PurposeOfReferenceCodeSequence = [
+        _code_item(
+            SOURCE_SERIES_PURPOSE.value,
+            SOURCE_SERIES_PURPOSE.scheme_designator,
+            SOURCE_SERIES_PURPOSE.meaning,
+        )
+    ]
+
+    equipment = Dataset()
+    equipment.PurposeOfReferenceCodeSequence = [
+        _code_item(
+            PROCESSING_EQUIPMENT.value,
+            PROCESSING_EQUIPMENT.scheme_designator,
+            PROCESSING_EQUIPMENT.meaning,
+        )
+    ]
+    equipment.Manufacturer = info.manufacturer
+    equipment.ManufacturerModelName = info.equipment_model_name
+    equipment.SoftwareVersions = info.software_versions
+    equipment.DeviceUID = equipment_uid
+    equipment.ContributionDateTime = date_time
+    equipment.ContributionDescription = (
+        f"{info.model_name} {info.model_version}, preset {info.preset}"
+    )[:_ST_MAX]
+
+    derived: list[FileDataset] = []
+    for index, source in enumerate(sources):
+        slope, intercept = _rescale(source, index)
+        ds = _copy_header(source)
+
+        # SOP Common (PS3.3 C.12.1): same SOP class, new instance.
+        ds.SOPInstanceUID = derived_sop_uid(source.SOPInstanceUID, info.preset, info.model_version)
+        ds.InstanceCreationDate = date
+        ds.InstanceCreationTime = time
+        contributing = [
+            copy.deepcopy(item) for item in source.get("ContributingEquipmentSequence", [])
+        ]
+        for item in contributing:
+            _remove_private(item)
+        contributing.append(copy.deepcopy(equipment))
+        ds.ContributingEquipmentSequence = DicomSequence(contributing)
+
+        # General Series (PS3.3 C.7.3.1): a new series in the same study.
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesNumber = info.series_number
+        ds.SeriesDescription = description
+        ds.SeriesDate = date
+        ds.SeriesTime = time
+        ds.RelatedSeriesSequence = [copy.deepcopy(related)]
+
+        # General Image (PS3.3 C.7.6.1): Image Type value 1 DERIVED, value 2 SECONDARY
+        # (C.7.6.1.1.2); values 3+ (AXIAL/LOCALIZER for CT, C.8.2.1.1.1) kept.
+        image_type = [str(v) for v in source.get("ImageType", [])]
+        ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
+        ds.ContentDate = date
+        ds.ContentTime = time
+        ds.DerivationDescription = info.description
+        ds.DerivationCodeSequence = [_code_item(*info.derivation_code)]
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = source.SOPClassUID
+        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+        reference.PurposeOfReferenceCodeSequence = [
+            _code_item(
+                SOURCE_IMAGE_PURPOSE.value,
+                SOURCE_IMAGE_PURPOSE.scheme_designator,
+                SOURCE_IMAGE_PURPOSE.meaning,
+            )
+        ]
+        # Same plane, same matrix: every pixel is where its source pixel was (C.7.6.1.1.4).
+        reference.SpatialLocationsPreserved = "YES"
+        ds.SourceImageSequence = [reference]
+
+        # Image Pixel (PS3.3 C.7.6.3): 16 bits stored so the whole modality range fits;
+        # Rows, Columns, PixelRepresentation, Photometric and Rescale are the source's.
+        ds.SamplesPerPixel = 1
+        ds.BitsAllocated = 16
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        stored = _stored_pixels(source, index, values[index], slope, intercept)
+        ds.add(DataElement(0x7FE00010, "OW", stored.tobytes()))
+
+        # File Meta Information (PS3.10 7.1), uncompressed whatever the source used.
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        out = FileDataset("", ds, preamble=b"\x00" * 128, file_meta=meta, is_implicit_VR=False)
+        derived.append(out)
+    return derived

@@ -1,0 +1,179 @@
+"""``run_job`` called directly with real files, a real database and a real storage SCP."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileDataset
+from pydicom.filebase import DicomBytesIO
+
+from pacs_node.db.models import JobStatus
+from pacs_node.db.repository import JobRepository, ReceivedInstance
+from pacs_node.errors import DispatchError
+from pacs_node.settings import Settings
+from pacs_node.storage import InstanceStore
+from tests.helpers.synthetic import make_ct_series
+from tests.integration.peers import CaptureSCP, free_port
+from workers.context import WorkerContext
+from workers.job import run_job
+
+
+@pytest.fixture()
+def ctx(tmp_path: Path, db_url: str) -> WorkerContext:
+    return WorkerContext.from_settings(Settings(data_dir=tmp_path, database_url=db_url))
+
+
+def _queue(
+    ctx: WorkerContext, datasets: list[FileDataset], *, preset: str, destination: str | None
+) -> int:
+    """File the datasets as the SCP would and close the series: a QUEUED job."""
+    store: InstanceStore = ctx.store
+    repo: JobRepository = ctx.repository
+    job_id = None
+    for ds in datasets:
+        buffer = DicomBytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        path = store.received_path(str(ds.SOPInstanceUID))
+        store.write_atomic(path, buffer.getvalue())
+        job_id = repo.record_instance(
+            ReceivedInstance(
+                sop_instance_uid=str(ds.SOPInstanceUID),
+                sop_class_uid=str(ds.SOPClassUID),
+                transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+                study_instance_uid=str(ds.StudyInstanceUID),
+                series_instance_uid=str(ds.SeriesInstanceUID),
+                modality=str(ds.Modality),
+                series_number=int(ds.SeriesNumber),
+                series_description=str(ds.SeriesDescription),
+                path=str(path),
+                size_bytes=len(buffer.getvalue()),
+                calling_ae_title="SCANNER",
+                called_ae_title="ENHANCE",
+            ),
+            preset=preset,
+            destination=destination,
+        ).job_id
+    assert job_id is not None
+    assert repo.close_receiving(job_id, timedelta(0), None) is JobStatus.QUEUED
+    return job_id
+
+
+def test_identity_preset_returns_hu_exact_derived_series(ctx: WorkerContext) -> None:
+    sources = make_ct_series(None, n_slices=5, rows=48, cols=48, tilt_deg=12.0)
+    with CaptureSCP("PACS") as pacs:
+        job_id = _queue(ctx, sources, preset="identity", destination=f"PACS@127.0.0.1:{pacs.port}")
+        assert run_job(job_id, ctx) is JobStatus.DONE
+        received = pacs.wait_for(5, timeout_s=10)
+    job = ctx.repository.get_job(job_id)
+    assert job is not None and job.status is JobStatus.DONE
+    assert [e.status for e in job.events] == [
+        JobStatus.RECEIVING, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RUNNING,
+        JobStatus.SENDING, JobStatus.DONE,
+    ]  # fmt: skip
+    assert len(job.outputs) == 5 and all(o.send_status == 0 for o in job.outputs)
+    by_source = {str(s.SOPInstanceUID): s for s in sources}
+    for ds in received:
+        source_uid = ds.SourceImageSequence[0].ReferencedSOPInstanceUID
+        source = by_source[source_uid]
+        assert ds.SeriesInstanceUID == job.output_series_instance_uid
+        assert ds.StudyInstanceUID == source.StudyInstanceUID
+        assert ds.ImagePositionPatient == source.ImagePositionPatient
+        hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        src_hu = source.pixel_array * float(source.RescaleSlope) + float(source.RescaleIntercept)
+        np.testing.assert_array_equal(hu, src_hu)
+
+
+def test_rerun_gives_the_same_derived_uids(ctx: WorkerContext, tmp_path: Path) -> None:
+    sources = make_ct_series(None, n_slices=2, rows=32, cols=32)
+    first = _queue(ctx, sources, preset="gaussian", destination=None)
+    assert run_job(first, ctx) is JobStatus.DONE
+    other = WorkerContext.from_settings(
+        Settings(
+            data_dir=tmp_path / "second", database_url=f"sqlite:///{tmp_path / 'second.sqlite'}"
+        )
+    )
+    from pacs_node.db.migrate import upgrade
+
+    upgrade(other.settings.db_url)
+    second = _queue(other, sources, preset="gaussian", destination=None)
+    assert run_job(second, other) is JobStatus.DONE
+    a, b = ctx.repository.get_job(first), other.repository.get_job(second)
+    assert a is not None and b is not None
+    assert a.output_series_instance_uid == b.output_series_instance_uid
+    assert sorted(o.sop_instance_uid for o in a.outputs) == sorted(
+        o.sop_instance_uid for o in b.outputs
+    )
+
+
+def test_denoiser_changes_pixels_but_keeps_geometry(ctx: WorkerContext) -> None:
+    sources = make_ct_series(None, n_slices=3, rows=64, cols=64, noise_hu=30.0)
+    job_id = _queue(ctx, sources, preset="ct-denoise", destination=None)
+    assert run_job(job_id, ctx) is JobStatus.DONE
+    job = ctx.repository.get_job(job_id)
+    assert job is not None
+    derived = [pydicom.dcmread(o.path) for o in job.outputs]
+    for ds in derived:
+        assert ds.Rows == 64 and ds.Columns == 64
+        assert ds.ImageType[0] == "DERIVED"
+    noisy = np.stack([s.pixel_array for s in sources]).astype(float)
+    smooth = np.stack([d.pixel_array for d in derived]).astype(float)
+    assert not np.array_equal(noisy, smooth)
+    # Smoother: the high-frequency energy (neighbour differences) drops.
+    assert np.abs(np.diff(smooth, axis=2)).mean() < 0.8 * np.abs(np.diff(noisy, axis=2)).mean()
+
+
+def test_refused_instances_raise_dispatch_error_with_results_recorded(ctx: WorkerContext) -> None:
+    sources = make_ct_series(None, n_slices=2, rows=32, cols=32)
+    with CaptureSCP("PACS", store_status=0xA700) as pacs:
+        job_id = _queue(ctx, sources, preset="identity", destination=f"PACS@127.0.0.1:{pacs.port}")
+        with pytest.raises(DispatchError, match="2 of 2 instances not stored"):
+            run_job(job_id, ctx)
+    job = ctx.repository.get_job(job_id)
+    assert job is not None and job.status is JobStatus.SENDING
+    assert [o.send_status for o in job.outputs] == [0xA700, 0xA700]
+
+
+def test_unreachable_destination_raises_dispatch_error(ctx: WorkerContext) -> None:
+    sources = make_ct_series(None, n_slices=1, rows=32, cols=32)
+    job_id = _queue(ctx, sources, preset="identity", destination=f"PACS@127.0.0.1:{free_port()}")
+    with pytest.raises(DispatchError, match="association"):
+        run_job(job_id, ctx)
+
+
+def test_slices_of_different_size_fail_the_job_with_a_reason(ctx: WorkerContext) -> None:
+    big = make_ct_series(None, n_slices=2, rows=64, cols=64)
+    small = make_ct_series(
+        None, n_slices=1, rows=32, cols=32, study_uid=str(big[0].StudyInstanceUID),
+        series_uid=str(big[0].SeriesInstanceUID),
+    )  # fmt: skip
+    small[0].ImagePositionPatient = [0.0, 0.0, 100.0]
+    job_id = _queue(ctx, big + small, preset="ct-denoise", destination=None)
+    assert run_job(job_id, ctx) is JobStatus.FAILED
+    job = ctx.repository.get_job(job_id)
+    assert job is not None and job.error_code == "invalid_series"
+    assert job.error_message and "32 x 32 pixels differs from 64 x 64" in job.error_message
+    assert job.events[-1].status is JobStatus.FAILED
+
+
+def test_unknown_preset_fails_the_job(ctx: WorkerContext) -> None:
+    job_id = _queue(
+        ctx, make_ct_series(None, n_slices=1, rows=32, cols=32), preset="nope", destination=None
+    )
+    assert run_job(job_id, ctx) is JobStatus.FAILED
+    job = ctx.repository.get_job(job_id)
+    assert job is not None and job.error_code == "model_error"
+    assert "unknown preset 'nope'" in (job.error_message or "")
+
+
+def test_a_duplicate_task_does_nothing(ctx: WorkerContext) -> None:
+    job_id = _queue(
+        ctx, make_ct_series(None, n_slices=1, rows=32, cols=32), preset="identity", destination=None
+    )
+    assert run_job(job_id, ctx) is JobStatus.DONE
+    assert run_job(job_id, ctx) is None
+    job = ctx.repository.get_job(job_id)
+    assert job is not None and job.attempts == 1
