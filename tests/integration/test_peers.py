@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import config, dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, generate_uid
 
+from tests.helpers.synthetic import make_ct_series
 from tests.integration.peers import (
     CaptureSCP,
     OrthancPeer,
@@ -46,76 +47,9 @@ needs_dicomweb = pytest.mark.skipif(
 
 
 def make_ct(series_uid: str | None = None, instance_number: int = 1) -> Dataset:
-    """Build a small valid CT Image Storage instance (32x32 int16) with every mandatory module.
-
-    Modules per PS3.3 A.3.3: Patient, General Study, Patient Study, General Series, Frame of
-    Reference, General Equipment, General Image, Image Plane, Image Pixel, CT Image, SOP
-    Common.
-    """
-    sop_instance_uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-
-    ds = Dataset()
-    ds.file_meta = meta
-    # SOP Common (C.12.1)
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = sop_instance_uid
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    # Patient (C.7.1.1): Type 2 name, ID, birth date, sex
-    ds.PatientName = "Test^Peer"
-    ds.PatientID = "PEER-0001"
-    ds.PatientBirthDate = "19700101"
-    ds.PatientSex = "O"
-    # General Study (C.7.2.1)
-    ds.StudyInstanceUID = generate_uid()
-    ds.StudyDate = "20240101"
-    ds.StudyTime = "120000"
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = "1"
-    ds.AccessionNumber = ""
-    # General Series (C.7.3.1)
-    ds.Modality = "CT"
-    ds.SeriesInstanceUID = series_uid or generate_uid()
-    ds.SeriesNumber = 1
-    # Type 2C: required for CT and MR without Patient Orientation Code Sequence.
-    ds.PatientPosition = "HFS"
-    # Laterality (Type 2C) is required for paired body parts; dciodvfy only knows the part
-    # is unpaired when Body Part Examined is present.
-    ds.BodyPartExamined = "CHEST"
-    # Frame of Reference (C.7.4.1)
-    ds.FrameOfReferenceUID = generate_uid()
-    ds.PositionReferenceIndicator = ""
-    # General Equipment (C.7.5.1)
-    ds.Manufacturer = "pytest"
-    # General Image (C.7.6.1)
+    """One small valid CT Image Storage instance (32x32) from the shared synthetic generator."""
+    [ds] = make_ct_series(None, n_slices=1, rows=32, cols=32, series_uid=series_uid)
     ds.InstanceNumber = instance_number
-    ds.PatientOrientation = ""
-    ds.ContentDate = "20240101"
-    ds.ContentTime = "120000"
-    # Image Plane (C.7.6.2)
-    ds.PixelSpacing = [0.5, 0.5]
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.ImagePositionPatient = [0, 0, float(instance_number)]
-    ds.SliceThickness = 1.0
-    # Image Pixel (C.7.6.3) and CT Image (C.8.2.1)
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = 32
-    ds.Columns = 32
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 1
-    ds.RescaleIntercept = 0
-    ds.RescaleSlope = 1
-    ds.KVP = 120
-    ds.AcquisitionNumber = 1
-    pixels = (np.arange(32 * 32, dtype=np.int16).reshape(32, 32) - 512) * 2
-    ds.PixelData = pixels.tobytes()
     return ds
 
 
