@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -12,6 +12,8 @@ import numpy as np
 
 Task = Literal["denoise", "super_resolution", "diffusion", "identity"]
 Spacing = tuple[float, float, float]
+# progress(done, total): called after each slice or batch of slices.
+ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,9 @@ class Enhancer(Protocol):
         """Name, version, task and checksum of the model."""
         ...
 
-    def __call__(self, volume: np.ndarray, spacing_mm: Spacing) -> tuple[np.ndarray, Spacing]:
+    def __call__(
+        self, volume: np.ndarray, spacing_mm: Spacing, progress: ProgressCallback | None = None
+    ) -> tuple[np.ndarray, Spacing]:
         """Return the enhanced volume (float32) and its voxel spacing (z, y, x) in mm."""
         ...
 

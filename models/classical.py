@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-from models.base import ModelInfo, Spacing, parameters_sha256
+from models.base import ModelInfo, ProgressCallback, Spacing, parameters_sha256
 
 
 def _check_volume(volume: np.ndarray) -> np.ndarray:
@@ -31,8 +31,13 @@ class IdentityFilter:
         )
     )
 
-    def __call__(self, volume: np.ndarray, spacing_mm: Spacing) -> tuple[np.ndarray, Spacing]:
-        return _check_volume(volume).copy(), spacing_mm
+    def __call__(
+        self, volume: np.ndarray, spacing_mm: Spacing, progress: ProgressCallback | None = None
+    ) -> tuple[np.ndarray, Spacing]:
+        data = _check_volume(volume).copy()
+        if progress is not None:
+            progress(len(data), len(data))
+        return data, spacing_mm
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,9 @@ class GaussianFilter:
             weights_sha256=parameters_sha256("gaussian", params),
         )
 
-    def __call__(self, volume: np.ndarray, spacing_mm: Spacing) -> tuple[np.ndarray, Spacing]:
+    def __call__(
+        self, volume: np.ndarray, spacing_mm: Spacing, progress: ProgressCallback | None = None
+    ) -> tuple[np.ndarray, Spacing]:
         data = _check_volume(volume)
         out = np.empty_like(data)
         for index, plane in enumerate(data):
@@ -61,6 +68,8 @@ class GaussianFilter:
             image.SetSpacing((spacing_mm[2], spacing_mm[1]))
             smoothed = sitk.SmoothingRecursiveGaussian(image, self.sigma_mm)
             out[index] = sitk.GetArrayFromImage(smoothed)
+            if progress is not None:
+                progress(index + 1, len(data))
         return out, spacing_mm
 
 
@@ -95,7 +104,9 @@ class AnisotropicDiffusionFilter:
             weights_sha256=parameters_sha256("anisotropic-diffusion", params),
         )
 
-    def __call__(self, volume: np.ndarray, spacing_mm: Spacing) -> tuple[np.ndarray, Spacing]:
+    def __call__(
+        self, volume: np.ndarray, spacing_mm: Spacing, progress: ProgressCallback | None = None
+    ) -> tuple[np.ndarray, Spacing]:
         data = _check_volume(volume)
         out = np.empty_like(data)
         diffusion = sitk.GradientAnisotropicDiffusionImageFilter()
@@ -105,4 +116,6 @@ class AnisotropicDiffusionFilter:
         diffusion.SetConductanceParameter(self.conductance)
         for index, plane in enumerate(data):
             out[index] = sitk.GetArrayFromImage(diffusion.Execute(sitk.GetImageFromArray(plane)))
+            if progress is not None:
+                progress(index + 1, len(data))
         return out, spacing_mm

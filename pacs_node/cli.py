@@ -1,4 +1,4 @@
-"""The ``pacs-node`` command (an entry point): serve, worker, echo, jobs, db, presets."""
+"""The ``pacs-node`` command (an entry point): serve, worker, echo, enhance, jobs, models, db."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -21,8 +22,10 @@ from pacs_node.settings import CStoreDestination, Settings, load_settings
 app = typer.Typer(help="PACS Enhancement Node", no_args_is_help=True, add_completion=False)
 jobs_app = typer.Typer(help="Inspect enhancement jobs.", no_args_is_help=True)
 db_app = typer.Typer(help="Job database maintenance.", no_args_is_help=True)
+models_app = typer.Typer(help="Enhancement models and presets.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
+app.add_typer(models_app, name="models")
 console = Console()
 
 ConfigOption = Annotated[
@@ -224,18 +227,159 @@ def db_upgrade(config: ConfigOption = None) -> None:
     console.print("job database is up to date")
 
 
-@app.command()
-def presets() -> None:
-    """List the enhancement presets with their model versions and checksums."""
-    from models.registry import get_preset, preset_names
+@models_app.command("list")
+def models_list(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List presets and model cards with versions, checksums and availability."""
+    from models.checkpoint import CheckpointError
+    from pacs_node.enhancers import EnhancerCache
 
-    table = Table(title="Presets")
-    for column in ("Preset", "Model", "Version", "Task", "SHA-256"):
+    settings = _settings(config)
+    try:
+        cache = EnhancerCache(settings)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    cards = cache.registry.cards()
+    rows = []
+    for name, preset in sorted(cache.presets.items()):
+        model = preset.model_for(settings.device) if preset.model else None
+        found = cards.get(model) if model else None
+        card = found[1] if found else None
+        if preset.classical:
+            status, version, sha = "ready", "classical", ""
+        elif isinstance(card, CheckpointError):
+            status, version, sha = f"invalid card: {card}", "", ""
+        elif card is None:
+            status, version, sha = "weights not installed", "", ""
+        else:
+            status, version, sha = "ready", card.version, card.weights_sha256
+        rows.append(
+            {
+                "preset": name,
+                "default": name == settings.preset,
+                "model": model or preset.classical,
+                "version": version,
+                "task": card.task
+                if card is not None and not isinstance(card, CheckpointError)
+                else "",
+                "sha256": sha,
+                "status": status,
+                "description": preset.description,
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"Presets ({settings.models.presets_path})")
+    for column in ("Preset", "Model", "Version", "Task", "SHA-256", "Status", "Description"):
         table.add_column(column)
-    for name in preset_names():
-        info = get_preset(name, device="cpu").info
-        table.add_row(name, info.name, info.version, info.task, info.weights_sha256[:16])
+    for row in rows:
+        label = f"{row['preset']} (default)" if row["default"] else str(row["preset"])
+        table.add_row(
+            label, str(row["model"]), str(row["version"]), str(row["task"]),
+            str(row["sha256"])[:16], str(row["status"]), str(row["description"]),
+        )  # fmt: skip
     console.print(table)
+
+
+@app.command()
+def train(
+    mode: Annotated[str, typer.Argument(help="denoise or super_resolution")],
+    data: Annotated[Path, typer.Option(help="DICOM folder or .tar.xz archive", exists=True)],
+    name: Annotated[str, typer.Option(help="model card name")],
+    architecture: Annotated[str, typer.Option(help="zoo architecture, e.g. dncnn")],
+    arch_kwargs: Annotated[str, typer.Option(help="JSON constructor arguments")] = "{}",
+    context_slices: Annotated[int, typer.Option(help="1 = 2D, 3 = 2.5D")] = 1,
+    version: Annotated[str, typer.Option()] = "0.1.0",
+    modality: Annotated[str, typer.Option()] = "CT",
+    description: Annotated[str, typer.Option()] = "",
+    steps: Annotated[int, typer.Option(min=1)] = 2000,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    patch: Annotated[int, typer.Option(min=16)] = 64,
+    learning_rate: Annotated[float, typer.Option()] = 1e-3,
+    seed: Annotated[int, typer.Option()] = 0,
+    output: Annotated[Path, typer.Option(help="folder for the checkpoint")] = Path(
+        "models/weights"
+    ),
+) -> None:
+    """Train a zoo network and write its checkpoint and model card (with held-out metrics)."""
+    import shlex
+    import sys
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from models.train import TrainConfig
+    from pacs_node.training import train_model
+
+    if mode not in ("denoise", "super_resolution"):
+        console.print("[red]mode must be denoise or super_resolution[/red]")
+        raise typer.Exit(2)
+    config = TrainConfig(
+        steps=steps, batch_size=batch_size, patch=patch, learning_rate=learning_rate, seed=seed
+    )
+    command = "pacs-node " + shlex.join(sys.argv[1:])
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[loss]}"),
+               TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(f"training {name}", total=steps, loss="")
+
+        def on_step(step: int, total: int, loss_hu: float) -> None:
+            bar.update(task, completed=step, loss=f"L1 {loss_hu:.2f} HU")
+
+        card = train_model(
+            data, output, name=name, version=version, mode=mode,  # type: ignore[arg-type]
+            architecture=architecture, arch_kwargs=json.loads(arch_kwargs),
+            context_slices=context_slices, modality=modality, description=description,
+            config=config, command=command, on_step=on_step, log=console.print,
+        )  # fmt: skip
+    console.print(f"wrote {card}")
+    console.print_json(card.read_text())
+
+
+@app.command()
+def enhance(
+    input_dir: Annotated[
+        Path, typer.Argument(help="folder of DICOM files", exists=True, file_okay=False)
+    ],
+    output_dir: Annotated[Path, typer.Argument(help="where derived series are written")],
+    preset: Annotated[
+        str | None, typer.Option(help="preset name (default: PACS_NODE_PRESET)")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Enhance every series of a folder offline, through the worker's code path."""
+    from rich.progress import Progress
+
+    from pacs_node.offline import enhance_folder
+
+    settings = _settings(config)
+    _configure_logging("WARNING")
+    name = preset or settings.preset
+    with Progress(console=console, transient=False) as bar:
+
+        def factory(label: str, total: int) -> Callable[[int, int], None]:
+            task = bar.add_task(f"{name}: {label[:40]}", total=total)
+            return lambda done, _total: bar.update(task, completed=done)
+
+        try:
+            outcomes = enhance_folder(settings, input_dir, output_dir, name, factory)
+        except EnhancementError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from exc
+    table = Table(title=f"{input_dir} -> {output_dir}")
+    for column in ("Series", "Description", "Instances", "Result", "Details"):
+        table.add_column(column)
+    for outcome in outcomes:
+        table.add_row(
+            str(outcome.series_number or ""), outcome.description, str(outcome.instances),
+            outcome.status, f"{outcome.message} {outcome.output_dir or ''}".strip(),
+        )  # fmt: skip
+    console.print(table)
+    if any(o.status == "FAILED" for o in outcomes):
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from pacs_node.db import migrate
 from pacs_node.db.repository import JobRepository
 from pacs_node.db.session import make_engine, make_session_factory
 from pacs_node.dispatch import Dispatcher
+from pacs_node.enhancers import EnhancerCache
 from pacs_node.scp.handlers import ReceiveContext
 from pacs_node.scp.server import start_scp
 from pacs_node.settings import REPO_ROOT, Settings
@@ -107,6 +108,9 @@ class EmbeddedWorker:
 def serve(settings: Settings) -> None:
     """Run the node until SIGINT or SIGTERM."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # A missing or corrupt checkpoint of the configured preset stops start-up here, with
+    # the file named, instead of failing the first job.
+    EnhancerCache(settings).check_startup()
     migrate.upgrade(settings.db_url)
     engine = make_engine(settings.db_url)
     repository = JobRepository(make_session_factory(engine))

@@ -97,6 +97,25 @@ class DerivedSettings(_Section):
     equipment_model_name: str = "pacs-node"
 
 
+class ModelSettings(_Section):
+    """Where presets and weights come from and how the inference engine runs."""
+
+    presets_file: Path | None = None  # None: configs/presets.yaml
+    weights_dir: Path | None = None  # searched before the shipped models/weights
+    strength: Literal["low", "medium", "high"] | None = None  # None: each preset's own
+    batch_size: int = Field(default=8, ge=1)
+    max_batch_pixels: int = Field(default=0, ge=0)
+    tile_size: int = Field(default=512, ge=16)
+    tile_overlap: int = Field(default=32, ge=0)
+    amp: bool = True
+    compile: bool = False
+
+    @property
+    def presets_path(self) -> Path:
+        """The presets file in use."""
+        return self.presets_file or REPO_ROOT / "configs" / "presets.yaml"
+
+
 class WorkerSettings(_Section):
     """Celery worker behaviour."""
 
@@ -135,6 +154,7 @@ class Settings(BaseSettings):
     scp: ScpSettings = ScpSettings()
     send: SendSettings = SendSettings()
     derived: DerivedSettings = DerivedSettings()
+    models: ModelSettings = ModelSettings()
     worker: WorkerSettings = WorkerSettings()
 
     @field_validator("destination", mode="before")

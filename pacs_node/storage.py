@@ -7,6 +7,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+
 from pacs_node.errors import StorageError
 
 
@@ -60,3 +63,14 @@ class InstanceStore:
                 os.close(dir_fd)
         except OSError as exc:
             raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+    def write_dataset(self, path: Path, ds: Dataset) -> int:
+        """Encode ``ds`` as a DICOM file (preamble, file meta) and write it atomically.
+
+        Returns the number of bytes written.
+        """
+        buffer = DicomBytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        data = buffer.getvalue()
+        self.write_atomic(path, data)
+        return len(data)

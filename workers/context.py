@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 
 from pacs_node.db.repository import JobRepository
 from pacs_node.db.session import make_engine, make_session_factory
+from pacs_node.enhancers import EnhancerCache
 from pacs_node.settings import Settings
 from pacs_node.storage import InstanceStore
 
@@ -22,6 +23,7 @@ class WorkerContext:
     engine: Engine
     repository: JobRepository
     store: InstanceStore
+    enhancers: EnhancerCache
     # Who ran a job, for the audit trail: host and process of this worker.
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
@@ -34,4 +36,5 @@ class WorkerContext:
             engine=engine,
             repository=JobRepository(make_session_factory(engine)),
             store=InstanceStore(settings.data_dir),
+            enhancers=EnhancerCache(settings),
         )

@@ -3,102 +3,42 @@
 from __future__ import annotations
 
 import logging
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import dcmwrite
-
-from models.base import ModelInfo
-from models.registry import UnknownPresetError, get_preset
-from pacs_node import __version__
 from pacs_node.db.models import JobStatus
 from pacs_node.db.repository import JobView
-from pacs_node.dicom.derived import (
-    SMOOTHING,
-    DerivationInfo,
-    build_derived_series,
-    choose_series_number,
-)
-from pacs_node.dicom.volume import load_series
 from pacs_node.errors import DispatchError, InvalidSeriesError, ModelError
+from pacs_node.pipeline import enhance_series
 from pacs_node.scu import acknowledged, send_c_store
 from pacs_node.settings import CStoreDestination
 from workers.context import WorkerContext
 
 logger = logging.getLogger(__name__)
 
-# Image derivation codes, CID 7203 (PS3.16): what was done to the pixels. CID 7203 has
-# no "noise reduction" concept; Smoothing is the closest for every denoiser.
-_DERIVATION_CODES: dict[str, tuple[str, str, str]] = {
-    "denoise": SMOOTHING,
-    "identity": SMOOTHING,
-}
-
-
-def _derivation_info(
-    ctx: WorkerContext, job: JobView, model: ModelInfo, source_number: int | None
-) -> DerivationInfo:
-    derived = ctx.settings.derived
-    used = ctx.repository.used_series_numbers(job.study_instance_uid)
-    return DerivationInfo(
-        preset=job.preset,
-        model_name=model.name,
-        model_version=model.version,
-        weights_sha256=model.weights_sha256,
-        description=(
-            f"Enhanced by {derived.manufacturer} {__version__}, preset {job.preset}: "
-            f"{model.description}; model {model.name} {model.version}, "
-            f"sha256 {model.weights_sha256[:16]}"
-        ),
-        derivation_code=_DERIVATION_CODES.get(model.task, _DERIVATION_CODES["denoise"]),
-        series_description_template=derived.series_description_template,
-        series_number=choose_series_number(source_number, used, derived.series_number_offset),
-        manufacturer=derived.manufacturer,
-        equipment_model_name=derived.equipment_model_name,
-        software_versions=__version__,
-    )
-
 
 def _enhance_and_write(ctx: WorkerContext, job: JobView) -> list[Path]:
     inputs = ctx.repository.job_inputs(job.id)
-    volume = load_series([Path(item.path) for item in inputs])
-    try:
-        model = get_preset(job.preset, device=ctx.settings.device)
-    except UnknownPresetError as exc:
-        raise ModelError(str(exc)) from exc
-    started = time.perf_counter()
-    try:
-        values, spacing = model(volume.values, volume.spacing_mm)
-    except (RuntimeError, ValueError, MemoryError) as exc:
-        raise ModelError(f"model {model.info.name} failed: {exc}") from exc
-    if values.shape != volume.values.shape or spacing != volume.spacing_mm:
-        raise ModelError(
-            f"model {model.info.name} changed the geometry {volume.values.shape} -> "
-            f"{values.shape}; only same-grid models are supported by this node version"
-        )
-    seconds = time.perf_counter() - started
-    source_number = volume.datasets[0].get("SeriesNumber")
-    info = _derivation_info(
-        ctx, job, model.info, int(source_number) if source_number not in (None, "") else None
+    enhancer = ctx.enhancers.get(job.preset)
+    result = enhance_series(
+        [Path(item.path) for item in inputs],
+        job.preset,
+        enhancer,
+        ctx.settings.derived,
+        ctx.repository.used_series_numbers(job.study_instance_uid),
     )
-    derived = build_derived_series(volume.datasets, values, info, datetime.now(UTC))
-    series_uid = str(derived[0].SeriesInstanceUID)
+    series_uid = result.series_instance_uid
     outputs: list[tuple[str, str, str]] = []
     paths: list[Path] = []
-    for ds, source in zip(derived, volume.datasets, strict=True):
-        buffer = DicomBytesIO()
-        dcmwrite(buffer, ds, enforce_file_format=True)
+    for ds, source_uid in zip(result.datasets, result.sources, strict=True):
         path = ctx.store.derived_path(series_uid, str(ds.SOPInstanceUID))
-        ctx.store.write_atomic(path, buffer.getvalue())
-        outputs.append((str(ds.SOPInstanceUID), str(source.SOPInstanceUID), str(path)))
+        ctx.store.write_dataset(path, ds)
+        outputs.append((str(ds.SOPInstanceUID), source_uid, str(path)))
         paths.append(path)
     ctx.repository.replace_outputs(job.id, series_uid, outputs)
     ctx.repository.add_event(
         job.id,
-        f"{model.info.name} {model.info.version} enhanced {len(derived)} slices in "
-        f"{seconds:.2f} s; derived series {series_uid}",
+        f"{result.model.name} {result.model.version} enhanced {len(paths)} slices in "
+        f"{result.seconds:.2f} s; derived series {series_uid}",
     )
     return paths
 

@@ -6,8 +6,10 @@ import logging
 from functools import cache
 
 from celery import Task
+from celery.signals import worker_init
 
 from pacs_node.db.models import JobStatus
+from pacs_node.enhancers import EnhancerCache
 from pacs_node.errors import DispatchError, EnhancementError
 from workers.app import app, settings
 from workers.context import WorkerContext
@@ -19,6 +21,12 @@ logger = logging.getLogger(__name__)
 @cache
 def _context() -> WorkerContext:
     return WorkerContext.from_settings(settings)
+
+
+@worker_init.connect
+def _check_preset(**_kwargs: object) -> None:
+    """Refuse to start a worker whose default preset cannot be loaded (names the file)."""
+    EnhancerCache(settings).check_startup()
 
 
 @app.task(name="workers.enhance_series", bind=True, max_retries=None)

@@ -18,6 +18,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import Collection as CodeCollection
 from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+from pydicom.valuerep import format_number_as_ds
 
 from pacs_node.dicom.classify import skip_reason
 from pacs_node.dicom.uids import derived_series_uid, derived_sop_uid, device_uid
@@ -27,9 +28,11 @@ __all__ = [
     "SMOOTHING",
     "SOURCE_IMAGE_PURPOSE",
     "SOURCE_SERIES_PURPOSE",
+    "SPATIAL_RESAMPLING",
     "DerivationInfo",
     "build_derived_series",
     "choose_series_number",
+    "derivation_code_for_task",
 ]
 
 #: (113087, DCM, "Smoothing") from CID 7203 Image Derivation: the closest standard concept
@@ -39,6 +42,13 @@ SMOOTHING: tuple[str, str, str] = (
     codes.DCM.Smoothing.scheme_designator,
     codes.DCM.Smoothing.meaning,
 )
+#: (113085, DCM, "Spatial resampling") from CID 7203 Image Derivation: a change of the
+#: pixel grid (super-resolution); CID 7203 has no "super-resolution" or "interpolation" code.
+SPATIAL_RESAMPLING: tuple[str, str, str] = (
+    codes.DCM.SpatialResampling.value,
+    codes.DCM.SpatialResampling.scheme_designator,
+    codes.DCM.SpatialResampling.meaning,
+)
 #: (121322, DCM) CID 7202 Source Image Purposes of Reference.
 SOURCE_IMAGE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
 #: (121323, DCM) CID 7210 Related Series Purposes of Reference.
@@ -47,6 +57,7 @@ SOURCE_SERIES_PURPOSE = codes.DCM.SourceSeriesForImageProcessingOperation
 PROCESSING_EQUIPMENT = codes.DCM.ProcessingEquipment
 
 _IS_MIN, _IS_MAX = -(2**31), 2**31 - 1  # IS value range (PS3.5 6.2)
+_US_MAX = 2**16 - 1  # Rows and Columns are US (PS3.5 6.2)
 _LO_MAX, _SH_MAX, _ST_MAX = 64, 16, 1024  # characters (PS3.5 6.2)
 _TEMPLATE_FIELDS = ("source", "preset", "model", "version")
 # Default character repertoire without backslash (the value delimiter) or controls (PS3.5 6.1).
@@ -85,12 +96,67 @@ _DROPPED_KEYWORDS = (
     "StorageMediaFileSetUID",
 )
 
+# CID 7203 Image Derivation code per model task (models.base.ModelInfo.task).
+_TASK_DERIVATION_CODES: dict[str, tuple[str, str, str]] = {
+    # No "noise reduction" concept in CID 7203; Smoothing is the closest for denoisers,
+    # diffusion-based restoration included, and for the identity (test) model.
+    "denoise": SMOOTHING,
+    "diffusion": SMOOTHING,
+    "identity": SMOOTHING,
+    # A new, finer pixel grid over the same field of view.
+    "super_resolution": SPATIAL_RESAMPLING,
+}
+
+# Display Shutter attributes (PS3.3 C.7.6.11): edges, centre, radius and vertices are given
+# in pixel coordinates (row\column, 1\1 the top left pixel) of the source grid.
+_SHUTTER_KEYWORDS = (
+    "ShutterShape",
+    "ShutterLeftVerticalEdge",
+    "ShutterRightVerticalEdge",
+    "ShutterUpperHorizontalEdge",
+    "ShutterLowerHorizontalEdge",
+    "CenterOfCircularShutter",
+    "RadiusOfCircularShutter",
+    "VerticesOfThePolygonalShutter",
+    "ShutterPresentationValue",
+    "ShutterPresentationColorCIELabValue",
+    "ShutterOverlayGroup",
+)
+
 
 @lru_cache(maxsize=1)
 def _cid7203_dcm_codes() -> dict[str, str]:
     """Return CodeValue -> CodeMeaning of the DCM concepts of CID 7203 Image Derivation."""
     concepts = CodeCollection("CID7203").concepts
     return {c.value: c.meaning for c in concepts.values() if c.scheme_designator == "DCM"}
+
+
+def derivation_code_for_task(task: str) -> tuple[str, str, str]:
+    """Return the CID 7203 Image Derivation code for what a model of ``task`` does.
+
+    Parameters
+    ----------
+    task : str
+        Model task: ``"denoise"``, ``"diffusion"``, ``"identity"`` (all
+        :data:`SMOOTHING`) or ``"super_resolution"`` (:data:`SPATIAL_RESAMPLING`).
+
+    Returns
+    -------
+    tuple of str
+        (CodeValue, CodingSchemeDesignator, CodeMeaning) for
+        :attr:`DerivationInfo.derivation_code`.
+
+    Raises
+    ------
+    ValueError
+        If ``task`` is not one of the known tasks.
+    """
+    try:
+        return _TASK_DERIVATION_CODES[task]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"task must be one of {sorted(_TASK_DERIVATION_CODES)}, got {task!r}"
+        ) from None
 
 
 def _check_text(name: str, value: str, pattern: re.Pattern[str], max_len: int) -> None:
@@ -261,12 +327,30 @@ def _remove_private(ds: Dataset) -> None:
                 _remove_private(item)
 
 
-def _copy_header(source: Dataset) -> Dataset:
-    """Return a deep copy of ``source`` without pixel data and the dropped attributes."""
+def _is_overlay(tag: int) -> bool:
+    """Whether ``tag`` belongs to an Overlay Plane repeating group 6000-601E (PS3.3 C.9.2)."""
+    group = tag >> 16
+    return 0x6000 <= group <= 0x601E and group % 2 == 0
+
+
+def _copy_header(source: Dataset, scale: int) -> Dataset:
+    """Return a deep copy of ``source`` without pixel data and the dropped attributes.
+
+    With ``scale`` > 1 the pixel grid changes, so attributes addressing source pixels by
+    row/column are dropped as well: Overlay Planes (Overlay Rows/Columns/Origin and a
+    bitmap in the source matrix, PS3.3 C.9.2.1.1) and Display Shutters (C.7.6.11). Physical
+    attributes stay true of the same field of view: Pixel Aspect Ratio (equal scale on both
+    axes, C.7.6.3.1.7), Reconstruction Diameter, Acquisition Matrix (of the acquisition,
+    not of the image), Referenced Image Sequence (whole instances, no pixel coordinates).
+    Other pixel-coordinate attributes (ultrasound regions, mask pixel shifts, Imager Pixel
+    Spacing) belong to IODs that :func:`skip_reason` does not admit.
+    """
     out = Dataset()
     dropped = {kw for kw in _DROPPED_KEYWORDS if kw in source}
+    if scale > 1:
+        dropped.update(kw for kw in _SHUTTER_KEYWORDS if kw in source)
     for elem in source:
-        if elem.keyword in dropped:
+        if elem.keyword in dropped or (scale > 1 and _is_overlay(elem.tag)):
             continue
         out.add(copy.deepcopy(elem))
     _remove_private(out)
@@ -329,13 +413,15 @@ def _padding_range(source: Dataset) -> tuple[int, int] | None:
 
 
 def _stored_pixels(
-    source: Dataset, index: int, frame: np.ndarray, slope: float, intercept: float
+    source: Dataset, index: int, frame: np.ndarray, slope: float, intercept: float, scale: int
 ) -> np.ndarray:
     """Return the stored values of one output slice with 16 bits stored.
 
     Values are mapped back through the source's rescale so modality values (HU) keep their
     meaning, rounded and clipped to the range of PixelRepresentation with Bits Stored 16.
-    Source padding pixels stay padding; other pixels are kept out of the padding range.
+    Source padding pixels stay padding, through nearest-neighbour upsampling of the padding
+    mask by ``scale`` (each source pixel becomes ``scale`` x ``scale`` output pixels); other
+    pixels are kept out of the padding range.
     """
     signed = int(source.PixelRepresentation) == 1
     low, high = (-(2**15), 2**15 - 1) if signed else (0, 2**16 - 1)
@@ -350,6 +436,8 @@ def _stored_pixels(
                 "sets so padding pixels can be kept"
             )
         src = source.pixel_array.astype(np.int32)
+        if scale > 1:
+            src = np.repeat(np.repeat(src, scale, axis=0), scale, axis=1)
         pad_low, pad_high = padding
         is_padding = (src >= pad_low) & (src <= pad_high)
         stored[is_padding] = src[is_padding]
@@ -359,8 +447,80 @@ def _stored_pixels(
     return stored.astype("<i2" if signed else "<u2")
 
 
-def _check_sources(sources: Sequence[Dataset], values: np.ndarray) -> None:
-    """Raise ValueError naming the argument and the constraint it breaks."""
+def _scale(sources: Sequence[Dataset], values: np.ndarray) -> int:
+    """Return the in-plane scale s of ``values`` over the source matrix, or raise ValueError."""
+    rows, columns = int(sources[0].Rows), int(sources[0].Columns)
+    if rows < 1 or columns < 1:
+        raise ValueError(f"sources[0] has Rows {rows} and Columns {columns}; both must be >= 1")
+    rule = (
+        f"values must have shape (len(sources), Rows, Columns) = "
+        f"{(len(sources), rows, columns)}, or (len(sources), Rows*s, Columns*s) with one "
+        "integer scale s >= 2 on both axes"
+    )
+    if values.ndim != 3 or values.shape[0] != len(sources):
+        raise ValueError(f"{rule}; got {values.shape}")
+    out_rows, out_columns = int(values.shape[1]), int(values.shape[2])
+    if (
+        out_rows < rows
+        or out_rows % rows
+        or out_columns % columns
+        or out_rows // rows != out_columns // columns
+    ):
+        raise ValueError(
+            f"{rule}; got {values.shape}: Rows x {out_rows / rows:g}, "
+            f"Columns x {out_columns / columns:g}"
+        )
+    scale = out_rows // rows
+    if max(out_rows, out_columns) > _US_MAX:
+        raise ValueError(
+            f"values gives {out_rows} Rows and {out_columns} Columns at scale {scale}; "
+            f"both must be at most {_US_MAX} (US)"
+        )
+    if scale > 1:
+        for index, source in enumerate(sources):
+            if len(source.get("PixelSpacing") or []) != 2:
+                raise ValueError(
+                    f"sources[{index}] has no PixelSpacing (two values); it is needed to "
+                    f"resample the image plane to scale {scale}"
+                )
+    return scale
+
+
+def _resampled_plane(source: Dataset, scale: int) -> tuple[list[str], list[str]]:
+    """Return (ImagePositionPatient, PixelSpacing) as DS strings for the grid refined ``scale``.
+
+    PS3.3 C.7.6.2.1.1 maps pixel (column i, row j), 0-based, to the patient position
+    P = S + i * Di * X + j * Dj * Y, where S is Image Position (Patient), the centre of the
+    first transmitted pixel; X = IOP[0:3] the row direction (along which i steps) and
+    Y = IOP[3:6] the column direction (along which j steps); Di the column spacing =
+    PixelSpacing[1] and Dj the row spacing = PixelSpacing[0] (Pixel Spacing is "adjacent
+    row spacing \\ adjacent column spacing", PS3.3 10.7.1.3).
+
+    A pixel is the area within half a step of its centre, so the outer corner of the field
+    of view is C = S - (Di/2) X - (Dj/2) Y. The refined grid keeps that corner and the
+    extent, with steps Di/s and Dj/s, so its first pixel centre is
+        S' = C + (Di/(2s)) X + (Dj/(2s)) Y = S - (Di/2)(1 - 1/s) X - (Dj/2)(1 - 1/s) Y.
+    Its last pixel edge along X lies at S' + (s*Columns - 1/2)(Di/s) X = S + (Columns - 1/2)
+    Di X, as before, so the corners and the centre of the image do not move. This is the
+    grid of "half-pixel" upsampling (PyTorch ``align_corners=False``, pixel shuffle), the
+    convention the model outputs must follow.
+    """
+    x = np.array([float(v) for v in source.ImageOrientationPatient[0:3]])
+    y = np.array([float(v) for v in source.ImageOrientationPatient[3:6]])
+    row_spacing, column_spacing = (float(v) for v in source.PixelSpacing)
+    position = np.array([float(v) for v in source.ImagePositionPatient])
+    shrink = 1.0 - 1.0 / scale
+    position = position - (column_spacing / 2) * shrink * x - (row_spacing / 2) * shrink * y
+    # DS holds at most 16 characters (PS3.5 6.2); format_number_as_ds keeps the precision.
+    spacing = [
+        format_number_as_ds(row_spacing / scale),
+        format_number_as_ds(column_spacing / scale),
+    ]
+    return [format_number_as_ds(float(v)) for v in position], spacing
+
+
+def _check_sources(sources: Sequence[Dataset], values: np.ndarray) -> int:
+    """Return the in-plane scale of ``values``; raise ValueError naming the broken constraint."""
     if len(sources) == 0:
         raise ValueError("sources must contain at least one dataset")
     first = sources[0]
@@ -377,17 +537,14 @@ def _check_sources(sources: Sequence[Dataset], values: np.ndarray) -> None:
                     f"sources must share {keyword}; sources[{index}] has "
                     f"{source.get(keyword)!r}, sources[0] has {first.get(keyword)!r}"
                 )
-    expected = (len(sources), int(first.Rows), int(first.Columns))
-    if values.ndim != 3 or values.shape != expected:
-        raise ValueError(
-            f"values must have shape (len(sources), Rows, Columns) = {expected}, got {values.shape}"
-        )
+    scale = _scale(sources, values)
     if not np.issubdtype(values.dtype, np.number) or np.issubdtype(
         values.dtype, np.complexfloating
     ):
         raise ValueError(f"values must be a real numeric array, got dtype {values.dtype}")
     if not np.isfinite(values).all():
         raise ValueError("values must be finite (no NaN or infinity)")
+    return scale
 
 
 def build_derived_series(
@@ -401,14 +558,23 @@ def build_derived_series(
     Equipment item for this node, and the new pixels stored through the source's
     Rescale Slope/Intercept with 16 bits stored.
 
+    Super-resolution output, ``scale`` s = values.shape[1] / Rows >= 2, gets Rows and
+    Columns times s, Pixel Spacing divided by s and Image Position (Patient) moved to the
+    centre of the new first pixel, so the field of view and its centre are unchanged;
+    Spatial Locations Preserved is NO, and overlays and display shutters in source pixel
+    coordinates are dropped.
+
     Parameters
     ----------
     sources : Sequence[pydicom.dataset.Dataset]
         Full datasets (with PixelData when PixelPaddingValue is used) of one enhanceable
         series, e.g. :attr:`SeriesVolume.datasets`.
     values : numpy.ndarray
-        Real array (len(sources), Rows, Columns) of modality values (HU for CT),
-        ``values[k]`` belonging to ``sources[k]``.
+        Real array (len(sources), Rows, Columns), or (len(sources), Rows*s, Columns*s)
+        with one integer s >= 2 for super-resolution, of modality values (HU for CT),
+        ``values[k]`` belonging to ``sources[k]``. Upsampled pixels must follow the
+        half-pixel grid convention: output pixel centres at source pixel coordinates
+        (m + 1/2)/s - 1/2 for output index m, the same outer edges.
     info : DerivationInfo
         What was done and by which equipment.
     now : datetime.datetime
@@ -425,11 +591,12 @@ def build_derived_series(
     ------
     ValueError
         If ``sources`` is empty, mixes series, studies, SOP classes or matrix sizes,
-        holds an instance that cannot be enhanced, or ``values`` has the wrong shape or
-        non-finite values.
+        holds an instance that cannot be enhanced, or ``values`` has the wrong shape (not
+        the source matrix or one integer multiple of it on both axes) or non-finite
+        values, or a super-resolution source has no Pixel Spacing.
     """
     values = np.asarray(values)
-    _check_sources(sources, values)
+    scale = _check_sources(sources, values)
 
     first = sources[0]
     series_uid = derived_series_uid(first.SeriesInstanceUID, info.preset, info.model_version)
@@ -468,7 +635,7 @@ def build_derived_series(
     derived: list[FileDataset] = []
     for index, source in enumerate(sources):
         slope, intercept = _rescale(source, index)
-        ds = _copy_header(source)
+        ds = _copy_header(source, scale)
 
         # SOP Common (PS3.3 C.12.1): same SOP class, new instance.
         ds.SOPInstanceUID = derived_sop_uid(source.SOPInstanceUID, info.preset, info.model_version)
@@ -508,17 +675,28 @@ def build_derived_series(
                 SOURCE_IMAGE_PURPOSE.meaning,
             )
         ]
-        # Same plane, same matrix: every pixel is where its source pixel was (C.7.6.1.1.4).
-        reference.SpatialLocationsPreserved = "YES"
+        # Enumerated Values YES, NO, REORIENTED_ONLY (PS3.3 C.7.6.1.1.4). Same plane, same
+        # matrix: every pixel is where its source pixel was. A finer grid puts new pixels
+        # where the source had none ("magnified or warped geometrically" is NO), although
+        # the plane and the field of view are the same.
+        reference.SpatialLocationsPreserved = "YES" if scale == 1 else "NO"
         ds.SourceImageSequence = [reference]
 
+        if scale > 1:
+            # Image Plane (PS3.3 C.7.6.2): same orientation, frame of reference, slice
+            # thickness and location; a finer grid over the same field of view.
+            ds.ImagePositionPatient, ds.PixelSpacing = _resampled_plane(source, scale)
+            ds.Rows = int(source.Rows) * scale
+            ds.Columns = int(source.Columns) * scale
+
         # Image Pixel (PS3.3 C.7.6.3): 16 bits stored so the whole modality range fits;
-        # Rows, Columns, PixelRepresentation, Photometric and Rescale are the source's.
+        # PixelRepresentation, Photometric and Rescale are the source's, Rows and Columns
+        # the source's times the scale.
         ds.SamplesPerPixel = 1
         ds.BitsAllocated = 16
         ds.BitsStored = 16
         ds.HighBit = 15
-        stored = _stored_pixels(source, index, values[index], slope, intercept)
+        stored = _stored_pixels(source, index, values[index], slope, intercept, scale)
         ds.add(DataElement(0x7FE00010, "OW", stored.tobytes()))
 
         # File Meta Information (PS3.10 7.1), uncompressed whatever the source used.

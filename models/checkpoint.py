@@ -1,0 +1,154 @@
+"""The project's checkpoint format: safetensors weights plus a JSON model card."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from models.base import ModelInfo, Task
+from models.networks import build_network
+
+CARD_SUFFIX = ".json"
+WEIGHTS_SUFFIX = ".safetensors"
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, corrupt or inconsistent with its card; names the file."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything needed to rebuild a network and to judge its weights.
+
+    ``hu_window`` is the intensity normalisation: the network sees
+    ``(value - lo) / (hi - lo)``. A power-of-two width keeps the mapping exact in float32,
+    so a network that is an identity returns the input values unchanged.
+    """
+
+    name: str
+    version: str
+    task: Task
+    modality: str
+    architecture: str
+    arch_kwargs: dict[str, Any]
+    hu_window: tuple[float, float] = (-1024.0, 3072.0)
+    context_slices: int = 1
+    scale_factor: int = 1
+    description: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    weights_file: str = ""
+    weights_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if self.task not in get_args(Task):
+            raise ValueError(f"task {self.task!r} is not one of {get_args(Task)}")
+        if self.context_slices < 1 or self.context_slices % 2 == 0:
+            raise ValueError(f"context_slices must be odd and >= 1, got {self.context_slices}")
+        low, high = self.hu_window
+        if not high > low:
+            raise ValueError(f"hu_window must be (low, high) with high > low, got {self.hu_window}")
+        if self.scale_factor < 1:
+            raise ValueError(f"scale_factor must be >= 1, got {self.scale_factor}")
+
+    def to_json(self) -> str:
+        """The card as indented JSON."""
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        """Parse a card; unknown or missing keys are errors."""
+        data = json.loads(text)
+        data["hu_window"] = tuple(data["hu_window"])
+        return cls(**data)
+
+    @property
+    def info(self) -> ModelInfo:
+        """The summary the node records as provenance."""
+        return ModelInfo(
+            name=self.name,
+            version=self.version,
+            task=self.task,
+            modality=self.modality,
+            description=self.description or f"{self.architecture} network",
+            weights_sha256=self.weights_sha256,
+            scale_factor=self.scale_factor,
+        )
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_checkpoint(directory: Path, network: nn.Module, card: ModelCard) -> Path:
+    """Write ``<name>.safetensors`` and ``<name>.json`` (with the weights' SHA-256).
+
+    Returns
+    -------
+    Path
+        The written card.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / f"{card.name}{WEIGHTS_SUFFIX}"
+    state = {key: value.detach().cpu().contiguous() for key, value in network.state_dict().items()}
+    save_file(state, str(weights), metadata={"name": card.name, "version": card.version})
+    final = dataclasses.replace(
+        card, weights_file=weights.name, weights_sha256=file_sha256(weights)
+    )
+    card_path = directory / f"{card.name}{CARD_SUFFIX}"
+    card_path.write_text(final.to_json())
+    return card_path
+
+
+def read_card(card_path: Path) -> ModelCard:
+    """Read and validate a model card (not its weights)."""
+    try:
+        return ModelCard.from_json(card_path.read_text())
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"model card {card_path} does not exist") from exc
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"model card {card_path} is invalid: {exc}") from exc
+
+
+def load_checkpoint(
+    card_path: Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelCard]:
+    """Rebuild the network of a card and load its verified weights, in eval mode.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the file: card or weights missing, checksum mismatch (a corrupt or
+        replaced file), or weights that do not fit the architecture.
+    """
+    card = read_card(card_path)
+    weights = card_path.parent / card.weights_file
+    if not card.weights_file or not weights.is_file():
+        raise CheckpointError(f"weights file {weights} named by {card_path} does not exist")
+    actual = file_sha256(weights)
+    if actual != card.weights_sha256:
+        raise CheckpointError(
+            f"weights file {weights} has SHA-256 {actual[:16]}..., its card {card_path} "
+            f"expects {card.weights_sha256[:16]}...: the file is corrupt or was replaced"
+        )
+    try:
+        network = build_network(card.architecture, **card.arch_kwargs)
+        state = load_file(str(weights), device="cpu")
+        network.load_state_dict(state, strict=True)
+    except (KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+        raise CheckpointError(f"cannot load {weights} into {card.architecture}: {exc}") from exc
+    return network.to(device).eval(), card

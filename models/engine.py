@@ -1,0 +1,225 @@
+"""Inference engine: runs any zoo network over a whole volume on CPU or GPU.
+
+Slices are batched; a slice too large for the memory budget is cut into overlapping
+tiles whose borders are discarded (only each tile's centre is kept), so tiles meet without
+seams; a GPU out-of-memory error halves the batch, then the tile, and tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.base import ModelInfo, ProgressCallback, Spacing
+from models.checkpoint import ModelCard
+
+logger = logging.getLogger(__name__)
+
+
+class MemoryBudgetExceeded(torch.OutOfMemoryError):
+    """A forward call would exceed the configured memory budget (treated like a real OOM)."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but no CUDA device is available")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine runs a network.
+
+    ``max_batch_pixels`` bounds the input pixels (batch x height x width) of one forward
+    call, the engine's memory budget; 0 means unbounded. ``tile_overlap`` is the border
+    (input pixels) discarded around each tile; it must cover the network's receptive field
+    for tiled output to equal untiled output.
+    """
+
+    device: str = "auto"
+    batch_size: int = 8
+    max_batch_pixels: int = 0
+    tile_size: int = 256
+    tile_overlap: int = 32
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.tile_size < 16:
+            raise ValueError(f"tile_size must be >= 16, got {self.tile_size}")
+        if self.tile_overlap < 0:
+            raise ValueError(f"tile_overlap must be >= 0, got {self.tile_overlap}")
+
+
+def _tiles(length: int, core: int) -> Iterator[tuple[int, int]]:
+    """Cut [0, length) into consecutive cores of at most ``core`` pixels."""
+    for start in range(0, length, core):
+        yield start, min(start + core, length)
+
+
+class NetworkEnhancer:
+    """A network and its card, behaving as an ``Enhancer`` (volume in, volume out).
+
+    ``strength`` in [0, 1] blends the output with the input (1: the network's output),
+    the way vendors expose low/medium/high; it applies to same-grid models only.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        card: ModelCard,
+        options: EngineOptions | None = None,
+        strength: float = 1.0,
+    ) -> None:
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be within [0, 1], got {strength}")
+        self.card = card
+        self.options = options or EngineOptions()
+        self.strength = strength
+        self.device = resolve_device(self.options.device)
+        self._batch_size = self.options.batch_size
+        self._tile_size = self.options.tile_size
+        network = network.to(self.device).eval()
+        if self.options.channels_last:
+            # NHWC is faster for convolutions on current CPUs and on tensor-core GPUs.
+            network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self._network: Callable[[torch.Tensor], torch.Tensor] = network
+        if self.options.compile:
+            self._network = torch.compile(network)
+
+    @property
+    def info(self) -> ModelInfo:
+        """The card's provenance summary."""
+        return self.card.info
+
+    # -- normalisation -----------------------------------------------------------
+
+    def _normalise(self, volume: np.ndarray) -> np.ndarray:
+        low, high = self.card.hu_window
+        return ((volume.astype(np.float32) - np.float32(low)) / np.float32(high - low)).astype(
+            np.float32
+        )
+
+    def _denormalise(self, values: np.ndarray) -> np.ndarray:
+        low, high = self.card.hu_window
+        return (values * np.float32(high - low) + np.float32(low)).astype(np.float32)
+
+    # -- forward passes ----------------------------------------------------------
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        budget = self.options.max_batch_pixels
+        pixels = batch.shape[0] * batch.shape[2] * batch.shape[3]
+        if budget and pixels > budget:
+            raise MemoryBudgetExceeded(f"{pixels} pixels exceed the budget of {budget}")
+        batch = batch.to(self.device, non_blocking=True)
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda" and self.options.amp
+            else nullcontext()
+        )
+        if self.options.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            out = self._network(batch)
+        return out.float().cpu()
+
+    def _forward_tiled(self, batch: torch.Tensor) -> torch.Tensor:
+        """Run ``batch`` (N, C, H, W) in overlapping tiles; only tile centres are kept."""
+        n, _, height, width = batch.shape
+        scale = self.card.scale_factor
+        core, margin = self._tile_size, self.options.tile_overlap
+        out = torch.empty((n, 1, height * scale, width * scale), dtype=torch.float32)
+        for y0, y1 in _tiles(height, core):
+            for x0, x1 in _tiles(width, core):
+                ty0, ty1 = max(0, y0 - margin), min(height, y1 + margin)
+                tx0, tx1 = max(0, x0 - margin), min(width, x1 + margin)
+                result = self._forward(batch[:, :, ty0:ty1, tx0:tx1])
+                out[:, :, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = result[
+                    :,
+                    :,
+                    (y0 - ty0) * scale : (y1 - ty0) * scale,
+                    (x0 - tx0) * scale : (x1 - tx0) * scale,
+                ]
+        return out
+
+    def _run_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """Forward one batch, falling back to smaller batches and tiles on OOM."""
+        height, width = batch.shape[2], batch.shape[3]
+        whole = max(height, width) <= self._tile_size
+        try:
+            return self._forward(batch) if whole else self._forward_tiled(batch)
+        except torch.OutOfMemoryError as exc:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if batch.shape[0] > 1:
+                half = math.ceil(batch.shape[0] / 2)
+                self._batch_size = max(1, min(self._batch_size, half))
+                logger.warning("out of memory (%s); batch size now %d", exc, self._batch_size)
+                return torch.cat([self._run_batch(part) for part in batch.split(half)])
+            if self._tile_size > 32:
+                self._tile_size = max(32, min(self._tile_size, max(height, width)) // 2)
+                logger.warning("out of memory (%s); tile size now %d", exc, self._tile_size)
+                return self._run_batch(batch)
+            raise
+
+    def _context_stack(self, volume: torch.Tensor, index: int) -> torch.Tensor:
+        """(C, H, W): the slice and its neighbours, edge slices repeated (2.5D input)."""
+        half = self.card.context_slices // 2
+        picks = [min(max(index + k, 0), volume.shape[0] - 1) for k in range(-half, half + 1)]
+        return volume[picks]
+
+    # -- the Enhancer contract -----------------------------------------------------
+
+    def __call__(
+        self,
+        volume: np.ndarray,
+        spacing_mm: Spacing,
+        progress: ProgressCallback | None = None,
+    ) -> tuple[np.ndarray, Spacing]:
+        """Enhance ``volume`` (z, y, x) in modality units; returns values and spacing."""
+        if volume.ndim != 3:
+            raise ValueError(f"volume must be 3-D (z, y, x), got shape {volume.shape}")
+        scale = self.card.scale_factor
+        source = torch.from_numpy(self._normalise(volume))
+        depth, height, width = source.shape
+        output = np.empty((depth, height * scale, width * scale), dtype=np.float32)
+        with torch.inference_mode():
+            start = 0
+            while start < depth:
+                stop = min(depth, start + self._batch_size)
+                batch = torch.stack([self._context_stack(source, i) for i in range(start, stop)])
+                output[start:stop] = self._run_batch(batch)[:, 0].numpy()
+                start = stop
+                if progress is not None:
+                    progress(stop, depth)
+        result = self._denormalise(output)
+        if scale == 1 and self.strength < 1.0:
+            original = volume.astype(np.float32)
+            result = original + np.float32(self.strength) * (result - original)
+        low, high = self.card.hu_window
+        np.clip(result, low, high - 1, out=result)
+        new_spacing = (spacing_mm[0], spacing_mm[1] / scale, spacing_mm[2] / scale)
+        return result, new_spacing
+
+
+def bicubic_upsample(volume: np.ndarray, scale: int) -> np.ndarray:
+    """In-plane bicubic upsampling of a volume (z, y, x): the super-resolution baseline."""
+    tensor = torch.from_numpy(volume.astype(np.float32))[:, None]
+    up = F.interpolate(tensor, scale_factor=scale, mode="bicubic", align_corners=False)
+    return up[:, 0].numpy()

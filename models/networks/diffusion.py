@@ -1,0 +1,290 @@
+"""Few-step conditional cold diffusion (CoreDiff style) that starts from the low-dose image."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ColdDiffusion", "RestoreUNet"]
+
+
+def _groups(channels: int) -> int:
+    """The largest of 8, 4, 2, 1 groups that divides ``channels`` (for GroupNorm)."""
+    return next(g for g in (8, 4, 2, 1) if channels % g == 0)
+
+
+def sinusoidal_embedding(position: Tensor, dim: int) -> Tensor:
+    """Transformer-style sinusoidal embedding of a (N,) float position → (N, dim)."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(10000.0) * torch.arange(half, device=position.device, dtype=torch.float32) / half
+    )
+    angles = position.float()[:, None] * freqs[None, :]
+    embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if dim % 2:
+        embedding = F.pad(embedding, (0, 1))
+    return embedding
+
+
+class _TimeBlock(nn.Module):
+    """Two conv-GroupNorm-SiLU layers; the time embedding is added after the first."""
+
+    def __init__(self, in_channels: int, out_channels: int, time_dim: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.norm1 = nn.GroupNorm(_groups(out_channels), out_channels)
+        self.time = nn.Linear(time_dim, out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.norm2 = nn.GroupNorm(_groups(out_channels), out_channels)
+
+    def forward(self, x: Tensor, t_emb: Tensor) -> Tensor:
+        h = F.silu(self.norm1(self.conv1(x)) + self.time(t_emb)[:, :, None, None])
+        return F.silu(self.norm2(self.conv2(h)))
+
+
+class RestoreUNet(nn.Module):
+    """The restoration network R(x_t, x_low, t) → estimate of the clean image x0.
+
+    A small U-Net on ``concat(x_t, x_low)`` with a sinusoidal embedding of the
+    degradation level ``t / T``. Its output head is zero-initialised and added to the
+    centre channel of ``x_low``, so untrained it returns ``x_low`` exactly whatever
+    ``x_t`` and ``t`` are.
+
+    Parameters
+    ----------
+    in_channels
+        Channels of ``x_low`` (1 for 2D, 3 for 2.5D); ``x_t`` has one.
+    features
+        Width at full resolution; doubled at each level down.
+    depth
+        Number of ×2 down-samplings.
+    time_dim
+        Size of the sinusoidal time embedding.
+    """
+
+    def __init__(
+        self, in_channels: int = 1, features: int = 32, depth: int = 2, time_dim: int = 64
+    ) -> None:
+        super().__init__()
+        self.depth = depth
+        self.time_mlp = nn.Sequential(
+            nn.Linear(time_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)
+        )
+        self.time_dim = time_dim
+        widths = [features * 2**level for level in range(depth + 1)]
+        self.encoders = nn.ModuleList()
+        self.downs = nn.ModuleList()
+        width = in_channels + 1
+        for level in range(depth):
+            self.encoders.append(_TimeBlock(width, widths[level], time_dim))
+            self.downs.append(nn.Conv2d(widths[level], widths[level], 3, stride=2, padding=1))
+            width = widths[level]
+        self.bottleneck = _TimeBlock(width, widths[depth], time_dim)
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for level in reversed(range(depth)):
+            self.ups.append(nn.Conv2d(widths[level + 1], widths[level], 3, padding=1))
+            self.decoders.append(_TimeBlock(2 * widths[level], widths[level], time_dim))
+        self.head = nn.Conv2d(widths[0], 1, kernel_size=3, padding=1)
+        for parameter in self.head.parameters():  # weight and bias
+            nn.init.zeros_(parameter)
+
+    def forward(self, x_t: Tensor, x_low: Tensor, t_frac: Tensor) -> Tensor:
+        """Estimate x0 (N, 1, H, W) from ``x_t`` (N, 1, H, W), ``x_low`` (N, C, H, W).
+
+        ``t_frac`` (N,) is the degradation level t / T in [0, 1].
+        """
+        height, width = x_t.shape[-2:]
+        multiple = 2**self.depth
+        pad_h, pad_w = -height % multiple, -width % multiple
+        h = torch.cat([x_t, x_low], dim=1)
+        if pad_h or pad_w:  # odd sizes: pad to a multiple of 2**depth, crop at the end
+            h = F.pad(h, (0, pad_w, 0, pad_h), mode="replicate")
+        t_emb = self.time_mlp(sinusoidal_embedding(t_frac * 1000.0, self.time_dim))
+        skips: list[Tensor] = []
+        for encoder, down in zip(self.encoders, self.downs, strict=True):
+            h = encoder(h, t_emb)
+            skips.append(h)
+            h = down(h)
+        h = self.bottleneck(h, t_emb)
+        for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips), strict=True):
+            h = up(F.interpolate(h, size=skip.shape[-2:], mode="nearest"))
+            h = decoder(torch.cat([h, skip], dim=1), t_emb)
+        residual = self.head(h)[..., :height, :width]
+        centre = x_low.shape[1] // 2
+        return x_low[:, centre : centre + 1] + residual
+
+
+class ColdDiffusion(nn.Module):
+    """Conditional cold diffusion from the low-dose image in a few steps (CoreDiff style).
+
+    Degradation at level t of T::
+
+        D(x0, t) = x0 + (t/T) (x_low - x0) + sigma(t/T) eps,
+        sigma(s) = noise_scale * 2 * sqrt(s (1 - s)),
+
+    an interpolation from the clean image (t = 0) to the low-dose image (t = T) with a
+    Brownian-bridge-shaped noise that vanishes at both ends. Sampling is Algorithm 2 of
+    Cold Diffusion (Bansal et al. 2022)::
+
+        x_T = x_low;  x_{t-1} = x_t - D(x0_hat, t) + D(x0_hat, t-1),
+        x0_hat = R(x_t, x_low, t),
+
+    whose noise drawn for level t-1 is reused when level t-1 is removed at the next step.
+    Untrained, R returns x_low, so every D(x0_hat, t) = x_low + sigma_t eps_t; the noise
+    terms telescope and the sampler returns x_low (to float rounding).
+
+    Parameters
+    ----------
+    in_channels
+        Input channels: 1 for 2D, 3 (adjacent slices, 2.5D) — all condition the
+        restoration; the centre one is the low-dose image being restored.
+    steps
+        T, the number of degradation levels and of sampling steps.
+    noise_scale
+        Peak noise standard deviation (at t = T/2), in normalised intensity units. With 0
+        the sampler is deterministic; with > 0 different seeds give different samples
+        (their per-pixel spread flags unstable, possibly hallucinated, structure).
+    seed
+        Seed of the local generator used by :meth:`forward` (the global RNG is never used
+        for sampling).
+    features, depth, time_dim
+        Size of the restoration U-Net (see :class:`RestoreUNet`).
+    """
+
+    task: ClassVar[str] = "diffusion"
+    scale: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        steps: int = 10,
+        noise_scale: float = 0.01,
+        seed: int = 0,
+        features: int = 32,
+        depth: int = 2,
+        time_dim: int = 64,
+    ) -> None:
+        super().__init__()
+        if steps < 1:
+            raise ValueError(f"steps must be ≥ 1, got {steps}")
+        if noise_scale < 0:
+            raise ValueError(f"noise_scale must be ≥ 0, got {noise_scale}")
+        self.in_channels = in_channels
+        self.steps = steps
+        self.noise_scale = noise_scale
+        self.seed = seed
+        self.restorer = RestoreUNet(in_channels, features, depth, time_dim)
+
+    def sigma(self, s: float) -> float:
+        """Noise standard deviation at degradation level ``s = t / T`` (0 at s = 0 and 1)."""
+        return self.noise_scale * 2.0 * math.sqrt(max(s * (1.0 - s), 0.0))
+
+    def restore(self, x_t: Tensor, x_low: Tensor, t: Tensor | float) -> Tensor:
+        """Estimate the clean centre slice x0 (N, 1, H, W) from ``x_t`` at level ``t``.
+
+        Parameters
+        ----------
+        x_t
+            Degraded image (N, 1, H, W).
+        x_low
+            Low-dose input (N, C, H, W), the condition.
+        t
+            Degradation step in [0, T] (a number or an (N,) tensor); T = ``self.steps``.
+        """
+        level = torch.as_tensor(t, dtype=torch.float32, device=x_t.device) / self.steps
+        return self.restorer(x_t, x_low, level.expand(x_t.shape[0]))
+
+    def degrade(self, x0: Tensor, x_low_centre: Tensor, s: Tensor | float) -> Tensor:
+        """Noise-free part of D: ``x0 + s (x_low - x0)`` at level ``s = t / T``."""
+        return x0 + s * (x_low_centre - x0)
+
+    @torch.no_grad()
+    def _noise_like(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        # Drawn on the generator's device (CPU) so a seed gives the same noise on any device.
+        noise = torch.randn(x.shape, generator=generator, dtype=torch.float32)
+        return noise.to(device=x.device, dtype=x.dtype)
+
+    def sample(self, x: Tensor, steps: int | None = None, seed: int | None = None) -> Tensor:
+        """Run the cold-diffusion sampler from the low-dose input ``x`` (N, C, H, W).
+
+        Parameters
+        ----------
+        x
+            Low-dose batch (N, C, H, W), normalised intensities.
+        steps
+            Sampling steps (default ``self.steps``); fewer than trained use a coarser
+            grid of the same levels t / T.
+        seed
+            Seed of the local noise generator (default ``self.seed``).
+
+        Returns
+        -------
+        Tensor
+            The x0 estimate for the centre channel, (N, 1, H, W).
+        """
+        n_steps = self.steps if steps is None else steps
+        if n_steps < 1:
+            raise ValueError(f"steps must be ≥ 1, got {n_steps}")
+        generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        centre = x.shape[1] // 2
+        x_low = x[:, centre : centre + 1]
+        x_t = x_low
+        noise_t: Tensor | float = 0.0  # sigma(1) = 0: x_T is x_low itself
+        for k in range(n_steps, 0, -1):
+            s_t, s_prev = k / n_steps, (k - 1) / n_steps
+            x0_hat = self.restore(x_t, x, s_t * self.steps)
+            sigma_prev = self.sigma(s_prev)
+            noise_prev: Tensor | float = (
+                sigma_prev * self._noise_like(x_low, generator) if sigma_prev > 0 else 0.0
+            )
+            x_t = (
+                x_t
+                - (self.degrade(x0_hat, x_low, s_t) + noise_t)
+                + (self.degrade(x0_hat, x_low, s_prev) + noise_prev)
+            )
+            noise_t = noise_prev
+        return x_t
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Restore ``x`` (N, C, H, W) → (N, 1, H, W) with ``self.steps`` steps, ``self.seed``."""
+        return self.sample(x)
+
+    def training_loss(
+        self, x0: Tensor, x_low: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """L1 loss of restoring a randomly degraded ``x0``.
+
+        Draws t uniformly from {1, ..., T} per sample, builds
+        ``x_t = x0 + (t/T)(x_low - x0) + sigma(t/T) eps`` and compares
+        ``restore(x_t, x_low, t)`` with ``x0``.
+
+        Parameters
+        ----------
+        x0
+            Clean (full-dose) centre slices (N, 1, H, W).
+        x_low
+            Low-dose inputs (N, C, H, W), the centre channel aligned with ``x0``.
+        generator
+            Optional generator for t and the noise (the global RNG if None).
+
+        Returns
+        -------
+        Tensor
+            Scalar mean absolute error.
+        """
+        n = x0.shape[0]
+        rng_device = generator.device if generator is not None else x0.device
+        t = torch.randint(1, self.steps + 1, (n,), generator=generator, device=rng_device)
+        s = (t.to(device=x0.device, dtype=x0.dtype) / self.steps)[:, None, None, None]
+        centre = x_low.shape[1] // 2
+        x_t = self.degrade(x0, x_low[:, centre : centre + 1], s)
+        if self.noise_scale > 0:
+            sigma = self.noise_scale * 2.0 * torch.sqrt((s * (1.0 - s)).clamp_min(0.0))
+            eps = torch.randn(x0.shape, generator=generator, device=rng_device, dtype=x0.dtype)
+            x_t = x_t + sigma * eps.to(x0.device)
+        return F.l1_loss(self.restore(x_t, x_low, t.to(x0.device)), x0)

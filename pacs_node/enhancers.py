@@ -1,0 +1,71 @@
+"""Enhancers for presets, built from the settings and kept loaded per process."""
+
+from __future__ import annotations
+
+import threading
+
+from models.base import Enhancer
+from models.checkpoint import CheckpointError
+from models.engine import EngineOptions
+from models.registry import ModelRegistry, Preset, PresetError, build_enhancer, load_presets
+from pacs_node.errors import ConfigError, ModelError
+from pacs_node.settings import Settings
+
+
+class EnhancerCache:
+    """Loads each preset's model once (weights verified) and hands out the same instance."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        try:
+            self.presets: dict[str, Preset] = load_presets(settings.models.presets_path)
+        except PresetError as exc:
+            raise ConfigError(str(exc)) from exc
+        extra = [settings.models.weights_dir] if settings.models.weights_dir else []
+        self.registry = ModelRegistry(extra)
+        models = settings.models
+        self.options = EngineOptions(
+            device=settings.device,
+            batch_size=models.batch_size,
+            max_batch_pixels=models.max_batch_pixels,
+            tile_size=models.tile_size,
+            tile_overlap=models.tile_overlap,
+            amp=models.amp,
+            compile=models.compile,
+        )
+        self._loaded: dict[str, Enhancer] = {}
+        self._lock = threading.Lock()
+
+    def preset(self, name: str) -> Preset:
+        """The preset ``name``; ``ModelError`` listing the known ones otherwise."""
+        try:
+            return self.presets[name]
+        except KeyError:
+            known = ", ".join(sorted(self.presets))
+            raise ModelError(f"unknown preset {name!r}; available: {known}") from None
+
+    def get(self, name: str) -> Enhancer:
+        """The loaded enhancer of preset ``name``.
+
+        Raises
+        ------
+        ModelError
+            Unknown preset, or its checkpoint is missing or corrupt (naming the file).
+        """
+        with self._lock:
+            if name not in self._loaded:
+                preset = self.preset(name)
+                try:
+                    self._loaded[name] = build_enhancer(
+                        preset, self.registry, self.options, self._settings.models.strength
+                    )
+                except (PresetError, CheckpointError, RuntimeError) as exc:
+                    raise ModelError(str(exc)) from exc
+            return self._loaded[name]
+
+    def check_startup(self) -> Enhancer:
+        """Load the configured default preset, so a bad checkpoint stops start-up."""
+        try:
+            return self.get(self._settings.preset)
+        except ModelError as exc:
+            raise ConfigError(f"preset {self._settings.preset!r} cannot be used: {exc}") from exc

@@ -1,0 +1,108 @@
+"""Offline enhancement of a folder of DICOM files (`pacs-node enhance`), via the worker's path."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from pacs_node.dicom.classify import series_skip_reason
+from pacs_node.enhancers import EnhancerCache
+from pacs_node.errors import InvalidSeriesError, ModelError
+from pacs_node.pipeline import Progress, enhance_series
+from pacs_node.settings import Settings
+from pacs_node.storage import InstanceStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SeriesOutcome:
+    """What happened to one input series."""
+
+    series_instance_uid: str
+    series_number: int | None
+    description: str
+    instances: int
+    status: str  # DONE, SKIPPED or FAILED
+    message: str
+    output_dir: Path | None = None
+
+
+def _scan(input_dir: Path) -> tuple[dict[str, list[Path]], dict[str, list[pydicom.Dataset]]]:
+    paths: dict[str, list[Path]] = defaultdict(list)
+    headers: dict[str, list[pydicom.Dataset]] = defaultdict(list)
+    for path in sorted(p for p in input_dir.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            logger.info("skipping %s: not a readable DICOM file", path)
+            continue
+        series = str(ds.get("SeriesInstanceUID", "") or "")
+        if not series:
+            logger.info("skipping %s: no series or SOP class (e.g. a DICOMDIR)", path)
+            continue
+        paths[series].append(path)
+        headers[series].append(ds)
+    return paths, headers
+
+
+def enhance_folder(
+    settings: Settings,
+    input_dir: Path,
+    output_dir: Path,
+    preset: str,
+    progress_factory: Callable[[str, int], Progress] | None = None,
+) -> list[SeriesOutcome]:
+    """Enhance every enhanceable series under ``input_dir`` into ``output_dir``.
+
+    Output folders are named by series number (``S<number>``), files ``IM00001.dcm``...:
+    nothing in a path comes from a received string.
+    """
+    enhancers = EnhancerCache(settings)
+    enhancer = enhancers.get(preset)
+    paths, headers = _scan(input_dir)
+    used_numbers = {
+        int(h[0].SeriesNumber)
+        for h in headers.values()
+        if h and h[0].get("SeriesNumber") not in (None, "")
+    }
+    store = InstanceStore(output_dir)
+    outcomes = []
+    for series_uid, files in paths.items():
+        first = headers[series_uid][0]
+        number = int(first.SeriesNumber) if first.get("SeriesNumber") not in (None, "") else None
+        description = str(first.get("SeriesDescription", "") or "")
+        reason = series_skip_reason(headers[series_uid], settings.derived.manufacturer)
+        if reason is not None:
+            outcomes.append(
+                SeriesOutcome(series_uid, number, description, len(files), "SKIPPED", reason)
+            )
+            continue
+        progress = (
+            progress_factory(description or series_uid, len(files)) if progress_factory else None
+        )
+        try:
+            result = enhance_series(
+                files, preset, enhancer, settings.derived, used_numbers, progress
+            )
+        except (InvalidSeriesError, ModelError) as exc:
+            outcomes.append(
+                SeriesOutcome(series_uid, number, description, len(files), "FAILED", str(exc))
+            )
+            continue
+        derived_number = int(result.datasets[0].SeriesNumber)
+        used_numbers.add(derived_number)
+        folder = output_dir / f"S{derived_number}"
+        for index, ds in enumerate(result.datasets, start=1):
+            store.write_dataset(folder / f"IM{index:05d}.dcm", ds)
+        message = f"{result.model.name} {result.model.version}, {result.seconds:.2f} s"
+        outcomes.append(
+            SeriesOutcome(series_uid, number, description, len(files), "DONE", message, folder)
+        )
+    return outcomes

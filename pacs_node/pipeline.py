@@ -1,0 +1,119 @@
+"""One series through one preset: the code path shared by the worker and `pacs-node enhance`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydicom.dataset import FileDataset
+
+from models.base import Enhancer, ModelInfo
+from pacs_node import __version__
+from pacs_node.dicom.derived import (
+    DerivationInfo,
+    build_derived_series,
+    choose_series_number,
+    derivation_code_for_task,
+)
+from pacs_node.dicom.volume import load_series
+from pacs_node.errors import ModelError
+from pacs_node.settings import DerivedSettings
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class EnhancedSeries:
+    """The derived series of one source series and how it was made."""
+
+    datasets: list[FileDataset]
+    sources: list[str]
+    model: ModelInfo
+    seconds: float
+
+    @property
+    def series_instance_uid(self) -> str:
+        """The derived series' UID."""
+        return str(self.datasets[0].SeriesInstanceUID)
+
+
+def derivation_info(
+    preset: str, model: ModelInfo, derived: DerivedSettings, series_number: int
+) -> DerivationInfo:
+    """The provenance written into every derived instance."""
+    return DerivationInfo(
+        preset=preset,
+        model_name=model.name,
+        model_version=model.version,
+        weights_sha256=model.weights_sha256,
+        description=(
+            f"Enhanced by {derived.manufacturer} {__version__}, preset {preset}: "
+            f"{model.description}; model {model.name} {model.version}, "
+            f"sha256 {model.weights_sha256[:16]}"
+        )[:1024],
+        derivation_code=derivation_code_for_task(model.task),
+        series_description_template=derived.series_description_template,
+        series_number=series_number,
+        manufacturer=derived.manufacturer,
+        equipment_model_name=derived.equipment_model_name,
+        software_versions=__version__,
+    )
+
+
+def enhance_series(
+    paths: Sequence[Path],
+    preset: str,
+    enhancer: Enhancer,
+    derived: DerivedSettings,
+    used_series_numbers: Collection[int],
+    progress: Progress | None = None,
+) -> EnhancedSeries:
+    """Load the series at ``paths``, run ``enhancer`` and build the derived series.
+
+    Raises
+    ------
+    InvalidSeriesError
+        When the files do not form a usable volume.
+    ModelError
+        When the model fails or returns a volume of the wrong shape.
+    """
+    volume = load_series(paths)
+    started = time.perf_counter()
+    try:
+        values, spacing = enhancer(volume.values, volume.spacing_mm, progress)
+    except (RuntimeError, ValueError, MemoryError) as exc:
+        raise ModelError(f"model {enhancer.info.name} failed: {exc}") from exc
+    seconds = time.perf_counter() - started
+    scale = enhancer.info.scale_factor
+    depth, rows, columns = volume.values.shape
+    if values.shape != (depth, rows * scale, columns * scale):
+        raise ModelError(
+            f"model {enhancer.info.name} returned shape {values.shape}; expected "
+            f"{(depth, rows * scale, columns * scale)} for scale {scale}"
+        )
+    source_number = volume.datasets[0].get("SeriesNumber")
+    number = choose_series_number(
+        int(source_number) if source_number not in (None, "") else None,
+        used_series_numbers,
+        derived.series_number_offset,
+    )
+    expected_spacing = (
+        volume.spacing_mm[0],
+        volume.spacing_mm[1] / scale,
+        volume.spacing_mm[2] / scale,
+    )
+    if not all(abs(a - b) < 1e-6 for a, b in zip(spacing, expected_spacing, strict=True)):
+        raise ModelError(f"model {enhancer.info.name} returned spacing {spacing}")
+    info = derivation_info(preset, enhancer.info, derived, number)
+    # The builder derives the new in-plane grid (Rows, Columns, PixelSpacing, positions)
+    # from the values' shape.
+    datasets = build_derived_series(volume.datasets, values, info, datetime.now(UTC))
+    return EnhancedSeries(
+        datasets=datasets,
+        sources=[str(ds.SOPInstanceUID) for ds in volume.datasets],
+        model=enhancer.info,
+        seconds=seconds,
+    )

@@ -1,0 +1,177 @@
+"""The inference engine: exact identity, tiling, batching, OOM fallback, SR geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import ModelCard
+from models.engine import EngineOptions, NetworkEnhancer, bicubic_upsample, resolve_device
+from models.networks import build_network
+
+
+def _card(
+    architecture: str, kwargs: dict[str, object], context: int = 1, scale: int = 1
+) -> ModelCard:
+    return ModelCard(
+        name="t", version="1", task="super_resolution" if scale > 1 else "denoise",
+        modality="CT", architecture=architecture, arch_kwargs=kwargs,
+        context_slices=context, scale_factor=scale, weights_sha256="0" * 64,
+    )  # fmt: skip
+
+
+def _volume(depth: int = 4, size: int = 96, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    volume = rng.normal(40, 30, (depth, size, size)).round()
+    volume[:, :10] = -1000
+    return volume.astype(np.float32)
+
+
+def _trained_like(network: torch.nn.Module) -> torch.nn.Module:
+    torch.manual_seed(1)
+    for parameter in network.parameters():
+        parameter.data.add_(0.05 * torch.randn_like(parameter))
+    return network.eval()
+
+
+def test_untrained_residual_network_is_exact_identity_in_hu() -> None:
+    kwargs = {"in_channels": 3, "features": 8, "depth": 3}
+    enhancer = NetworkEnhancer(
+        build_network("dncnn", **kwargs), _card("dncnn", kwargs, 3), EngineOptions(device="cpu")
+    )
+    volume = _volume()
+    out, spacing = enhancer(volume, (2.5, 0.7, 0.7))
+    np.testing.assert_array_equal(out, volume)
+    assert spacing == (2.5, 0.7, 0.7) and out.dtype == np.float32
+
+
+def test_output_is_clipped_to_the_valid_range() -> None:
+    kwargs = {"in_channels": 1, "features": 8, "depth": 3}
+    enhancer = NetworkEnhancer(
+        build_network("dncnn", **kwargs), _card("dncnn", kwargs), EngineOptions(device="cpu")
+    )
+    volume = _volume()
+    volume[0, 50, 50], volume[0, 60, 60] = -3000, 5000
+    out, _ = enhancer(volume, (1, 1, 1))
+    assert out.min() == -1024 and out.max() == 3071
+
+
+@pytest.mark.parametrize(("architecture", "kwargs"), [
+    ("dncnn", {"in_channels": 3, "features": 8, "depth": 4}),
+    ("resunet", {"in_channels": 3, "features": 8, "depth": 2}),
+])  # fmt: skip
+def test_tiled_equals_untiled(architecture: str, kwargs: dict[str, object]) -> None:
+    network = _trained_like(build_network(architecture, **kwargs))
+    card = _card(architecture, kwargs, 3)
+    volume = _volume(size=100)
+    whole, _ = NetworkEnhancer(network, card, EngineOptions(device="cpu", tile_size=512))(
+        volume, (1, 1, 1)
+    )
+    tiled_engine = NetworkEnhancer(
+        network, card, EngineOptions(device="cpu", tile_size=32, tile_overlap=24)
+    )
+    tiled, _ = tiled_engine(volume, (1, 1, 1))
+    assert not np.array_equal(whole, volume)  # the network does something
+    np.testing.assert_allclose(tiled, whole, atol=0.05)
+
+
+def test_batching_does_not_change_results() -> None:
+    kwargs = {"in_channels": 3, "features": 8, "depth": 3}
+    network = _trained_like(build_network("dncnn", **kwargs))
+    card = _card("dncnn", kwargs, 3)
+    volume = _volume(depth=7)
+    one, _ = NetworkEnhancer(network, card, EngineOptions(device="cpu", batch_size=1))(
+        volume, (1, 1, 1)
+    )
+    many, _ = NetworkEnhancer(network, card, EngineOptions(device="cpu", batch_size=4))(
+        volume, (1, 1, 1)
+    )
+    np.testing.assert_allclose(one, many, atol=1e-3)
+
+
+def test_out_of_memory_falls_back_to_smaller_batches_then_tiles() -> None:
+    kwargs = {"in_channels": 3, "features": 8, "depth": 4}
+    network = _trained_like(build_network("dncnn", **kwargs))
+    card = _card("dncnn", kwargs, 3)
+    volume = _volume(depth=6, size=96)
+    reference, _ = NetworkEnhancer(network, card, EngineOptions(device="cpu"))(volume, (1, 1, 1))
+    # A budget below one slice (96 x 96 = 9216 pixels) forces batch 1 and then tiles.
+    options = EngineOptions(device="cpu", batch_size=6, max_batch_pixels=6000, tile_overlap=8)
+    small = NetworkEnhancer(network, card, options)
+    out, _ = small(volume, (1, 1, 1))
+    assert small._batch_size == 1 and small._tile_size < 96
+    np.testing.assert_allclose(out, reference, atol=0.05)
+
+
+def test_budget_too_small_for_any_tile_raises() -> None:
+    kwargs = {"in_channels": 1, "features": 8, "depth": 3}
+    options = EngineOptions(device="cpu", max_batch_pixels=100, tile_overlap=8)
+    enhancer = NetworkEnhancer(build_network("dncnn", **kwargs), _card("dncnn", kwargs), options)
+    with pytest.raises(torch.OutOfMemoryError):
+        enhancer(_volume(depth=1), (1, 1, 1))
+
+
+def test_super_resolution_returns_new_grid_and_spacing() -> None:
+    kwargs = {"in_channels": 1}
+    enhancer = NetworkEnhancer(
+        build_network("sr_light", **kwargs),
+        _card("sr_light", kwargs, scale=2),
+        EngineOptions(device="cpu"),
+    )
+    volume = _volume(depth=2, size=40)
+    out, spacing = enhancer(volume, (3.0, 0.8, 0.6))
+    assert out.shape == (2, 80, 80) and spacing == (3.0, 0.4, 0.3)
+    # Untrained LightSR is bicubic interpolation (clipped to the valid range).
+    np.testing.assert_allclose(out, np.clip(bicubic_upsample(volume, 2), -1024, 3071), atol=0.05)
+
+
+def test_strength_blends_towards_the_input() -> None:
+    kwargs = {"in_channels": 1, "features": 8, "depth": 3}
+    network = _trained_like(build_network("dncnn", **kwargs))
+    card = _card("dncnn", kwargs)
+    volume = _volume(depth=1)
+    full, _ = NetworkEnhancer(network, card, EngineOptions(device="cpu"), strength=1.0)(
+        volume, (1, 1, 1)
+    )
+    half, _ = NetworkEnhancer(network, card, EngineOptions(device="cpu"), strength=0.5)(
+        volume, (1, 1, 1)
+    )
+    inside = (full > -1024) & (full < 3071)
+    np.testing.assert_allclose(half[inside], (volume + 0.5 * (full - volume))[inside], atol=0.05)
+    with pytest.raises(ValueError, match="strength"):
+        NetworkEnhancer(network, card, strength=1.5)
+
+
+def test_progress_is_reported_per_batch() -> None:
+    kwargs = {"in_channels": 1, "features": 8, "depth": 3}
+    enhancer = NetworkEnhancer(
+        build_network("dncnn", **kwargs),
+        _card("dncnn", kwargs),
+        EngineOptions(device="cpu", batch_size=2),
+    )
+    seen: list[tuple[int, int]] = []
+    enhancer(_volume(depth=5, size=32), (1, 1, 1), lambda done, total: seen.append((done, total)))
+    assert seen == [(2, 5), (4, 5), (5, 5)]
+
+
+def test_device_resolution() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_matches_cpu_within_bf16_tolerance() -> None:
+    kwargs = {"in_channels": 3, "features": 16, "depth": 5}
+    network = _trained_like(build_network("dncnn", **kwargs))
+    card = _card("dncnn", kwargs, 3)
+    volume = _volume(depth=8, size=128)
+    cpu, _ = NetworkEnhancer(network, card, EngineOptions(device="cpu"))(volume, (1, 1, 1))
+    gpu, _ = NetworkEnhancer(network, card, EngineOptions(device="cuda"))(volume, (1, 1, 1))
+    assert np.abs(gpu - cpu).mean() < 5.0

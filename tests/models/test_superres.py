@@ -1,0 +1,127 @@
+"""Tests of the ×2 super-resolution networks (shapes, bicubic at init, gradients, state)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.networks.superres import LightSR, PixelShuffleSR
+
+SMALL: dict[type[nn.Module], dict[str, Any]] = {
+    LightSR: {"features": 8, "num_layers": 3},
+    PixelShuffleSR: {"features": 8, "num_blocks": 2},
+}
+NETWORKS = list(SMALL)
+
+
+def _build(cls: type[nn.Module], **kwargs: Any) -> nn.Module:
+    torch.manual_seed(0)
+    return cls(**SMALL[cls], **kwargs)
+
+
+def _perturb_tail(net: nn.Module) -> None:
+    """Give the zero-initialised tail weights, as training would."""
+    generator = torch.Generator().manual_seed(1)
+    tail = net.get_submodule("tail")
+    with torch.no_grad():
+        for parameter in tail.parameters():
+            parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
+
+
+@pytest.mark.parametrize("cls", NETWORKS)
+@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize("size", [(8, 8), (9, 13), (16, 11)])
+def test_forward_doubles_size(
+    cls: type[nn.Module], in_channels: int, size: tuple[int, int]
+) -> None:
+    net = _build(cls, in_channels=in_channels).eval()
+    x = torch.rand(2, in_channels, *size)
+    with torch.inference_mode():
+        y = net(x)
+    assert y.shape == (2, 1, 2 * size[0], 2 * size[1])
+    assert y.dtype == torch.float32
+
+
+@pytest.mark.parametrize("cls", NETWORKS)
+def test_class_attributes(cls: type[nn.Module]) -> None:
+    assert cls.task == "super_resolution"  # type: ignore[attr-defined]
+    assert cls.scale == 2  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("cls", [LightSR, PixelShuffleSR])
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_untrained_equals_bicubic(cls: type[nn.Module], in_channels: int) -> None:
+    """Default-sized untrained networks equal bicubic upsampling of the centre channel."""
+    net = cls(in_channels=in_channels).eval()
+    x = torch.rand(1, in_channels, 15, 12)
+    centre = in_channels // 2
+    expected = F.interpolate(
+        x[:, centre : centre + 1], scale_factor=2, mode="bicubic", align_corners=False
+    )
+    with torch.inference_mode():
+        assert torch.equal(net(x), expected)
+
+
+@pytest.mark.parametrize("cls", NETWORKS)
+def test_deterministic_in_eval(cls: type[nn.Module]) -> None:
+    net = _build(cls, in_channels=3).eval()
+    _perturb_tail(net)
+    x = torch.rand(1, 3, 12, 10)
+    with torch.inference_mode():
+        assert torch.equal(net(x), net(x))
+
+
+@pytest.mark.parametrize("cls", NETWORKS)
+def test_local_residual(cls: type[nn.Module]) -> None:
+    """Purely convolutional: a translated input gives the translated output, away from edges."""
+    net = _build(cls).eval()
+    _perturb_tail(net)
+    x = torch.rand(1, 1, 32, 32)
+    shifted = torch.roll(x, shifts=(3, 2), dims=(2, 3))
+    with torch.inference_mode():
+        y, y_shifted = net(x), net(shifted)
+    interior = (slice(None), slice(None), slice(24, 40), slice(24, 40))
+    rolled = torch.roll(y, shifts=(6, 4), dims=(2, 3))
+    torch.testing.assert_close(y_shifted[interior], rolled[interior])
+
+
+@pytest.mark.parametrize("cls", NETWORKS)
+def test_gradients_reach_every_parameter(cls: type[nn.Module]) -> None:
+    net = _build(cls, in_channels=3).train()
+    x, target = torch.rand(2, 3, 8, 9), torch.rand(2, 1, 16, 18)
+    optimiser = torch.optim.SGD(net.parameters(), lr=0.1)
+    # Step 1 moves the zero-initialised tail; from then on gradients reach every layer.
+    for _ in range(2):
+        optimiser.zero_grad()
+        loss = F.l1_loss(net(x), target)
+        loss.backward()
+        optimiser.step()
+    for name, parameter in net.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("cls", NETWORKS)
+def test_state_dict_round_trip(cls: type[nn.Module]) -> None:
+    kwargs = {**SMALL[cls], "in_channels": 3}
+    net = cls(**kwargs).eval()
+    _perturb_tail(net)
+    buffer = io.BytesIO()
+    torch.save(net.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = cls(**kwargs).eval()
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    x = torch.rand(1, 3, 10, 9)
+    with torch.inference_mode():
+        assert torch.equal(net(x), fresh(x))
+
+
+def test_invalid_arguments_are_named() -> None:
+    with pytest.raises(ValueError, match="num_layers"):
+        LightSR(num_layers=0)
