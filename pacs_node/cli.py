@@ -340,6 +340,35 @@ def train(
 
 
 @app.command()
+def evaluate(
+    data: Annotated[
+        Path | None, typer.Option(help="real CT (folder or .tar.xz); its last quarter is held out")
+    ] = None,
+    preset: Annotated[list[str] | None, typer.Option(help="network preset(s) to evaluate")] = None,
+    output: Annotated[Path, typer.Option(help="report folder")] = Path("docs/evaluation"),
+    seed: Annotated[int, typer.Option()] = 7,
+    config: ConfigOption = None,
+) -> None:
+    """Evaluate presets against baselines on phantoms and held-out CT: CSV, Markdown, PNG."""
+    import shlex
+    import sys
+
+    from pacs_node.evaluation import EvaluationConfig, run_evaluation
+
+    settings = _settings(config)
+    command = "pacs-node " + shlex.join(sys.argv[1:])
+    try:
+        report = run_evaluation(
+            settings, data, preset or [settings.preset], output, EvaluationConfig(seed=seed),
+            command, log=console.print,
+        )  # fmt: skip
+    except EnhancementError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"wrote {report}")
+
+
+@app.command()
 def enhance(
     input_dir: Annotated[
         Path, typer.Argument(help="folder of DICOM files", exists=True, file_okay=False)

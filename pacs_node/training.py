@@ -34,6 +34,7 @@ class TrainingData:
     name: str
     train: list[np.ndarray]
     held_out: list[np.ndarray]
+    spacing_mm: list[float]  # in-plane pixel spacing of each series
 
 
 def load_volumes(source: Path, held_out_fraction: float = 0.25) -> TrainingData:
@@ -54,17 +55,19 @@ def load_volumes(source: Path, held_out_fraction: float = 0.25) -> TrainingData:
             if "SeriesInstanceUID" in ds:
                 by_series[str(ds.SeriesInstanceUID)].append(path)
                 headers[str(ds.SeriesInstanceUID)].append(ds)
-        train_part, held_part = [], []
+        train_part, held_part, spacings = [], [], []
         for uid, paths in by_series.items():
             if series_skip_reason(headers[uid]) is not None or len(paths) < 8:
                 continue
-            values = load_series(paths).values
+            volume = load_series(paths)
+            values = volume.values
+            spacings.append(volume.spacing_mm[1])
             cut = round(len(values) * (1 - held_out_fraction))
             train_part.append(values[:cut])
             held_part.append(values[cut:])
     if not train_part:
         raise ValueError(f"no enhanceable series with at least 8 slices under {source}")
-    return TrainingData(source.name, train_part, held_part)
+    return TrainingData(source.name, train_part, held_part, spacings)
 
 
 def _evaluate_denoiser(
