@@ -41,6 +41,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     sigma_hu: tuple[float, float] = (10.0, 50.0)
+    noise_scale: tuple[float, float] = (0.5, 1.5)
     save_every: int = 500
 
 
@@ -74,31 +75,58 @@ def degrade_for_sr(images: torch.Tensor, scale: int = 2) -> torch.Tensor:
 
 
 class PatchSampler:
-    """Random patches (with 2.5D context) from a list of volumes, reproducibly."""
+    """Random patches (with 2.5D context) from a list of volumes, reproducibly.
 
-    def __init__(self, volumes: Sequence[np.ndarray], context: int, patch: int, seed: int) -> None:
-        self.volumes = [v for v in volumes if v.shape[1] >= patch and v.shape[2] >= patch]
-        if not self.volumes:
+    With ``noise`` (one array (draws, z, y, x) per volume, e.g. projection-domain
+    low-dose noise simulated for every slice), each patch comes with the matching crop of
+    one randomly chosen draw; neighbouring slices carry their own, independent noise.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[np.ndarray],
+        context: int,
+        patch: int,
+        seed: int,
+        noise: Sequence[np.ndarray] | None = None,
+    ) -> None:
+        keep = [i for i, v in enumerate(volumes) if v.shape[1] >= patch and v.shape[2] >= patch]
+        if not keep:
             raise ValueError(f"no training volume has slices of at least {patch}x{patch}")
+        if noise is not None:
+            for volume, draws in zip(volumes, noise, strict=True):
+                if draws.shape[1:] != volume.shape:
+                    raise ValueError(
+                        f"noise draws {draws.shape} do not match volume {volume.shape}"
+                    )
+        self.volumes = [volumes[i] for i in keep]
+        self.noise = [noise[i] for i in keep] if noise is not None else None
         self.context = context
         self.patch = patch
         self.rng = np.random.default_rng(seed)
 
-    def sample(self, count: int) -> np.ndarray:
-        """(count, context, patch, patch) patches; the centre channel is the target slice."""
+    def sample(self, count: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(count, context, patch, patch) clean patches and, with a noise bank, their noise."""
         half = self.context // 2
-        out = np.empty((count, self.context, self.patch, self.patch), dtype=np.float32)
+        shape = (count, self.context, self.patch, self.patch)
+        out = np.empty(shape, dtype=np.float32)
+        noise_out = np.empty(shape, dtype=np.float32) if self.noise is not None else None
         for index in range(count):
-            volume = self.volumes[self.rng.integers(len(self.volumes))]
+            which = int(self.rng.integers(len(self.volumes)))
+            volume = self.volumes[which]
             z = int(self.rng.integers(volume.shape[0]))
             y = int(self.rng.integers(volume.shape[1] - self.patch + 1))
             x = int(self.rng.integers(volume.shape[2] - self.patch + 1))
             picks = [min(max(z + k, 0), volume.shape[0] - 1) for k in range(-half, half + 1)]
-            patch = volume[picks, y : y + self.patch, x : x + self.patch]
-            if self.rng.random() < 0.5:  # left-right flip: anatomy is roughly symmetric
-                patch = patch[:, :, ::-1]
-            out[index] = patch
-        return out
+            window = (picks, slice(y, y + self.patch), slice(x, x + self.patch))
+            flip = self.rng.random() < 0.5  # left-right flip: anatomy is roughly symmetric
+            patch = volume[window]
+            out[index] = patch[:, :, ::-1] if flip else patch
+            if noise_out is not None and self.noise is not None:
+                draws = self.noise[which]
+                noisy = draws[int(self.rng.integers(draws.shape[0]))][window]
+                noise_out[index] = noisy[:, :, ::-1] if flip else noisy
+        return out, noise_out
 
 
 def _state_path(output: Path, card: ModelCard) -> Path:
@@ -113,20 +141,28 @@ def train(
     mode: Mode,
     output: Path,
     on_step: StepCallback | None = None,
+    noise_bank: Sequence[np.ndarray] | None = None,
 ) -> nn.Module:
     """Train ``network`` in place and return it (in eval mode).
 
-    ``volumes`` are in modality units (HU). Every ``config.save_every`` steps the
-    optimiser state is saved to ``<output>/<name>.train-state.pt``; a later call with the
-    same arguments resumes from it.
+    ``volumes`` are in modality units (HU). Denoising adds, to each input patch, the
+    matching crop of ``noise_bank`` (per volume: (draws, z, y, x) in HU, e.g. simulated
+    low-dose noise) scaled by a random factor in ``config.noise_scale``, or, without a
+    bank, image-domain CT-like noise with σ in ``config.sigma_hu``. Every
+    ``config.save_every`` steps the optimiser state is saved to
+    ``<output>/<name>.train-state.pt``; a later call with the same arguments resumes from it.
     """
     torch.manual_seed(config.seed)
     generator = np.random.default_rng(config.seed + 1)
+    low, high = card.hu_window
     sampler = PatchSampler(
         [normalise(v, card) for v in volumes],
         card.context_slices if mode == "denoise" else 1,
         config.patch,
         config.seed,
+        [(bank / np.float32(high - low)).astype(np.float32) for bank in noise_bank]
+        if noise_bank is not None
+        else None,
     )
     optimiser = torch.optim.AdamW(
         network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
@@ -143,11 +179,16 @@ def train(
         generator = state["noise_rng"]
         start = int(state["step"])
         logger.info("resuming %s at step %d", card.name, start)
-    low, high = card.hu_window
     network.train()
     for step in range(start, config.steps):
-        clean = torch.from_numpy(sampler.sample(config.batch_size))
-        if mode == "denoise":
+        clean_np, bank_noise = sampler.sample(config.batch_size)
+        clean = torch.from_numpy(clean_np)
+        if mode == "denoise" and bank_noise is not None:
+            scale = generator.uniform(*config.noise_scale, size=(config.batch_size, 1, 1, 1))
+            inputs = clean + torch.from_numpy((bank_noise * scale).astype(np.float32))
+            half = clean.shape[1] // 2
+            target = clean[:, half : half + 1]
+        elif mode == "denoise":
             sigma = generator.uniform(*config.sigma_hu, size=config.batch_size)
             # The same noise field on every context slice would be unrealistic: each
             # slice gets its own draw.

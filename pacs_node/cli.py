@@ -301,6 +301,10 @@ def train(
     patch: Annotated[int, typer.Option(min=16)] = 64,
     learning_rate: Annotated[float, typer.Option()] = 1e-3,
     seed: Annotated[int, typer.Option()] = 0,
+    noise: Annotated[str, typer.Option(help="image or projection (simulated low dose)")] = "image",
+    phantoms: Annotated[int, typer.Option(help="training phantoms to add", min=0)] = 0,
+    noise_draws: Annotated[int, typer.Option(help="simulated draws per slice", min=1)] = 2,
+    noise_sigma_hu: Annotated[float, typer.Option(help="added σ of the simulation")] = 20.0,
     output: Annotated[Path, typer.Option(help="folder for the checkpoint")] = Path(
         "models/weights"
     ),
@@ -333,7 +337,9 @@ def train(
             data, output, name=name, version=version, mode=mode,  # type: ignore[arg-type]
             architecture=architecture, arch_kwargs=json.loads(arch_kwargs),
             context_slices=context_slices, modality=modality, description=description,
-            config=config, command=command, on_step=on_step, log=console.print,
+            config=config, command=command, noise=noise, phantoms=phantoms,
+            noise_draws=noise_draws, noise_sigma_hu=noise_sigma_hu, on_step=on_step,
+            log=console.print,
         )  # fmt: skip
     console.print(f"wrote {card}")
     console.print_json(card.read_text())

@@ -15,6 +15,7 @@ import numpy as np
 import pydicom
 import torch
 from pydicom.errors import InvalidDicomError
+from scipy import ndimage
 
 from models.checkpoint import ModelCard, save_checkpoint
 from models.classical import AnisotropicDiffusionFilter
@@ -22,6 +23,8 @@ from models.engine import EngineOptions, NetworkEnhancer, bicubic_upsample
 from models.metrics import FULL_WINDOW, SOFT_TISSUE_WINDOW, psnr, rmse
 from models.networks import build_network
 from models.noise import ct_like_noise
+from models.phantoms import low_contrast_phantom
+from models.simulation import LowDoseSimulator, ScanGeometry, calibrate_i0
 from models.train import Mode, StepCallback, TrainConfig, degrade_for_sr, normalise, train
 from pacs_node.dicom.classify import series_skip_reason
 from pacs_node.dicom.volume import load_series
@@ -68,6 +71,50 @@ def load_volumes(source: Path, held_out_fraction: float = 0.25) -> TrainingData:
     if not train_part:
         raise ValueError(f"no enhanceable series with at least 8 slices under {source}")
     return TrainingData(source.name, train_part, held_part, spacings)
+
+
+def projection_noise_bank(
+    volumes: list[np.ndarray],
+    spacings: list[float],
+    draws: int,
+    target_sigma_hu: float,
+    seed: int,
+    log: Callable[[str], None] = print,
+) -> list[np.ndarray]:
+    """Simulated quarter-dose noise for every slice: (draws, z, y, x) per volume, in HU.
+
+    I0 is calibrated once per volume, on its centre slice's soft tissue, so the added noise
+    has σ ``target_sigma_hu``; each slice then gets ``draws`` independent realisations.
+    """
+    rng = np.random.default_rng(seed)
+    bank = []
+    for volume, spacing in zip(volumes, spacings, strict=True):
+        geometry = ScanGeometry(pixel_spacing_mm=spacing)
+        centre = volume[len(volume) // 2]
+        soft = ndimage.binary_erosion(centre > -500, iterations=10) & (np.abs(centre) < 150)
+        i0 = calibrate_i0(LowDoseSimulator(centre, geometry), soft, target_sigma_hu, 0.25)
+        noise = np.empty((draws, *volume.shape), dtype=np.float32)
+        for z, plane in enumerate(volume):
+            simulator = LowDoseSimulator(plane, geometry)
+            for k in range(draws):
+                noise[k, z] = simulator.extra_noise(0.25, i0, 10.0, rng)
+        log(f"noise bank: {volume.shape[0]} slices x {draws} draws, I0 {i0:.3g}")
+        bank.append(noise)
+    return bank
+
+
+def training_phantoms(count: int, size: int = 512) -> tuple[list[np.ndarray], list[float]]:
+    """Phantom volumes (3 identical slices, exact truth) with seeds disjoint from the
+    held-out phantoms used by the evaluation."""
+    volumes, spacings = [], []
+    for index in range(count):
+        # 0.70-0.90 mm pixels; at least a 340 mm field of view, which the phantom needs.
+        spacing = max(0.7 + 0.05 * (index % 5), 340.0 / size)
+        phantom = low_contrast_phantom(size=size, pixel_spacing_mm=spacing, seed=5000 + index,
+                                       background_hu=float(10 * (index % 5)))  # fmt: skip
+        volumes.append(np.repeat(phantom.image[None], 3, axis=0))
+        spacings.append(spacing)
+    return volumes, spacings
 
 
 def _evaluate_denoiser(
@@ -131,6 +178,10 @@ def train_model(
     description: str,
     config: TrainConfig,
     command: str,
+    noise: str = "image",
+    phantoms: int = 0,
+    noise_draws: int = 2,
+    noise_sigma_hu: float = 20.0,
     on_step: StepCallback | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
@@ -151,8 +202,17 @@ def train_model(
         scale_factor=scale,
         description=description,
     )
+    train_volumes, spacings = list(volumes.train), list(volumes.spacing_mm)
+    if phantoms:
+        extra, extra_spacings = training_phantoms(phantoms)
+        train_volumes += extra
+        spacings += extra_spacings
+    bank = None
+    if mode == "denoise" and noise == "projection":
+        bank = projection_noise_bank(train_volumes, spacings, noise_draws, noise_sigma_hu,
+                                     config.seed, log)  # fmt: skip
     started = time.perf_counter()
-    train(network, card, volumes.train, config, mode, output, on_step)
+    train(network, card, train_volumes, config, mode, output, on_step, noise_bank=bank)
     seconds = time.perf_counter() - started
     evaluate = _evaluate_sr if mode == "super_resolution" else _evaluate_denoiser
     metrics = evaluate(network, card, volumes.held_out)
@@ -161,7 +221,12 @@ def train_model(
             **asdict(card),
             "training": {
                 "command": command,
-                "data": f"{data.name}: first 75% of slices of each series (last 25% held out)",
+                "data": f"{data.name}: first 75% of slices of each series (last 25% held out)"
+                + (f"; {phantoms} training phantoms (seeds 5000+)" if phantoms else ""),
+                "noise": "image-domain FBP-shaped noise"
+                if noise == "image" or mode != "denoise"
+                else f"projection-domain quarter-dose simulation, added σ {noise_sigma_hu} HU "
+                f"x scale {config.noise_scale}, {noise_draws} draws per slice",
                 "config": asdict(config),
                 "seconds": round(seconds, 1),
                 "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),

@@ -1,0 +1,106 @@
+"""Training: patch sampling with a noise bank, a short run that learns, resumable state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.checkpoint import ModelCard
+from models.networks import build_network
+from models.train import PatchSampler, TrainConfig, degrade_for_sr, train
+
+
+def _card(**changes: object) -> ModelCard:
+    fields: dict[str, object] = {
+        "name": "t", "version": "0", "task": "denoise", "modality": "CT",
+        "architecture": "dncnn", "arch_kwargs": {"in_channels": 3, "features": 8, "depth": 3},
+        "context_slices": 3,
+    }  # fmt: skip
+    fields.update(changes)
+    return ModelCard(**fields)  # type: ignore[arg-type]
+
+
+def test_sampler_pairs_each_patch_with_the_same_crop_of_its_noise() -> None:
+    volume = np.arange(4 * 20 * 20, dtype=np.float32).reshape(4, 20, 20)
+    bank = np.stack([volume * 0 + 1, volume * 0 + 2])  # two draws, constant per draw
+    sampler = PatchSampler([volume], context=3, patch=8, seed=0, noise=[bank])
+    clean, noise = sampler.sample(16)
+    assert clean.shape == (16, 3, 8, 8) and noise is not None and noise.shape == clean.shape
+    assert set(np.unique(noise)) <= {1.0, 2.0}
+    # Neighbouring context slices differ by one slice (400) or are the repeated edge slice.
+    assert set(np.unique(clean[:, 1, 0, 0] - clean[:, 0, 0, 0])) <= {0.0, 400.0}
+    plain, none = PatchSampler([volume], 1, 8, 0).sample(2)
+    assert none is None and plain.shape == (2, 1, 8, 8)
+
+
+def test_short_training_with_a_noise_bank_reduces_noise(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    clean = np.zeros((6, 48, 48), dtype=np.float32)
+    clean[:, 12:36, 12:36] = 60.0
+    bank = rng.normal(0, 30, (2, *clean.shape)).astype(np.float32)
+    card = _card()
+    network = build_network("dncnn", **card.arch_kwargs)
+    config = TrainConfig(steps=150, batch_size=8, patch=32, learning_rate=3e-3, save_every=1000)
+    train(network, card, [clean], config, "denoise", tmp_path, noise_bank=[bank])
+    assert not network.training
+    noisy = torch.from_numpy(
+        (clean[None, :3] + rng.normal(0, 30, (1, 3, 48, 48))).astype(np.float32)
+    )
+    with torch.inference_mode():
+        out = network((noisy + 1024) / 4096) * 4096 - 1024
+    before = float((noisy[0, 1] - torch.from_numpy(clean[1])).std())
+    after = float((out[0, 0] - torch.from_numpy(clean[1])).std())
+    assert after < 0.8 * before
+
+
+def test_training_resumes_from_its_saved_state(tmp_path: Path) -> None:
+    volume = np.random.default_rng(1).normal(0, 20, (4, 40, 40)).astype(np.float32)
+    card = _card()
+    config = TrainConfig(steps=4, batch_size=2, patch=32, save_every=2)
+    first = build_network("dncnn", **card.arch_kwargs)
+    seen: list[int] = []
+    train(
+        first,
+        card,
+        [volume],
+        config,
+        "denoise",
+        tmp_path,
+        lambda step, total, loss: seen.append(step),
+    )
+    assert seen == [1, 2, 3, 4]
+    assert not (tmp_path / "t.train-state.pt").exists()  # removed when training completes
+    # A run stopped after step 2 leaves the state; the next call continues at step 3.
+    partial = TrainConfig(steps=4, batch_size=2, patch=32, save_every=2)
+    second = build_network("dncnn", **card.arch_kwargs)
+    optimiser = torch.optim.AdamW(second.parameters())
+    state = {
+        "network": second.state_dict(),
+        "optimiser": optimiser.state_dict(),
+        "schedule": torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, 4).state_dict(),
+        "sampler_rng": np.random.default_rng(0),
+        "noise_rng": np.random.default_rng(1),
+        "step": 2,
+    }
+    torch.save(state, tmp_path / "t.train-state.pt")
+    resumed: list[int] = []
+    train(
+        second,
+        card,
+        [volume],
+        partial,
+        "denoise",
+        tmp_path,
+        lambda step, total, loss: resumed.append(step),
+    )
+    assert resumed == [3, 4]
+
+
+def test_sr_degradation_halves_the_grid() -> None:
+    images = torch.rand(2, 1, 32, 32)
+    low = degrade_for_sr(images, 2)
+    assert low.shape == (2, 1, 16, 16)
+    flat = torch.full((1, 1, 32, 32), 0.3)
+    assert torch.allclose(degrade_for_sr(flat, 2), torch.full((1, 1, 16, 16), 0.3))
