@@ -300,9 +300,11 @@ so the added noise has σ {config.phantom_extra_sigma_hu} HU (phantoms, uniform 
 {config.real_extra_sigma_hu} HU (real CT, soft tissue); independent draws per slice;
 seed {config.seed}.
 
-Phantoms: `models/phantoms.held_out_phantoms()`, exact truth, never used in training.
-Real CT: the held-out last quarter of each series (reference = the acquired slice), TCIA
-Pancreatic-CT-CBCT-SEG (CC BY 4.0).
+Phantoms: `models/phantoms.held_out_phantoms()`, exact truth, never used in training
+(training may use phantoms of the same generator with other seeds, sizes and layouts:
+the card of each model says). Real CT: the held-out last quarter of each series, TCIA
+Pancreatic-CT-CBCT-SEG (CC BY 4.0); its reference is the acquired full-dose slice, which
+has noise of its own (σ ≈ 6.7 HU), so removing that noise too counts as error there.
 
 Baselines: non-local means given the true σ of the added noise (h = 0.8 σ, 5×5 patches,
 13×13 search), Gaussian σ 1 px, anisotropic diffusion (the classical preset). Metrics on
