@@ -26,7 +26,7 @@ from models.noise import ct_like_noise
 
 logger = logging.getLogger(__name__)
 
-Mode = Literal["denoise", "super_resolution"]
+Mode = Literal["denoise", "noise2noise", "diffusion", "super_resolution"]
 StepCallback = Callable[[int, int, float], None]
 
 
@@ -105,12 +105,13 @@ class PatchSampler:
         self.patch = patch
         self.rng = np.random.default_rng(seed)
 
-    def sample(self, count: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """(count, context, patch, patch) clean patches and, with a noise bank, their noise."""
+    def sample(self, count: int, draws: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+        """Clean patches (count, context, patch, patch) and, with a noise bank, the same
+        crop of ``draws`` distinct noise realisations: (draws, count, context, patch, patch)."""
         half = self.context // 2
         shape = (count, self.context, self.patch, self.patch)
         out = np.empty(shape, dtype=np.float32)
-        noise_out = np.empty(shape, dtype=np.float32) if self.noise is not None else None
+        noise_out = np.empty((draws, *shape), dtype=np.float32) if self.noise is not None else None
         for index in range(count):
             which = int(self.rng.integers(len(self.volumes)))
             volume = self.volumes[which]
@@ -123,10 +124,43 @@ class PatchSampler:
             patch = volume[window]
             out[index] = patch[:, :, ::-1] if flip else patch
             if noise_out is not None and self.noise is not None:
-                draws = self.noise[which]
-                noisy = draws[int(self.rng.integers(draws.shape[0]))][window]
-                noise_out[index] = noisy[:, :, ::-1] if flip else noisy
+                bank = self.noise[which]
+                if bank.shape[0] < draws:
+                    raise ValueError(
+                        f"{draws} independent noise draws needed, the bank has {bank.shape[0]}"
+                    )
+                for slot, k in enumerate(self.rng.choice(bank.shape[0], size=draws, replace=False)):
+                    noisy = bank[int(k)][window]
+                    noise_out[slot, index] = noisy[:, :, ::-1] if flip else noisy
         return out, noise_out
+
+
+def _noise(
+    clean: np.ndarray,
+    bank_noise: np.ndarray | None,
+    draws: int,
+    config: TrainConfig,
+    generator: np.random.Generator,
+    window_width: float,
+) -> list[torch.Tensor]:
+    """``draws`` independent noise fields for the batch, in normalised units.
+
+    From the bank (scaled by one random factor per patch, the same for every draw, so a
+    Noise2Noise pair has equal noise levels), or image-domain CT-like noise.
+    """
+    count = clean.shape[0]
+    if bank_noise is not None:
+        scale = generator.uniform(*config.noise_scale, size=(count, 1, 1, 1)).astype(np.float32)
+        return [torch.from_numpy(bank_noise[k] * scale) for k in range(draws)]
+    sigma = [float(v) for v in generator.uniform(*config.sigma_hu, size=(count,))]
+    shape = (int(clean.shape[1]), int(clean.shape[2]), int(clean.shape[3]))
+    fields = []
+    for _ in range(draws):
+        # Each context slice gets its own draw: one noise field on every slice would be
+        # unrealistic.
+        noise = np.stack([ct_like_noise(shape, s, generator) for s in sigma])
+        fields.append(torch.from_numpy(noise / np.float32(window_width)))
+    return fields
 
 
 def _state_path(output: Path, card: ModelCard) -> Path:
@@ -157,7 +191,7 @@ def train(
     low, high = card.hu_window
     sampler = PatchSampler(
         [normalise(v, card) for v in volumes],
-        card.context_slices if mode == "denoise" else 1,
+        card.context_slices if mode != "super_resolution" else 1,
         config.patch,
         config.seed,
         [(bank / np.float32(high - low)).astype(np.float32) for bank in noise_bank]
@@ -181,30 +215,25 @@ def train(
         logger.info("resuming %s at step %d", card.name, start)
     network.train()
     for step in range(start, config.steps):
-        clean_np, bank_noise = sampler.sample(config.batch_size)
+        pair = mode == "noise2noise"
+        clean_np, bank_noise = sampler.sample(config.batch_size, draws=2 if pair else 1)
         clean = torch.from_numpy(clean_np)
-        if mode == "denoise" and bank_noise is not None:
-            scale = generator.uniform(*config.noise_scale, size=(config.batch_size, 1, 1, 1))
-            inputs = clean + torch.from_numpy((bank_noise * scale).astype(np.float32))
-            half = clean.shape[1] // 2
-            target = clean[:, half : half + 1]
-        elif mode == "denoise":
-            sigma = generator.uniform(*config.sigma_hu, size=config.batch_size)
-            # The same noise field on every context slice would be unrealistic: each
-            # slice gets its own draw.
-            noise = np.stack(
-                [
-                    ct_like_noise(tuple(clean.shape[1:]), s, generator)  # type: ignore[arg-type]
-                    for s in sigma
-                ]
-            ) / np.float32(high - low)
-            inputs = clean + torch.from_numpy(noise)
-            half = clean.shape[1] // 2
-            target = clean[:, half : half + 1]
+        if mode == "super_resolution":
+            loss = F.l1_loss(network(degrade_for_sr(clean, card.scale_factor)), clean)
         else:
-            target = clean
-            inputs = degrade_for_sr(clean, card.scale_factor)
-        loss = F.l1_loss(network(inputs), target)
+            noises = _noise(clean_np, bank_noise, 2 if pair else 1, config, generator, high - low)
+            inputs = clean + noises[0]
+            half = clean.shape[1] // 2
+            if mode == "diffusion":
+                # The conditional diffusion model learns to restore the clean slice from
+                # its degradation towards the low-dose input (cold diffusion).
+                loss = network.training_loss(clean[:, half : half + 1], inputs)  # type: ignore[operator]
+            elif pair:
+                # Noise2Noise: the target is an independent noisy realisation of the same
+                # anatomy; its noise averages out in the L1/L2 minimiser.
+                loss = F.l1_loss(network(inputs), (clean + noises[1])[:, half : half + 1])
+            else:
+                loss = F.l1_loss(network(inputs), clean[:, half : half + 1])
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

@@ -287,7 +287,9 @@ def models_list(
 
 @app.command()
 def train(
-    mode: Annotated[str, typer.Argument(help="denoise or super_resolution")],
+    mode: Annotated[
+        str, typer.Argument(help="denoise, noise2noise, diffusion or super_resolution")
+    ],
     data: Annotated[Path, typer.Option(help="DICOM folder or .tar.xz archive", exists=True)],
     name: Annotated[str, typer.Option(help="model card name")],
     architecture: Annotated[str, typer.Option(help="zoo architecture, e.g. dncnn")],
@@ -318,8 +320,8 @@ def train(
     from models.train import TrainConfig
     from pacs_node.training import train_model
 
-    if mode not in ("denoise", "super_resolution"):
-        console.print("[red]mode must be denoise or super_resolution[/red]")
+    if mode not in ("denoise", "noise2noise", "diffusion", "super_resolution"):
+        console.print("[red]mode must be denoise, noise2noise, diffusion or super_resolution[/red]")
         raise typer.Exit(2)
     config = TrainConfig(
         steps=steps, batch_size=batch_size, patch=patch, learning_rate=learning_rate, seed=seed

@@ -17,6 +17,7 @@ import torch
 from pydicom.errors import InvalidDicomError
 from scipy import ndimage
 
+from models.base import Task
 from models.checkpoint import ModelCard, save_checkpoint
 from models.classical import AnisotropicDiffusionFilter
 from models.engine import EngineOptions, NetworkEnhancer, bicubic_upsample
@@ -28,6 +29,13 @@ from models.simulation import LowDoseSimulator, ScanGeometry, calibrate_i0
 from models.train import Mode, StepCallback, TrainConfig, degrade_for_sr, normalise, train
 from pacs_node.dicom.classify import series_skip_reason
 from pacs_node.dicom.volume import load_series
+
+_TASK_OF_MODE: dict[str, Task] = {
+    "denoise": "denoise",
+    "noise2noise": "denoise",
+    "diffusion": "diffusion",
+    "super_resolution": "super_resolution",
+}
 
 
 @dataclass(frozen=True)
@@ -194,7 +202,7 @@ def train_model(
     card = ModelCard(
         name=name,
         version=version,
-        task="super_resolution" if mode == "super_resolution" else "denoise",
+        task=_TASK_OF_MODE[mode],
         modality=modality,
         architecture=architecture,
         arch_kwargs=arch_kwargs,
@@ -208,7 +216,7 @@ def train_model(
         train_volumes += extra
         spacings += extra_spacings
     bank = None
-    if mode == "denoise" and noise == "projection":
+    if mode != "super_resolution" and noise == "projection":
         bank = projection_noise_bank(train_volumes, spacings, noise_draws, noise_sigma_hu,
                                      config.seed, log)  # fmt: skip
     started = time.perf_counter()
@@ -224,7 +232,7 @@ def train_model(
                 "data": f"{data.name}: first 75% of slices of each series (last 25% held out)"
                 + (f"; {phantoms} training phantoms (seeds 5000+)" if phantoms else ""),
                 "noise": "image-domain FBP-shaped noise"
-                if noise == "image" or mode != "denoise"
+                if noise == "image" or mode == "super_resolution"
                 else f"projection-domain quarter-dose simulation, added σ {noise_sigma_hu} HU "
                 f"x scale {config.noise_scale}, {noise_draws} draws per slice",
                 "config": asdict(config),
