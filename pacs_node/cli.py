@@ -353,6 +353,7 @@ def evaluate(
         Path | None, typer.Option(help="real CT (folder or .tar.xz); its last quarter is held out")
     ] = None,
     preset: Annotated[list[str] | None, typer.Option(help="network preset(s) to evaluate")] = None,
+    sr_preset: Annotated[list[str] | None, typer.Option(help="x2 SR preset(s) to evaluate")] = None,
     output: Annotated[Path, typer.Option(help="report folder")] = Path("docs/evaluation"),
     seed: Annotated[int, typer.Option()] = 7,
     config: ConfigOption = None,
@@ -368,7 +369,7 @@ def evaluate(
     try:
         report = run_evaluation(
             settings, data, preset or [settings.preset], output, EvaluationConfig(seed=seed),
-            command, log=console.print,
+            command, log=console.print, sr_presets=sr_preset or [],
         )  # fmt: skip
     except EnhancementError as exc:
         console.print(f"[red]{exc}[/red]")
