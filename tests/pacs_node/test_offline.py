@@ -82,4 +82,6 @@ def test_cli_enhance_and_models_list(tmp_path: Path) -> None:
     rows = {row["preset"]: row for row in json.loads(listing.stdout)}
     assert rows["gaussian"]["status"] == "ready"
     assert rows["ct-denoise"]["default"] is True
+    assert rows["ct-denoise"]["status"] == rows["ct-sr2x"]["status"] == "ready"  # shipped weights
+    assert rows["ct-diffusion"]["status"] == "weights not installed"
     assert {"ct-denoise", "ct-sr2x", "ct-diffusion", "mr-denoise"} <= set(rows)
