@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-
 from pacs_node.dicom.classify import series_skip_reason
+from pacs_node.dicom.scan import scan_series
 from pacs_node.enhancers import EnhancerCache
 from pacs_node.errors import InvalidSeriesError, ModelError
 from pacs_node.pipeline import Progress, enhance_series
@@ -34,24 +31,6 @@ class SeriesOutcome:
     output_dir: Path | None = None
 
 
-def _scan(input_dir: Path) -> tuple[dict[str, list[Path]], dict[str, list[pydicom.Dataset]]]:
-    paths: dict[str, list[Path]] = defaultdict(list)
-    headers: dict[str, list[pydicom.Dataset]] = defaultdict(list)
-    for path in sorted(p for p in input_dir.rglob("*") if p.is_file()):
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError):
-            logger.info("skipping %s: not a readable DICOM file", path)
-            continue
-        series = str(ds.get("SeriesInstanceUID", "") or "")
-        if not series:
-            logger.info("skipping %s: no series or SOP class (e.g. a DICOMDIR)", path)
-            continue
-        paths[series].append(path)
-        headers[series].append(ds)
-    return paths, headers
-
-
 def enhance_folder(
     settings: Settings,
     input_dir: Path,
@@ -66,19 +45,20 @@ def enhance_folder(
     """
     enhancers = EnhancerCache(settings)
     enhancer = enhancers.get(preset)
-    paths, headers = _scan(input_dir)
+    found = scan_series(input_dir)
     used_numbers = {
-        int(h[0].SeriesNumber)
-        for h in headers.values()
-        if h and h[0].get("SeriesNumber") not in (None, "")
+        int(f.headers[0].SeriesNumber)
+        for f in found.values()
+        if f.headers[0].get("SeriesNumber") not in (None, "")
     }
     store = InstanceStore(output_dir)
     outcomes = []
-    for series_uid, files in paths.items():
-        first = headers[series_uid][0]
+    for series_uid, series in found.items():
+        files = series.paths
+        first = series.headers[0]
         number = int(first.SeriesNumber) if first.get("SeriesNumber") not in (None, "") else None
         description = str(first.get("SeriesDescription", "") or "")
-        reason = series_skip_reason(headers[series_uid], settings.derived.manufacturer)
+        reason = series_skip_reason(series.headers, settings.derived.manufacturer)
         if reason is not None:
             outcomes.append(
                 SeriesOutcome(series_uid, number, description, len(files), "SKIPPED", reason)

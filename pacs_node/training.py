@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 import torch
-from pydicom.errors import InvalidDicomError
 from scipy import ndimage
 
 from models.base import Task
@@ -28,6 +26,7 @@ from models.phantoms import low_contrast_phantom
 from models.simulation import LowDoseSimulator, ScanGeometry, calibrate_i0
 from models.train import Mode, StepCallback, TrainConfig, degrade_for_sr, normalise, train
 from pacs_node.dicom.classify import series_skip_reason
+from pacs_node.dicom.scan import scan_series
 from pacs_node.dicom.volume import load_series
 
 _TASK_OF_MODE: dict[str, Task] = {
@@ -56,21 +55,11 @@ def load_volumes(source: Path, held_out_fraction: float = 0.25) -> TrainingData:
             with tarfile.open(source) as archive:
                 archive.extractall(tmp, filter="data")
             folder = Path(tmp)
-        by_series: dict[str, list[Path]] = defaultdict(list)
-        headers: dict[str, list[pydicom.Dataset]] = defaultdict(list)
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-            except (InvalidDicomError, OSError, ValueError, EOFError):
-                continue
-            if "SeriesInstanceUID" in ds:
-                by_series[str(ds.SeriesInstanceUID)].append(path)
-                headers[str(ds.SeriesInstanceUID)].append(ds)
         train_part, held_part, spacings = [], [], []
-        for uid, paths in by_series.items():
-            if series_skip_reason(headers[uid]) is not None or len(paths) < 8:
+        for series in scan_series(folder).values():
+            if series_skip_reason(series.headers) is not None or len(series.paths) < 8:
                 continue
-            volume = load_series(paths)
+            volume = load_series(series.paths)
             values = volume.values
             spacings.append(volume.spacing_mm[1])
             cut = round(len(values) * (1 - held_out_fraction))
