@@ -43,12 +43,12 @@ def _enhance_and_write(ctx: WorkerContext, job: JobView) -> list[Path]:
     return paths
 
 
-def _pending_outputs(ctx: WorkerContext, job: JobView) -> list[Path]:
+def _pending_outputs(ctx: WorkerContext, job: JobView) -> list[Path] | None:
     """On a retry: the derived files of an earlier attempt that the destination has not
     acknowledged yet, so a failed send repeats neither the model nor the stored instances.
-    Empty when there is no complete earlier output (then the series is enhanced anew)."""
+    None when there is no complete earlier output (then the series is enhanced anew)."""
     if not job.outputs or not all(Path(o.path).is_file() for o in job.outputs):
-        return []
+        return None
     pending = [Path(o.path) for o in job.outputs if not acknowledged(o.send_status)]
     ctx.repository.add_event(
         job.id, f"reusing derived series {job.output_series_instance_uid}; {len(pending)} to send"
@@ -71,7 +71,8 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobStatus | None:
     job = repo.get_job(job_id)
     assert job is not None
     try:
-        paths = _pending_outputs(ctx, job) or _enhance_and_write(ctx, job)
+        pending = _pending_outputs(ctx, job)
+        paths = pending if pending is not None else _enhance_and_write(ctx, job)
     except (InvalidSeriesError, ModelError) as exc:
         repo.transition(job_id, JobStatus.FAILED, str(exc), error_code=exc.code)
         logger.warning("job %d failed: %s", job_id, exc)
@@ -83,6 +84,10 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobStatus | None:
         repo.transition(
             job_id, JobStatus.DONE, "no destination configured; derived series kept on the node"
         )
+        return JobStatus.DONE
+    total = len(job.outputs) or len(paths)
+    if not paths:  # every instance was acknowledged before an interruption
+        repo.transition(job_id, JobStatus.DONE, f"all {total} instances stored by {destination}")
         return JobStatus.DONE
     repo.transition(job_id, JobStatus.SENDING, f"sending {len(paths)} instances to {destination}")
     results = send_c_store(
@@ -97,9 +102,5 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobStatus | None:
             f"{len(failed)} of {len(results)} instances not stored by {destination} "
             f"(first: {status} {first.message})"
         )
-    repo.transition(
-        job_id,
-        JobStatus.DONE,
-        f"all {len(job.outputs) or len(results)} instances stored by {destination}",
-    )
+    repo.transition(job_id, JobStatus.DONE, f"all {total} instances stored by {destination}")
     return JobStatus.DONE

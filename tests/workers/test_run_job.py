@@ -211,3 +211,17 @@ def test_super_resolution_preset_writes_a_finer_grid(tmp_path: Path, db_url: str
         assert ds.DerivationCodeSequence[0].CodeValue == "113085"  # Spatial resampling
         assert ds.SourceImageSequence[0].SpatialLocationsPreserved == "NO"
         assert ds.ContributingEquipmentSequence[-1].ContributionDescription.startswith("sr-test")
+
+
+def test_a_requeued_job_whose_instances_were_all_stored_sends_nothing(ctx: WorkerContext) -> None:
+    sources = make_ct_series(None, n_slices=2, rows=32, cols=32)
+    with CaptureSCP("PACS") as pacs:
+        job_id = _queue(ctx, sources, preset="identity", destination=f"PACS@127.0.0.1:{pacs.port}")
+        assert run_job(job_id, ctx) is JobStatus.DONE
+        pacs.wait_for(2)
+        # As if the worker had died after the stores but before recording DONE.
+        ctx.repository.transition(job_id, JobStatus.QUEUED, "requeued by the test")
+        assert run_job(job_id, ctx) is JobStatus.DONE
+        assert len(pacs.statuses) == 2  # nothing sent twice
+    job = ctx.repository.get_job(job_id)
+    assert job is not None and job.events[-1].message.startswith("all 2 instances stored")
