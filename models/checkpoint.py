@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -19,6 +21,7 @@ from models.networks import build_network
 
 CARD_SUFFIX = ".json"
 WEIGHTS_SUFFIX = ".safetensors"
+NORMALISATIONS = ("window", "volume")
 
 
 class CheckpointError(Exception):
@@ -29,9 +32,11 @@ class CheckpointError(Exception):
 class ModelCard:
     """Everything needed to rebuild a network and to judge its weights.
 
-    ``hu_window`` is the intensity normalisation: the network sees
-    ``(value - lo) / (hi - lo)``. A power-of-two width keeps the mapping exact in float32,
-    so a network that is an identity returns the input values unchanged.
+    ``normalisation`` says how values reach the network. ``window`` (CT): the network sees
+    ``(value - lo) / (hi - lo)`` with ``(lo, hi) = hu_window``; a power-of-two width keeps
+    the mapping exact in float32, so a network that is an identity returns the input values
+    unchanged. ``volume`` (MR, whose units are arbitrary): ``value / scale``, ``scale`` the
+    smallest power of two at or above the volume's 99.5th percentile.
     """
 
     name: str
@@ -41,6 +46,7 @@ class ModelCard:
     architecture: str
     arch_kwargs: dict[str, Any]
     hu_window: tuple[float, float] = (-1024.0, 3072.0)
+    normalisation: str = "window"
     context_slices: int = 1
     scale_factor: int = 1
     description: str = ""
@@ -57,8 +63,29 @@ class ModelCard:
         low, high = self.hu_window
         if not high > low:
             raise ValueError(f"hu_window must be (low, high) with high > low, got {self.hu_window}")
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(
+                f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}"
+            )
         if self.scale_factor < 1:
             raise ValueError(f"scale_factor must be >= 1, got {self.scale_factor}")
+
+    def intensity_range(self, volume: np.ndarray) -> tuple[float, float]:
+        """The (lo, hi) mapped to [0, 1] for the network's input, for this ``volume``."""
+        if self.normalisation == "window":
+            return self.hu_window
+        level = float(np.percentile(volume, 99.5)) if volume.size else 1.0
+        return 0.0, float(2.0 ** math.ceil(math.log2(max(level, 1.0))))
+
+    def output_range(self, volume: np.ndarray) -> tuple[float, float]:
+        """The valid (min, max) of the network's output values for this input ``volume``.
+
+        CT: the HU range of the window (stored values beyond it are not HU a scanner
+        writes). MR: the input's own range, which a denoiser has no reason to leave.
+        """
+        if self.normalisation == "window":
+            return self.hu_window[0], self.hu_window[1] - 1
+        return float(volume.min()), float(volume.max())
 
     def to_json(self) -> str:
         """The card as indented JSON."""

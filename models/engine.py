@@ -110,14 +110,14 @@ class NetworkEnhancer:
 
     # -- normalisation -----------------------------------------------------------
 
-    def _normalise(self, volume: np.ndarray) -> np.ndarray:
-        low, high = self.card.hu_window
+    @staticmethod
+    def _normalise(volume: np.ndarray, low: float, high: float) -> np.ndarray:
         return ((volume.astype(np.float32) - np.float32(low)) / np.float32(high - low)).astype(
             np.float32
         )
 
-    def _denormalise(self, values: np.ndarray) -> np.ndarray:
-        low, high = self.card.hu_window
+    @staticmethod
+    def _denormalise(values: np.ndarray, low: float, high: float) -> np.ndarray:
         return (values * np.float32(high - low) + np.float32(low)).astype(np.float32)
 
     # -- forward passes ----------------------------------------------------------
@@ -196,7 +196,8 @@ class NetworkEnhancer:
         if volume.ndim != 3:
             raise ValueError(f"volume must be 3-D (z, y, x), got shape {volume.shape}")
         scale = self.card.scale_factor
-        source = torch.from_numpy(self._normalise(volume))
+        low, high = self.card.intensity_range(volume)
+        source = torch.from_numpy(self._normalise(volume, low, high))
         depth, height, width = source.shape
         output = np.empty((depth, height * scale, width * scale), dtype=np.float32)
         with torch.inference_mode():
@@ -208,12 +209,11 @@ class NetworkEnhancer:
                 start = stop
                 if progress is not None:
                     progress(stop, depth)
-        result = self._denormalise(output)
+        result = self._denormalise(output, low, high)
         if scale == 1 and self.strength < 1.0:
             original = volume.astype(np.float32)
             result = original + np.float32(self.strength) * (result - original)
-        low, high = self.card.hu_window
-        np.clip(result, low, high - 1, out=result)
+        np.clip(result, *self.card.output_range(volume), out=result)
         new_spacing = (spacing_mm[0], spacing_mm[1] / scale, spacing_mm[2] / scale)
         return result, new_spacing
 

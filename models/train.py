@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.checkpoint import ModelCard
+from models.mr import rician
 from models.noise import ct_like_noise
 
 logger = logging.getLogger(__name__)
@@ -43,11 +44,13 @@ class TrainConfig:
     sigma_hu: tuple[float, float] = (10.0, 50.0)
     noise_scale: tuple[float, float] = (0.5, 1.5)
     save_every: int = 500
+    noise_model: Literal["ct", "rician"] = "ct"
+    rician_sigma: tuple[float, float] = (0.01, 0.08)
 
 
 def normalise(volume: np.ndarray, card: ModelCard) -> np.ndarray:
     """Map modality values to the network's input range, as the inference engine does."""
-    low, high = card.hu_window
+    low, high = card.intensity_range(volume)
     return ((volume.astype(np.float32) - np.float32(low)) / np.float32(high - low)).astype(
         np.float32
     )
@@ -149,6 +152,12 @@ def _noise(
     Noise2Noise pair has equal noise levels), or image-domain CT-like noise.
     """
     count = clean.shape[0]
+    if config.noise_model == "rician":
+        # Magnitude MR: the noise is not additive; return noisy - clean so the caller's
+        # ``clean + noise`` is the Rician-distributed magnitude. σ is relative to the
+        # normalised volume (whose 99.5th percentile lies in (0.5, 1]).
+        relative = generator.uniform(*config.rician_sigma, size=(count, 1, 1, 1))
+        return [torch.from_numpy(rician(clean, relative, generator) - clean) for _ in range(draws)]
     if bank_noise is not None:
         scale = generator.uniform(*config.noise_scale, size=(count, 1, 1, 1)).astype(np.float32)
         return [torch.from_numpy(bank_noise[k] * scale) for k in range(draws)]
@@ -188,7 +197,8 @@ def train(
     """
     torch.manual_seed(config.seed)
     generator = np.random.default_rng(config.seed + 1)
-    low, high = card.hu_window
+    # Loss reported in modality units: HU for windowed (CT) cards, normalised units else.
+    low, high = card.hu_window if card.normalisation == "window" else (0.0, 1.0)
     sampler = PatchSampler(
         [normalise(v, card) for v in volumes],
         card.context_slices if mode != "super_resolution" else 1,

@@ -290,9 +290,14 @@ def train(
     mode: Annotated[
         str, typer.Argument(help="denoise, noise2noise, diffusion or super_resolution")
     ],
-    data: Annotated[Path, typer.Option(help="DICOM folder or .tar.xz archive", exists=True)],
     name: Annotated[str, typer.Option(help="model card name")],
     architecture: Annotated[str, typer.Option(help="zoo architecture, e.g. dncnn")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="DICOM folder or .tar.xz archive (MR may train on phantoms alone)", exists=True
+        ),
+    ] = None,
     arch_kwargs: Annotated[str, typer.Option(help="JSON constructor arguments")] = "{}",
     context_slices: Annotated[int, typer.Option(help="1 = 2D, 3 = 2.5D")] = 1,
     version: Annotated[str, typer.Option()] = "0.1.0",
@@ -304,7 +309,9 @@ def train(
     learning_rate: Annotated[float, typer.Option()] = 1e-3,
     seed: Annotated[int, typer.Option()] = 0,
     noise: Annotated[str, typer.Option(help="image or projection (simulated low dose)")] = "image",
-    phantoms: Annotated[int, typer.Option(help="training phantoms to add", min=0)] = 0,
+    phantoms: Annotated[
+        int, typer.Option(help="training phantoms to add (MR: brain-like MR phantoms)", min=0)
+    ] = 0,
     noise_draws: Annotated[int, typer.Option(help="simulated draws per slice", min=1)] = 2,
     noise_sigma_hu: Annotated[float, typer.Option(help="added σ of the simulation")] = 20.0,
     output: Annotated[Path, typer.Option(help="folder for the checkpoint")] = Path(
@@ -322,6 +329,9 @@ def train(
 
     if mode not in ("denoise", "noise2noise", "diffusion", "super_resolution"):
         console.print("[red]mode must be denoise, noise2noise, diffusion or super_resolution[/red]")
+        raise typer.Exit(2)
+    if data is None and not (modality.upper() == "MR" and phantoms):
+        console.print("[red]--data is required (MR alone may train on --phantoms)[/red]")
         raise typer.Exit(2)
     config = TrainConfig(
         steps=steps, batch_size=batch_size, patch=patch, learning_rate=learning_rate, seed=seed

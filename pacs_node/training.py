@@ -7,7 +7,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,16 @@ from models.base import Task
 from models.checkpoint import ModelCard, save_checkpoint
 from models.classical import AnisotropicDiffusionFilter
 from models.engine import EngineOptions, NetworkEnhancer, bicubic_upsample
-from models.metrics import FULL_WINDOW, SOFT_TISSUE_WINDOW, psnr, rmse
+from models.metrics import (
+    FULL_WINDOW,
+    SOFT_TISSUE_WINDOW,
+    gaussian_baseline,
+    nlm_baseline,
+    psnr,
+    rmse,
+    ssim,
+)
+from models.mr import mr_phantom, rician
 from models.networks import build_network
 from models.noise import ct_like_noise
 from models.phantoms import low_contrast_phantom
@@ -142,6 +151,59 @@ def _evaluate_denoiser(
     return results
 
 
+def mr_training_phantoms(count: int, size: int = 256) -> list[np.ndarray]:
+    """MR phantom slices (1, y, x) with seeds disjoint from the held-out ones (9000+)."""
+    return [mr_phantom(size, seed=6000 + index)[None] for index in range(count)]
+
+
+def mr_held_out_images() -> dict[str, np.ndarray]:
+    """Noise-free-enough MR images never trained on: 6 phantoms and pydicom's real MR slice."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_rescale
+
+    images = {f"mr_phantom_{seed}": mr_phantom(256, seed=seed) for seed in range(9000, 9006)}
+    path = get_testdata_file("MR_small.dcm", download=False)
+    if path is not None:
+        dataset = pydicom.dcmread(path)
+        images["pydicom_MR_small"] = np.asarray(
+            apply_rescale(dataset.pixel_array, dataset), dtype=np.float32
+        )
+    return images
+
+
+def _evaluate_mr_denoiser(
+    network: torch.nn.Module, card: ModelCard, held_out: list[np.ndarray]
+) -> dict[str, Any]:
+    """Rician noise at 3 % and 6 % of each image's 99.5th percentile; PSNR and SSIM over
+    [0, that percentile]; input, Gaussian (σ 1 px), non-local means (h = 0.8 σ) and model."""
+    del held_out  # MR is evaluated on its own held-out images
+    rng = np.random.default_rng(1234)
+    enhancer = NetworkEnhancer(network, card, EngineOptions(device="cpu"))
+    results: dict[str, Any] = {}
+    images = mr_held_out_images()
+    for fraction in (0.03, 0.06):
+        rows: dict[str, list[float]] = defaultdict(list)
+        for reference in images.values():
+            level = float(np.percentile(reference, 99.5))
+            sigma = fraction * level
+            noisy = rician(reference, sigma, rng)
+            outputs = {
+                "input": noisy,
+                "gaussian": gaussian_baseline(noisy, 1.0),
+                "nlm": nlm_baseline(noisy, sigma),
+                "model": enhancer(noisy[None], (1.0, 1.0, 1.0))[0][0],
+            }
+            for method, image in outputs.items():
+                rows[f"{method}_psnr_db"].append(psnr(image, reference, (0.0, level)))
+                rows[f"{method}_ssim"].append(ssim(image, reference, (0.0, level)))
+        results[f"rician_sigma_{round(fraction * 100)}_percent"] = {
+            k: round(float(np.mean(v)), 3) for k, v in rows.items()
+        }
+    results["images"] = sorted(images)
+    return results
+
+
 def _evaluate_sr(
     network: torch.nn.Module, card: ModelCard, held_out: list[np.ndarray]
 ) -> dict[str, Any]:
@@ -162,7 +224,7 @@ def _evaluate_sr(
 
 
 def train_model(
-    data: Path,
+    data: Path | None,
     output: Path,
     *,
     name: str,
@@ -182,9 +244,16 @@ def train_model(
     on_step: StepCallback | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Train, evaluate on the held-out slices and write ``<output>/<name>.{safetensors,json}``."""
+    """Train, evaluate on held-out images and write ``<output>/<name>.{safetensors,json}``.
+
+    MR (``modality="MR"``) trains on ``phantoms`` MR phantoms (plus ``data`` if given) with
+    Rician noise and per-volume normalisation; CT needs ``data``.
+    """
     torch.manual_seed(config.seed)
-    volumes = load_volumes(data)
+    mr = modality.upper() == "MR"
+    if data is None and not (mr and phantoms):
+        raise ValueError("training needs --data (or, for MR, --phantoms)")
+    volumes = load_volumes(data) if data is not None else TrainingData("mr-phantoms", [], [], [])
     log(f"data: {len(volumes.train)} series, {sum(len(v) for v in volumes.train)} training slices")
     network = build_network(architecture, **arch_kwargs)
     scale = int(getattr(network, "scale", 1))
@@ -198,9 +267,13 @@ def train_model(
         context_slices=context_slices,
         scale_factor=scale,
         description=description,
+        normalisation="volume" if mr else "window",
     )
     train_volumes, spacings = list(volumes.train), list(volumes.spacing_mm)
-    if phantoms:
+    if mr:
+        train_volumes += mr_training_phantoms(phantoms)
+        config = replace(config, noise_model="rician")
+    elif phantoms:
         extra, extra_spacings = training_phantoms(phantoms)
         train_volumes += extra
         spacings += extra_spacings
@@ -211,16 +284,23 @@ def train_model(
     started = time.perf_counter()
     train(network, card, train_volumes, config, mode, output, on_step, noise_bank=bank)
     seconds = time.perf_counter() - started
-    evaluate = _evaluate_sr if mode == "super_resolution" else _evaluate_denoiser
+    evaluate = (
+        _evaluate_sr
+        if mode == "super_resolution"
+        else _evaluate_mr_denoiser
+        if mr
+        else _evaluate_denoiser
+    )
     metrics = evaluate(network, card, volumes.held_out)
     card = ModelCard(
         **{
             **asdict(card),
             "training": {
                 "command": command,
-                "data": f"{data.name}: first 75% of slices of each series (last 25% held out)"
-                + (f"; {phantoms} training phantoms (seeds 5000+)" if phantoms else ""),
-                "noise": "image-domain FBP-shaped noise"
+                "data": _data_statement(data, phantoms, mr),
+                "noise": f"Rician, σ {config.rician_sigma} of the normalised 99.5th percentile"
+                if mr
+                else "image-domain FBP-shaped noise"
                 if noise == "image" or mode == "super_resolution"
                 else f"projection-domain quarter-dose simulation, added σ {noise_sigma_hu} HU "
                 f"x scale {config.noise_scale}, {noise_draws} draws per slice",
@@ -233,3 +313,13 @@ def train_model(
         }
     )
     return save_checkpoint(output, network, card)
+
+
+def _data_statement(data: Path | None, phantoms: int, mr: bool) -> str:
+    parts = []
+    if data is not None:
+        parts.append(f"{data.name}: first 75% of slices of each series (last 25% held out)")
+    if phantoms:
+        seeds = "6000+, 256x256 brain-like MR" if mr else "5000+"
+        parts.append(f"{phantoms} training phantoms (seeds {seeds})")
+    return "; ".join(parts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from models.checkpoint import load_checkpoint
 from models.train import TrainConfig
@@ -49,3 +50,29 @@ def test_train_model_writes_a_loadable_checkpoint_with_metrics(tmp_path: Path) -
         metrics
     )
     assert not network.training
+
+
+def test_mr_trains_on_phantoms_alone_and_is_evaluated_on_held_out_mr(tmp_path: Path) -> None:
+    card_path = train_model(
+        None, tmp_path / "weights", name="mr-tiny", version="0.0.1", mode="denoise",
+        architecture="dncnn", arch_kwargs={"in_channels": 1, "features": 8, "depth": 3},
+        context_slices=1, modality="MR", description="test", phantoms=2,
+        config=TrainConfig(steps=3, batch_size=2, patch=32), command="pacs-node train ...",
+        log=lambda _: None,
+    )  # fmt: skip
+    _network, card = load_checkpoint(card_path)
+    assert card.normalisation == "volume" and card.modality == "MR"
+    assert card.training["config"]["noise_model"] == "rician"
+    assert "MR" in card.training["data"] and "Rician" in card.training["noise"]
+    metrics = card.metrics["rician_sigma_3_percent"]
+    assert {"input_psnr_db", "nlm_psnr_db", "gaussian_ssim", "model_ssim"} <= set(metrics)
+    assert "pydicom_MR_small" in card.metrics["images"]
+
+
+def test_ct_training_without_data_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--data"):
+        train_model(
+            None, tmp_path, name="x", version="0", mode="denoise", architecture="dncnn",
+            arch_kwargs={}, context_slices=1, modality="CT", description="",
+            config=TrainConfig(steps=1), command="", phantoms=2, log=lambda _: None,
+        )  # fmt: skip
