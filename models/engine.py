@@ -99,6 +99,7 @@ class NetworkEnhancer:
         if self.options.channels_last:
             # NHWC is faster for convolutions on current CPUs and on tensor-core GPUs.
             network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.network = network
         self._network: Callable[[torch.Tensor], torch.Tensor] = network
         if self.options.compile:
             self._network = torch.compile(network)

@@ -74,3 +74,48 @@ def test_super_resolution_section_reports_baselines_and_the_bar(tmp_path: Path) 
     assert "## Super-resolution ×2" in text
     assert "FAIL: sr on phantom beats bicubic by ≥ 1.5 dB" in text
     assert (tmp_path / "evaluation" / "super_resolution.csv").exists()
+
+
+def test_diffusion_seed_spread_is_zero_untrained_and_positive_when_trained(
+    tmp_path: Path,
+) -> None:
+    import torch
+
+    from models.checkpoint import ModelCard, save_checkpoint
+    from models.networks import build_network
+    from pacs_node.evaluation import diffusion_seed_rows, write_report
+    from pacs_node.settings import Settings
+
+    kwargs = {"in_channels": 3, "steps": 4, "noise_scale": 0.01, "features": 8, "depth": 1}
+    untrained = build_network("cold_diffusion", **kwargs)
+    trained_like = build_network("cold_diffusion", **kwargs)
+    torch.manual_seed(0)
+    for parameter in trained_like.parameters():
+        parameter.data.add_(0.05 * torch.randn_like(parameter))
+    presets = tmp_path / "presets.yaml"
+    text = ""
+    for name, network in (("diff-untrained", untrained), ("diff-trained", trained_like)):
+        card = ModelCard(
+            name=name, version="0", task="diffusion", modality="CT",
+            architecture="cold_diffusion", arch_kwargs=kwargs, context_slices=3,
+        )  # fmt: skip
+        save_checkpoint(tmp_path / "weights", network, card)
+        text += f"{name}:\n  description: t\n  modality: CT\n  model: {name}\n"
+    presets.write_text(text + "gauss:\n  description: t\n  modality: any\n  classical: gaussian\n")
+    models = {"presets_file": presets, "weights_dir": tmp_path / "weights"}
+    settings = Settings(data_dir=tmp_path, device="cpu", models=models)  # type: ignore[arg-type]
+    phantom = low_contrast_phantom(size=256, pixel_spacing_mm=1.4, seed=4)
+    reference = np.repeat(phantom.image[None], 3, axis=0)
+    noisy = reference + np.random.default_rng(1).normal(0, 10, reference.shape).astype(np.float32)
+    case = EvalCase("phantom", phantom.name, reference, noisy, 10.0, 1.4)
+    rows = diffusion_seed_rows(settings, [case], ["diff-untrained", "diff-trained", "gauss"])
+    by_method = {r["method"]: r for r in rows}
+    assert set(by_method) == {"diff-untrained", "diff-trained"}  # the filter has no seeds
+    assert by_method["diff-untrained"]["max_pixel_std_hu"] < 0.01
+    assert by_method["diff-trained"]["mean_pixel_std_hu"] > 0.01
+    assert by_method["diff-trained"]["seeds"] == 5
+    eval_rows, outputs = evaluate([case], {"input": lambda v, s: v[1], "nlm": lambda v, s: v[1]})
+    report = write_report(eval_rows, outputs, [case], [], tmp_path / "evaluation", "# T",
+                          seed_rows=rows)  # fmt: skip
+    assert "## Diffusion: spread across seeds" in report.read_text()
+    assert (tmp_path / "evaluation" / "diffusion_seeds.csv").exists()
