@@ -20,7 +20,7 @@ from pacs_node.db.repository import JobRepository
 from pacs_node.db.session import make_engine, make_session_factory
 from pacs_node.dispatch import Dispatcher
 from pacs_node.enhancers import EnhancerCache
-from pacs_node.scp.handlers import ReceiveContext
+from pacs_node.ingest import Receiver
 from pacs_node.scp.server import start_scp
 from pacs_node.settings import REPO_ROOT, Settings
 from pacs_node.storage import InstanceStore
@@ -119,13 +119,13 @@ def serve(settings: Settings) -> None:
     worker = EmbeddedWorker(settings) if settings.embedded_worker else None
     if worker is not None:
         worker.start()
-    context = ReceiveContext(
+    receiver = Receiver(
         store=store,
         repository=repository,
         preset=settings.preset,
         destination=str(settings.destination) if settings.destination else None,
     )
-    scp = start_scp(settings, context)
+    scp = start_scp(settings, receiver)
     monitor = CompletionMonitor(
         repository,
         dispatcher,
@@ -136,7 +136,7 @@ def serve(settings: Settings) -> None:
     monitor.start()
     http = uvicorn.Server(
         uvicorn.Config(
-            create_app(repository, engine),
+            create_app(repository, engine, receiver),
             host=settings.http_host,
             port=settings.http_port,
             log_level="warning",

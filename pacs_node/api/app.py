@@ -9,13 +9,22 @@ from fastapi import FastAPI, HTTPException, Query
 from sqlalchemy import Engine, text
 
 from pacs_node import __version__
+from pacs_node.api.dicomweb import create_dicomweb_router
+from pacs_node.db.archive import ArchiveIndex
 from pacs_node.db.models import JobStatus
 from pacs_node.db.repository import JobRepository
+from pacs_node.ingest import Receiver
 
 
-def create_app(repository: JobRepository, engine: Engine) -> FastAPI:
-    """The admin API over the job database (read-only in this version)."""
+def create_app(
+    repository: JobRepository, engine: Engine, receiver: Receiver | None = None
+) -> FastAPI:
+    """The admin API over the job database and the DICOMweb routes (STOW-RS needs
+    ``receiver``)."""
     app = FastAPI(title="PACS Enhancement Node", version=__version__)
+    app.include_router(
+        create_dicomweb_router(repository, ArchiveIndex(repository.session_factory), receiver)
+    )
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:

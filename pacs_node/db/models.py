@@ -79,6 +79,13 @@ class Series(Base):
     modality: Mapped[str | None] = mapped_column(String(16))
     series_number: Mapped[int | None] = mapped_column(Integer)
     series_description: Mapped[str | None] = mapped_column(String(64))
+    # Study attributes of the first instance, for QIDO-RS searches (LO 64, PN 5 x 64 + 4,
+    # DA 8, SH 16: PS3.5 6.2).
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(324))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+    study_description: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
@@ -130,6 +137,9 @@ class Job(Base):
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set when the sender declared the series complete (end of a STOW-RS request): the job
+    # closes without waiting for the quiet period, unless instances arrive after it.
+    complete_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     series: Mapped[Series] = relationship(back_populates="jobs")
     events: Mapped[list[JobEvent]] = relationship(

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -29,6 +29,12 @@ class ReceivedInstance:
     size_bytes: int
     calling_ae_title: str | None
     called_ae_title: str | None
+    patient_id: str | None = None
+    patient_name: str | None = None
+    study_date: str | None = None
+    accession_number: str | None = None
+    study_description: str | None = None
+    source: str | None = None  # how it came, for the audit trail (default: the calling AE)
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,11 @@ class JobRepository:
     def __init__(self, session_factory: sessionmaker[Session]) -> None:
         self._sessions = session_factory
 
+    @property
+    def session_factory(self) -> sessionmaker[Session]:
+        """The session factory (for other read-only views of the same database)."""
+        return self._sessions
+
     # -- receiving -----------------------------------------------------------------
 
     def find_instance(self, sop_instance_uid: str) -> bool:
@@ -198,6 +209,11 @@ class JobRepository:
                     modality=received.modality,
                     series_number=received.series_number,
                     series_description=received.series_description,
+                    patient_id=received.patient_id,
+                    patient_name=received.patient_name,
+                    study_date=received.study_date,
+                    accession_number=received.accession_number,
+                    study_description=received.study_description,
                     created_at=now,
                 )
                 session.add(series)
@@ -221,7 +237,8 @@ class JobRepository:
                 )
                 session.add(job)
                 session.flush()
-                message = f"first instance received from {received.calling_ae_title or '?'}"
+                source = received.source or received.calling_ae_title or "?"
+                message = f"first instance received from {source}"
                 session.add(JobEvent(job_id=job.id, status=JobStatus.RECEIVING, message=message))
             job.instance_count += 1
             job.last_instance_at = now
@@ -242,13 +259,48 @@ class JobRepository:
 
     # -- completion and dispatch -----------------------------------------------------
 
+    def request_completion(self, series_instance_uids: Iterable[str], source: str) -> list[int]:
+        """The sender declared these series complete: their RECEIVING jobs close at the next
+        monitor round. Returns the affected job ids."""
+        now = utcnow()
+        with self._sessions.begin() as session:
+            jobs = session.scalars(
+                select(Job)
+                .join(Series)
+                .where(
+                    Series.series_instance_uid.in_(list(series_instance_uids)),
+                    Job.status == JobStatus.RECEIVING,
+                )
+            ).all()
+            for job in jobs:
+                job.complete_requested_at = now
+                session.add(
+                    JobEvent(
+                        job_id=job.id,
+                        status=JobStatus.RECEIVING,
+                        message=f"series declared complete by {source}",
+                    )
+                )
+            return [job.id for job in jobs]
+
+    @staticmethod
+    def _closable(cutoff: datetime) -> ColumnElement[bool]:
+        """Quiet since ``cutoff``, or declared complete after its last instance."""
+        return or_(
+            Job.last_instance_at <= cutoff,
+            and_(
+                Job.complete_requested_at.is_not(None),
+                Job.complete_requested_at >= Job.last_instance_at,
+            ),
+        )
+
     def due_receiving_jobs(self, quiet_for: timedelta) -> list[int]:
-        """Jobs in RECEIVING whose last instance arrived at least ``quiet_for`` ago."""
+        """Jobs in RECEIVING quiet for ``quiet_for`` or declared complete by their sender."""
         cutoff = utcnow() - quiet_for
         with self._sessions() as session:
             rows = session.scalars(
                 select(Job.id)
-                .where(Job.status == JobStatus.RECEIVING, Job.last_instance_at <= cutoff)
+                .where(Job.status == JobStatus.RECEIVING, self._closable(cutoff))
                 .order_by(Job.id)
             )
             return list(rows)
@@ -273,7 +325,7 @@ class JobRepository:
                 .where(
                     Job.id == job_id,
                     Job.status == JobStatus.RECEIVING,
-                    Job.last_instance_at <= cutoff,
+                    self._closable(cutoff),
                 )
                 .values(**values)
             )

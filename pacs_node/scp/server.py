@@ -9,7 +9,8 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacs_node.scp.handlers import ReceiveContext, handle_store
+from pacs_node.ingest import Receiver
+from pacs_node.scp.handlers import handle_store
 from pacs_node.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,13 +41,13 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-def start_scp(settings: Settings, context: ReceiveContext) -> ThreadedAssociationServer:
+def start_scp(settings: Settings, receiver: Receiver) -> ThreadedAssociationServer:
     """Start the SCP in background threads and return its server (``shutdown()`` stops it)."""
     ae = build_ae(settings)
     server = ae.start_server(
         (settings.scp.bind_address, settings.port),
         block=False,
-        evt_handlers=[(evt.EVT_C_STORE, handle_store, [context])],
+        evt_handlers=[(evt.EVT_C_STORE, handle_store, [receiver])],
     )
     assert server is not None
     logger.info(

@@ -1,0 +1,155 @@
+"""Accepting one instance, whatever the way in (C-STORE or STOW-RS): check, store, record.
+
+Both receivers call :meth:`Receiver.accept` and translate its :class:`IngestResult` (a
+storage status, PS3.4 B.2.3, the same codes STOW-RS reports as Failure Reason) into their
+own protocol. The file is durably on disk and its row committed before success is returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from pacs_node.db.repository import JobRepository, ReceivedInstance
+from pacs_node.dicom.validation import is_image_storage, missing_identifiers, pixel_data_problem
+from pacs_node.errors import EnhancementError
+from pacs_node.storage import InstanceStore
+
+logger = logging.getLogger(__name__)
+
+# Storage service statuses (PS3.4 Annex B.2.3).
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC210
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """The outcome for one instance: a storage status and, on failure, why."""
+
+    status: int
+    message: str | None = None
+    job_id: int | None = None
+    duplicate: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Stored now or earlier (a duplicate SOP Instance UID is success)."""
+        return self.status == SUCCESS
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who sent an instance and how (recorded on the job)."""
+
+    calling_ae_title: str | None
+    called_ae_title: str | None
+    source: str  # e.g. "C-STORE from CT1" or "STOW-RS from 10.0.0.5"
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(str(value)) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _text(ds: Dataset, keyword: str, length: int) -> str | None:
+    return str(ds.get(keyword, "") or "")[:length] or None
+
+
+def check_dataset(ds: Dataset, transfer_syntax_uid: str) -> IngestResult | None:
+    """A failure result when ``ds`` cannot be filed or its pixels used, else None."""
+    problem = missing_identifiers(ds)
+    if problem is not None:
+        return IngestResult(DATASET_DOES_NOT_MATCH_SOP_CLASS, problem)
+    if is_image_storage(str(ds.SOPClassUID)):
+        problem = pixel_data_problem(ds, transfer_syntax_uid)
+        if problem is not None:
+            code = CANNOT_UNDERSTAND if "truncated" in problem else DATASET_DOES_NOT_MATCH_SOP_CLASS
+            return IngestResult(code, problem)
+    return None
+
+
+class Receiver:
+    """Stores checked instances under hashed names and records them in the job database."""
+
+    def __init__(
+        self,
+        store: InstanceStore,
+        repository: JobRepository,
+        preset: str,
+        destination: str | None,
+    ) -> None:
+        self.store = store
+        self.repository = repository
+        self.preset = preset
+        self.destination = destination
+
+    def accept(
+        self, ds: Dataset, encoded: bytes, transfer_syntax_uid: str, origin: Origin
+    ) -> IngestResult:
+        """Check ``ds``, write ``encoded`` (a DICOM file, preamble and file meta included)
+        atomically and record it; never raises.
+
+        Parameters
+        ----------
+        ds
+            The decoded dataset (pixel data included, to measure its length).
+        encoded
+            The bytes to store.
+        transfer_syntax_uid
+            Transfer syntax of the dataset.
+        origin
+            Sender, for the job row and its audit trail.
+        """
+        uid = str(ds.get("SOPInstanceUID", "") or "")
+        try:
+            failure = check_dataset(ds, transfer_syntax_uid)
+        except Exception as exc:  # noqa: BLE001 - edge: an undecodable element is a status
+            failure = IngestResult(CANNOT_UNDERSTAND, f"cannot decode dataset: {exc}")
+        if failure is not None:
+            logger.warning("%s: instance %s refused: %s", origin.source, uid, failure.message)
+            return failure
+        try:
+            if self.repository.find_instance(uid):
+                logger.info("%s: instance %s is a duplicate, already stored", origin.source, uid)
+                return IngestResult(SUCCESS, duplicate=True)
+            path = self.store.received_path(uid)
+            self.store.write_atomic(path, encoded)
+            outcome = self.repository.record_instance(
+                ReceivedInstance(
+                    sop_instance_uid=uid,
+                    sop_class_uid=str(ds.SOPClassUID),
+                    transfer_syntax_uid=transfer_syntax_uid,
+                    study_instance_uid=str(ds.StudyInstanceUID),
+                    series_instance_uid=str(ds.SeriesInstanceUID),
+                    modality=_text(ds, "Modality", 16),
+                    series_number=_int_or_none(ds.get("SeriesNumber")),
+                    series_description=_text(ds, "SeriesDescription", 64),
+                    path=str(path),
+                    size_bytes=len(encoded),
+                    calling_ae_title=origin.calling_ae_title,
+                    called_ae_title=origin.called_ae_title,
+                    patient_id=_text(ds, "PatientID", 64),
+                    patient_name=_text(ds, "PatientName", 324),
+                    study_date=_text(ds, "StudyDate", 8),
+                    accession_number=_text(ds, "AccessionNumber", 16),
+                    study_description=_text(ds, "StudyDescription", 64),
+                    source=origin.source,
+                ),
+                preset=self.preset,
+                destination=self.destination,
+            )
+        except EnhancementError as exc:
+            logger.error("%s: instance %s: storage failed: %s", origin.source, uid, exc)
+            return IngestResult(OUT_OF_RESOURCES, str(exc))
+        except Exception as exc:  # edge: database or disk failure → out of resources
+            logger.exception("%s: instance %s could not be recorded", origin.source, uid)
+            return IngestResult(
+                OUT_OF_RESOURCES, f"could not record instance: {type(exc).__name__}"
+            )
+        return IngestResult(SUCCESS, job_id=outcome.job_id, duplicate=outcome.duplicate)

@@ -1,0 +1,247 @@
+"""DICOMweb over real HTTP: STOW-RS with dicomweb-client and curl, QIDO-RS, WADO-RS."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+import uvicorn
+from dicomweb_client.api import DICOMwebClient
+from pydicom.dataset import Dataset
+from requests.exceptions import HTTPError
+from sqlalchemy import Engine
+
+from pacs_node.api.app import create_app
+from pacs_node.api.multipart import build_related, parse_content_type, split_related
+from pacs_node.db.repository import JobRepository
+from pacs_node.ingest import Receiver
+from pacs_node.storage import InstanceStore
+from tests.helpers.synthetic import file_path, make_ct_series, truncate_pixel_data
+from tests.integration.peers import free_port
+
+
+@dataclass
+class Server:
+    url: str
+    repository: JobRepository
+    store: InstanceStore
+
+    @property
+    def client(self) -> DICOMwebClient:
+        return DICOMwebClient(url=f"{self.url}/dicom-web")
+
+
+@pytest.fixture()
+def server(tmp_path: Path, repository: JobRepository, engine: Engine) -> Iterator[Server]:
+    store = InstanceStore(tmp_path / "data")
+    receiver = Receiver(store, repository, "ct-denoise", None)
+    port = free_port()
+    http = uvicorn.Server(
+        uvicorn.Config(create_app(repository, engine, receiver), port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=http.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not http.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield Server(f"http://127.0.0.1:{port}", repository, store)
+    http.should_exit = True
+    thread.join(timeout=10)
+
+
+def _encoded(ds: Dataset) -> bytes:
+    return file_path(ds).read_bytes()
+
+
+def _stow_raw(url: str, parts: list[bytes], path: str = "/dicom-web/studies") -> httpx.Response:
+    chunks, header = build_related(((p, "application/dicom") for p in parts), "application/dicom")
+    return httpx.post(url + path, content=b"".join(chunks), headers={"Content-Type": header})
+
+
+def test_stow_stores_durably_and_declares_the_series_complete(
+    server: Server, tmp_path: Path
+) -> None:
+    series = make_ct_series(tmp_path / "in", n_slices=3, rows=32, cols=32)
+    response = server.client.store_instances(series)
+    stored = response.ReferencedSOPSequence
+    assert sorted(i.ReferencedSOPInstanceUID for i in stored) == sorted(
+        ds.SOPInstanceUID for ds in series
+    )
+    assert "FailedSOPSequence" not in response
+    assert response.RetrieveURL.endswith(f"/dicom-web/studies/{series[0].StudyInstanceUID}")
+    # Declared complete: the job is due now although the quiet period is an hour.
+    [job_id] = server.repository.due_receiving_jobs(timedelta(hours=1))
+    job = server.repository.get_job(job_id)
+    assert job is not None and job.instance_count == 3
+    assert any("declared complete by STOW-RS" in e.message for e in job.events)
+    assert job.calling_ae_title is None
+    for ds in series:
+        assert server.repository.find_instance(ds.SOPInstanceUID)
+        # dicomweb-client re-encodes what it sends: the stored file decodes to the same data.
+        assert pydicom.dcmread(server.store.received_path(ds.SOPInstanceUID)) == ds
+    # The same instances again are duplicates: success, nothing stored twice.
+    again = server.client.store_instances(series)
+    assert len(again.ReferencedSOPSequence) == 3
+    job = server.repository.get_job(job_id)
+    assert job is not None and job.instance_count == 3
+
+
+def test_stow_reports_each_failure_with_its_reason(server: Server, tmp_path: Path) -> None:
+    good, truncated = make_ct_series(tmp_path / "a", n_slices=2, rows=32, cols=32, seed=1)
+    truncate_pixel_data(truncated)
+    truncated.save_as(file_path(truncated), enforce_file_format=True)
+    [other_study] = make_ct_series(tmp_path / "b", n_slices=1, rows=32, cols=32, seed=2)
+    response = _stow_raw(
+        server.url,
+        [_encoded(good), _encoded(truncated), _encoded(other_study), b"not dicom at all"],
+        f"/dicom-web/studies/{good.StudyInstanceUID}",
+    )
+    assert response.status_code == 202  # some stored, some failed (PS3.18 10.5.3)
+    assert response.headers["content-type"].startswith("application/dicom+json")
+    body = Dataset.from_json(response.json())
+    assert [i.ReferencedSOPInstanceUID for i in body.ReferencedSOPSequence] == [good.SOPInstanceUID]
+    failed = {i.ReferencedSOPInstanceUID: i for i in body.FailedSOPSequence}
+    assert failed[truncated.SOPInstanceUID].FailureReason == 0xC210
+    assert "truncated" in failed[truncated.SOPInstanceUID][0x00000902].value
+    assert failed[other_study.SOPInstanceUID].FailureReason == 0xA900
+    assert failed[""].FailureReason == 0xC210  # the part that is not DICOM
+    assert not server.repository.find_instance(truncated.SOPInstanceUID)
+    # Nothing stored at all: 409.
+    assert _stow_raw(server.url, [_encoded(truncated)]).status_code == 409
+
+
+def test_stow_refuses_bad_requests_with_http_errors(server: Server, tmp_path: Path) -> None:
+    [ds] = make_ct_series(tmp_path, n_slices=1, rows=16, cols=16)
+    url = f"{server.url}/dicom-web/studies"
+    assert httpx.post(url, content=_encoded(ds),
+                      headers={"Content-Type": "application/dicom"}).status_code == 415  # fmt: skip
+    json_parts = 'multipart/related; type="application/dicom+json"; boundary=x'
+    assert (
+        httpx.post(url, content=b"--x--", headers={"Content-Type": json_parts}).status_code == 415
+    )
+    chunks, header = build_related([(_encoded(ds), "application/dicom")], "application/dicom")
+    truncated_body = b"".join(chunks)[:-40]  # no closing boundary: an interrupted upload
+    response = httpx.post(url, content=truncated_body, headers={"Content-Type": header})
+    assert response.status_code == 400 and "closing boundary" in response.text
+    assert not server.repository.find_instance(ds.SOPInstanceUID)
+
+
+@pytest.mark.skipif(
+    shutil.which("curl") is None, reason="curl not installed (make test installs it)"
+)
+def test_stow_with_curl(server: Server, tmp_path: Path) -> None:
+    series = make_ct_series(tmp_path / "in", n_slices=2, rows=16, cols=16)
+    boundary = "pacs-node-test-boundary"
+    body = b"".join(
+        b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n"
+        + _encoded(ds) + b"\r\n" for ds in series
+    ) + b"--" + boundary.encode() + b"--\r\n"  # fmt: skip
+    (tmp_path / "body").write_bytes(body)
+    result = subprocess.run(
+        ["curl", "-sS", "-w", "\n%{http_code}", "-X", "POST",
+         "-H", f'Content-Type: multipart/related; type="application/dicom"; boundary={boundary}',
+         "-H", "Accept: application/dicom+json",
+         "--data-binary", f"@{tmp_path / 'body'}", f"{server.url}/dicom-web/studies"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    text, code = result.stdout.rsplit("\n", 1)
+    assert code == "200"
+    assert len(Dataset.from_json(text).ReferencedSOPSequence) == 2
+
+
+def test_wado_returns_the_stored_bytes_and_metadata(server: Server, tmp_path: Path) -> None:
+    series = make_ct_series(tmp_path / "in", n_slices=3, rows=32, cols=32)
+    assert _stow_raw(server.url, [_encoded(ds) for ds in series]).status_code == 200
+    study, uid = series[0].StudyInstanceUID, series[0].SeriesInstanceUID
+    retrieved = server.client.retrieve_series(study, uid)
+    assert sorted(ds.SOPInstanceUID for ds in retrieved) == sorted(
+        ds.SOPInstanceUID for ds in series
+    )
+    # Byte for byte what was stored, through a plain HTTP client and our own parser.
+    first = series[0]
+    response = httpx.get(
+        f"{server.url}/dicom-web/studies/{study}/series/{uid}/instances/{first.SOPInstanceUID}",
+        headers={"Accept": 'multipart/related; type="application/dicom"'},
+    )
+    content_type = parse_content_type(response.headers["content-type"])
+    [(headers, payload)] = split_related(response.content, content_type.params["boundary"])
+    assert headers["content-type"] == "application/dicom"
+    assert payload == _encoded(first)
+    metadata = server.client.retrieve_series_metadata(study, uid)
+    assert len(metadata) == 3 and all("7FE00010" not in m for m in metadata)
+    assert {Dataset.from_json(m).SOPInstanceUID for m in metadata} == {
+        ds.SOPInstanceUID for ds in series
+    }
+    assert httpx.get(f"{server.url}/dicom-web/studies/1.2.3.4").status_code == 404
+    not_acceptable = httpx.get(f"{server.url}/dicom-web/studies/{study}",
+                               headers={"Accept": "image/jpeg"})  # fmt: skip
+    assert not_acceptable.status_code == 406
+
+
+def test_qido_filters_and_pages(server: Server, tmp_path: Path) -> None:
+    ct = make_ct_series(tmp_path / "ct", n_slices=2, rows=16, cols=16, seed=1)
+    mr = make_ct_series(tmp_path / "mr", n_slices=3, rows=16, cols=16, seed=2,
+                        study_uid=ct[0].StudyInstanceUID, modality="MR")  # fmt: skip
+    other = make_ct_series(tmp_path / "other", n_slices=1, rows=16, cols=16, seed=3)
+    for ds in other:
+        ds.PatientID, ds.PatientName = "OTHER-7", "Other^Person"
+        ds.save_as(file_path(ds), enforce_file_format=True)
+    for group in (ct, mr, other):
+        server.client.store_instances(group)
+    client = server.client
+    assert len(client.search_for_studies()) == 2
+    [study] = client.search_for_studies(search_filters={"PatientID": "OTHER-7"})
+    assert Dataset.from_json(study).StudyInstanceUID == other[0].StudyInstanceUID
+    assert len(client.search_for_studies(search_filters={"PatientName": "Oth*"})) == 1
+    [both] = client.search_for_studies(search_filters={"ModalitiesInStudy": "MR"})
+    parsed = Dataset.from_json(both)
+    assert list(parsed.ModalitiesInStudy) == ["CT", "MR"]
+    assert parsed.NumberOfStudyRelatedSeries == 2 and parsed.NumberOfStudyRelatedInstances == 5
+    series = client.search_for_series(ct[0].StudyInstanceUID, search_filters={"Modality": "MR"})
+    assert [Dataset.from_json(s).SeriesInstanceUID for s in series] == [mr[0].SeriesInstanceUID]
+    instances = client.search_for_instances(ct[0].StudyInstanceUID, mr[0].SeriesInstanceUID)
+    assert len(instances) == 3
+    paged = client.search_for_instances(ct[0].StudyInstanceUID, limit=2, offset=4)
+    assert len(paged) == 1
+    with pytest.raises(HTTPError) as refused:
+        client.search_for_studies(search_filters={"ReferringPhysicianName": "X"})
+    assert refused.value.response.status_code == 400
+
+
+def test_derived_series_are_searchable_and_retrievable(server: Server, tmp_path: Path) -> None:
+    source = make_ct_series(tmp_path / "in", n_slices=2, rows=16, cols=16)
+    server.client.store_instances(source)
+    [job_id] = server.repository.due_receiving_jobs(timedelta(hours=1))
+    derived = make_ct_series(tmp_path / "out", n_slices=2, rows=16, cols=16, seed=9,
+                             study_uid=source[0].StudyInstanceUID,
+                             series_description="Synthetic phantom [ct-denoise]")  # fmt: skip
+    server.repository.replace_outputs(
+        job_id,
+        derived[0].SeriesInstanceUID,
+        [
+            (d.SOPInstanceUID, s.SOPInstanceUID, str(file_path(d)))
+            for d, s in zip(derived, source, strict=True)
+        ],
+    )
+    series = server.client.search_for_series(source[0].StudyInstanceUID)
+    descriptions = sorted(Dataset.from_json(s).SeriesDescription for s in series)
+    assert descriptions == ["Synthetic phantom", "Synthetic phantom [ct-denoise]"]
+    retrieved = server.client.retrieve_series(
+        source[0].StudyInstanceUID, derived[0].SeriesInstanceUID
+    )
+    assert {ds.SOPInstanceUID for ds in retrieved} == {d.SOPInstanceUID for d in derived}
+    [read_back] = [
+        pydicom.dcmread(file_path(d))
+        for d in derived
+        if d.SOPInstanceUID == retrieved[0].SOPInstanceUID
+    ]
+    assert read_back.pixel_array.tobytes() == retrieved[0].pixel_array.tobytes()
