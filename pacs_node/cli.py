@@ -25,7 +25,9 @@ db_app = typer.Typer(help="Job database maintenance.", no_args_is_help=True)
 models_app = typer.Typer(help="Enhancement models and presets.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
+rules_app = typer.Typer(help="Routing rules.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(rules_app, name="rules")
 console = Console()
 
 ConfigOption = Annotated[
@@ -197,7 +199,8 @@ def jobs_show(
         ("Modality", job.modality),
         ("Instances", job.instance_count),
         ("From", f"{job.calling_ae_title} -> {job.called_ae_title}"),
-        ("Destination", job.destination),
+        ("Rule", f"{job.rule or '-'} (strength {job.strength or 'preset default'})"),
+        ("Destinations", ", ".join(_destination_text(d) for d in job.destinations)),
         ("Attempts", job.attempts),
         ("Derived series", job.output_series_instance_uid),
         ("Error", f"{job.error_code}: {job.error_message}" if job.error_message else None),
@@ -243,7 +246,7 @@ def models_list(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
     cards = cache.registry.cards()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, preset in sorted(cache.presets.items()):
         model = preset.model_for(settings.device) if preset.model else None
         found = cards.get(model) if model else None
@@ -428,6 +431,86 @@ def enhance(
     console.print(table)
     if any(o.status == "FAILED" for o in outcomes):
         raise typer.Exit(1)
+
+
+def _destination_text(spec: dict[str, Any]) -> str:
+    if spec.get("kind") == "dicom":
+        return f"{spec['ae_title']}@{spec['host']}:{spec['port']}"
+    return str(spec.get("url") or spec.get("reason") or spec)
+
+
+@rules_app.command("test")
+def rules_test(
+    files: Annotated[list[Path], typer.Argument(help="DICOM files", exists=True, dir_okay=False)],
+    called: Annotated[
+        str | None, typer.Option(help="called AE title (default: the STOW-RS pipeline)")
+    ] = None,
+    calling: Annotated[str, typer.Option(help="calling AE title")] = "SCANNER",
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Show which rule, preset and destinations each file would get, and why."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    from pacs_node.dicom.classify import skip_reason
+    from pacs_node.enhancers import EnhancerCache
+    from pacs_node.routing import load_routing
+
+    settings = _settings(config)
+    try:
+        routing = load_routing(settings)
+        presets = EnhancerCache(settings).presets
+        routing.check_presets(list(presets))
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    problem = routing.admission_problem(called, calling, None) if called else None
+    if problem is not None:
+        console.print(f"[red]association would be rejected: {problem[1]}[/red]")
+        raise typer.Exit(1)
+    rows: list[dict[str, Any]] = []
+    for path in files:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError) as exc:
+            rows.append({"file": str(path), "error": f"not a DICOM file: {exc}"})
+            continue
+        decision = routing.decide(ds, calling, called)
+        skip = skip_reason(ds)
+        preset = presets.get(decision.preset) if decision.preset else None
+        modality = str(ds.get("Modality", "") or "")
+        if skip is None and decision.preset is None:
+            skip = f"rule {decision.rule!r} does not enhance"
+        elif skip is None and preset and preset.modality.upper() not in ("ANY", modality.upper()):
+            skip = f"preset {preset.name} is for {preset.modality}, the series is {modality}"
+        rows.append(
+            {
+                "file": str(path),
+                "pipeline": decision.pipeline,
+                "rule": decision.rule,
+                "preset": decision.preset,
+                "strength": decision.strength or (preset.strength if preset else None),
+                "destinations": [str(d) for d in decision.destinations],
+                "skipped": skip,
+                "not_matched": decision.reasons,
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        if "error" in row:
+            console.print(f"[red]{row['file']}: {row['error']}[/red]")
+            continue
+        outcome = f"SKIPPED: {row['skipped']}" if row["skipped"] else f"preset {row['preset']}"
+        console.print(
+            f"[bold]{row['file']}[/bold]: {row['pipeline']} rule [bold]{row['rule']}[/bold] -> "
+            f"{outcome}; strength {row['strength']}; "
+            f"destinations {', '.join(row['destinations']) or '(none)'}"
+        )
+        for reason in row["not_matched"]:
+            console.print(f"    not {reason}")
 
 
 def main() -> None:

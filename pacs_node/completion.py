@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
@@ -35,16 +36,21 @@ class CompletionMonitor:
         series_timeout_s: float,
         interval_s: float,
         own_manufacturer: str,
+        preset_modalities: Mapping[str, str] | None = None,
     ) -> None:
         self._repository = repository
         self._dispatcher = dispatcher
         self._quiet_for = timedelta(seconds=series_timeout_s)
         self._interval_s = interval_s
         self._own_manufacturer = own_manufacturer
+        self._preset_modalities = dict(preset_modalities or {})
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _skip_reason(self, job_id: int) -> str | None:
+        job = self._repository.get_job(job_id)
+        if job is not None and job.preset is None:
+            return f"routing rule {job.rule!r} does not enhance this series"
         headers = []
         for item in self._repository.job_inputs(job_id):
             try:
@@ -53,7 +59,15 @@ class CompletionMonitor:
                 return f"stored instance {item.sop_instance_uid} is unreadable: {exc}"
         if not headers:
             return "the series has no stored instances"
-        return series_skip_reason(headers, self._own_manufacturer)
+        reason = series_skip_reason(headers, self._own_manufacturer)
+        if reason is None and job is not None and job.preset is not None:
+            # A preset trained for one modality is not applied to another (MR through a CT
+            # network would be meaningless, and HU clipping would destroy MR values).
+            wanted = self._preset_modalities.get(job.preset, "any")
+            modality = str(headers[0].get("Modality", "") or "")
+            if wanted.upper() != "ANY" and modality.upper() != wanted.upper():
+                reason = f"preset {job.preset} is for {wanted}, the series is {modality or '?'}"
+        return reason
 
     def run_once(self) -> None:
         """Close every quiet series and publish every undispatched job."""

@@ -44,24 +44,25 @@ class EnhancerCache:
             known = ", ".join(sorted(self.presets))
             raise ModelError(f"unknown preset {name!r}; available: {known}") from None
 
-    def get(self, name: str) -> Enhancer:
-        """The loaded enhancer of preset ``name``.
+    def get(self, name: str, strength: str | None = None) -> Enhancer:
+        """The loaded enhancer of preset ``name`` at ``strength`` (low | medium | high; None:
+        the configured override, else the preset's own).
 
         Raises
         ------
         ModelError
             Unknown preset, or its checkpoint is missing or corrupt (naming the file).
         """
+        chosen = strength or self._settings.models.strength
+        key = f"{name}:{chosen or ''}"
         with self._lock:
-            if name not in self._loaded:
+            if key not in self._loaded:
                 preset = self.preset(name)
                 try:
-                    self._loaded[name] = build_enhancer(
-                        preset, self.registry, self.options, self._settings.models.strength
-                    )
+                    self._loaded[key] = build_enhancer(preset, self.registry, self.options, chosen)  # type: ignore[arg-type]
                 except (PresetError, CheckpointError, RuntimeError) as exc:
                     raise ModelError(str(exc)) from exc
-            return self._loaded[name]
+            return self._loaded[key]
 
     def check_startup(self) -> Enhancer:
         """Load the configured default preset, so a bad checkpoint stops start-up."""

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
-from pacs_node.db.repository import JobRepository, ReceivedInstance
+from pacs_node.db.repository import JobRepository, ReceivedInstance, Route
 from pacs_node.dicom.validation import is_image_storage, missing_identifiers, pixel_data_problem
 from pacs_node.errors import EnhancementError
+from pacs_node.routing import Routing
 from pacs_node.storage import InstanceStore
 
 logger = logging.getLogger(__name__)
@@ -77,17 +78,16 @@ def check_dataset(ds: Dataset, transfer_syntax_uid: str) -> IngestResult | None:
 class Receiver:
     """Stores checked instances under hashed names and records them in the job database."""
 
-    def __init__(
-        self,
-        store: InstanceStore,
-        repository: JobRepository,
-        preset: str,
-        destination: str | None,
-    ) -> None:
+    def __init__(self, store: InstanceStore, repository: JobRepository, routing: Routing) -> None:
         self.store = store
         self.repository = repository
-        self.preset = preset
-        self.destination = destination
+        self.routing = routing
+
+    def route(self, ds: Dataset, origin: Origin) -> Route:
+        """What the routing rules choose for the series of ``ds`` (used if it starts a job)."""
+        decision = self.routing.decide(ds, origin.calling_ae_title, origin.called_ae_title)
+        destinations = self.routing.resolved_destinations(decision, origin.calling_ae_title)
+        return Route(decision.preset, destinations, decision.rule, decision.strength)
 
     def accept(
         self, ds: Dataset, encoded: bytes, transfer_syntax_uid: str, origin: Origin
@@ -141,8 +141,7 @@ class Receiver:
                     study_description=_text(ds, "StudyDescription", 64),
                     source=origin.source,
                 ),
-                preset=self.preset,
-                destination=self.destination,
+                self.route(ds, origin),
             )
         except EnhancementError as exc:
             logger.error("%s: instance %s: storage failed: %s", origin.source, uid, exc)

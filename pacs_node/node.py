@@ -21,6 +21,7 @@ from pacs_node.db.session import make_engine, make_session_factory
 from pacs_node.dispatch import Dispatcher
 from pacs_node.enhancers import EnhancerCache
 from pacs_node.ingest import Receiver
+from pacs_node.routing import load_routing
 from pacs_node.scp.server import start_scp
 from pacs_node.settings import REPO_ROOT, Settings
 from pacs_node.storage import InstanceStore
@@ -110,7 +111,10 @@ def serve(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # A missing or corrupt checkpoint of the configured preset stops start-up here, with
     # the file named, instead of failing the first job.
-    EnhancerCache(settings).check_startup()
+    enhancers = EnhancerCache(settings)
+    enhancers.check_startup()
+    routing = load_routing(settings)
+    routing.check_presets(list(enhancers.presets))
     migrate.upgrade(settings.db_url)
     engine = make_engine(settings.db_url)
     repository = JobRepository(make_session_factory(engine))
@@ -119,12 +123,7 @@ def serve(settings: Settings) -> None:
     worker = EmbeddedWorker(settings) if settings.embedded_worker else None
     if worker is not None:
         worker.start()
-    receiver = Receiver(
-        store=store,
-        repository=repository,
-        preset=settings.preset,
-        destination=str(settings.destination) if settings.destination else None,
-    )
+    receiver = Receiver(store, repository, routing)
     scp = start_scp(settings, receiver)
     monitor = CompletionMonitor(
         repository,
@@ -132,6 +131,7 @@ def serve(settings: Settings) -> None:
         settings.series_timeout_s,
         settings.monitor_interval_s,
         own_manufacturer=settings.derived.manufacturer,
+        preset_modalities={name: p.modality for name, p in enhancers.presets.items()},
     )
     monitor.start()
     http = uvicorn.Server(
@@ -154,13 +154,12 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, _request_stop)
     signal.signal(signal.SIGINT, _request_stop)
     logger.info(
-        "node %s ready: DICOM port %d, admin API http://%s:%d, %s worker, destination %s",
-        settings.ae_title,
+        "node ready: AE %s on DICOM port %d, admin API and DICOMweb http://%s:%d, %s worker",
+        ", ".join(routing.ae_titles),
         settings.port,
         settings.http_host,
         settings.http_port,
         "embedded" if worker else "external",
-        settings.destination or "(none)",
     )
     _write_ready_file(settings.data_dir)
     while not stop.is_set():

@@ -1,18 +1,22 @@
-"""C-STORE sender returning one typed result per instance."""
+"""C-STORE and STOW-RS senders returning one typed result per instance."""
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.status import code_to_category
 
 from pacs_node.errors import DispatchError, StorageError
+from pacs_node.routing import StowDestination
 from pacs_node.settings import CStoreDestination, SendSettings
 
 logger = logging.getLogger(__name__)
@@ -97,4 +101,77 @@ def send_c_store(
             assoc.release()
     failed = sum(not r.ok for r in results)
     logger.info("sent %d instances to %s, %d failed", len(results), destination, failed)
+    return results
+
+
+def _stow_headers(destination: StowDestination) -> dict[str, str]:
+    """Authorization from the environment variables the destination names (never stored)."""
+    if destination.token_env:
+        token = os.environ.get(destination.token_env)
+        if not token:
+            raise DispatchError(
+                f"{destination}: environment variable {destination.token_env} is empty"
+            )
+        return {"Authorization": f"Bearer {token}"}
+    if destination.username_env and destination.password_env:
+        user = os.environ.get(destination.username_env, "")
+        password = os.environ.get(destination.password_env, "")
+        credentials = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        return {"Authorization": f"Basic {credentials}"}
+    return {}
+
+
+def send_stow(
+    destination: StowDestination, paths: Sequence[Path], *, settings: SendSettings
+) -> list[SendResult]:
+    """Send the files at ``paths`` to a DICOMweb server in one STOW-RS request.
+
+    Returns one result per file: status 0 for the instances the server lists as stored,
+    its Failure Reason for those it lists as failed (PS3.18 10.5.3).
+
+    Raises
+    ------
+    DispatchError
+        When the server cannot be reached or answers with an error and no per-instance
+        response.
+    """
+    from dicomweb_client.api import DICOMwebClient
+    from requests import RequestException
+
+    datasets = []
+    for path in paths:
+        try:
+            datasets.append(pydicom.dcmread(path))
+        except OSError as exc:
+            raise StorageError(f"cannot read derived file {path}: {exc}") from exc
+    client = DICOMwebClient(
+        url=str(destination), headers=_stow_headers(destination),
+        timeout=settings.connect_timeout_s + settings.dimse_timeout_s,
+    )  # fmt: skip
+    try:
+        response = client.store_instances(datasets)
+    except RequestException as exc:
+        http = getattr(exc, "response", None)
+        body = http.content if http is not None else b""
+        if http is None or not body or http.status_code not in (202, 409):
+            code = f"HTTP {http.status_code}" if http is not None else type(exc).__name__
+            raise DispatchError(f"STOW-RS to {destination} failed: {code} {exc}") from exc
+        response = Dataset.from_json(http.json())  # per-instance failures in the body
+    stored = {str(i.ReferencedSOPInstanceUID) for i in response.get("ReferencedSOPSequence", [])}
+    failed = {
+        str(i.ReferencedSOPInstanceUID): int(i.get("FailureReason", 0xC000))
+        for i in response.get("FailedSOPSequence", [])
+    }
+    results = []
+    for ds in datasets:
+        uid = str(ds.SOPInstanceUID)
+        if uid in failed:
+            results.append(
+                SendResult(uid, failed[uid], f"STOW-RS failure reason 0x{failed[uid]:04X}")
+            )
+        elif uid in stored or not failed:
+            results.append(SendResult(uid, 0x0000, "STOW-RS stored"))
+        else:
+            results.append(SendResult(uid, None, "not listed in the STOW-RS response"))
+    logger.info("STOW-RS of %d instances to %s, %d failed", len(results), destination, len(failed))
     return results

@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     database_url: str | None = None
     broker_url: str | None = None
     destination: CStoreDestination | None = None
+    # Routing rules, AE titles per pipeline and admission control (configs/routing.example.yaml);
+    # None: one pipeline on ae_title running ``preset`` to ``destination``.
+    routing_file: Path | None = None
     series_timeout_s: float = Field(default=10.0, gt=0)
     monitor_interval_s: float = Field(default=1.0, gt=0)
     preset: str = Field(default="ct-denoise", min_length=1)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
 
 from pacs_node.db.models import JobStatus
 from pacs_node.db.repository import JobView
 from pacs_node.errors import DispatchError, InvalidSeriesError, ModelError
 from pacs_node.pipeline import enhance_series
-from pacs_node.scu import acknowledged, send_c_store
+from pacs_node.routing import StowDestination
+from pacs_node.scu import SendResult, acknowledged, send_c_store, send_stow
 from pacs_node.settings import CStoreDestination
 from workers.context import WorkerContext
 
@@ -18,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 def _enhance_and_write(ctx: WorkerContext, job: JobView) -> list[Path]:
     inputs = ctx.repository.job_inputs(job.id)
-    enhancer = ctx.enhancers.get(job.preset)
+    assert job.preset is not None  # jobs without a preset are SKIPPED, never queued
+    enhancer = ctx.enhancers.get(job.preset, job.strength)
     result = enhance_series(
         [Path(item.path) for item in inputs],
         job.preset,
@@ -56,6 +61,65 @@ def _pending_outputs(ctx: WorkerContext, job: JobView) -> list[Path] | None:
     return pending
 
 
+class _Unresolved(BaseModel):
+    """A destination the receiving node could not resolve (e.g. an unknown sender)."""
+
+    kind: Literal["unresolved"]
+    reason: str
+
+    @model_validator(mode="after")
+    def _refuse(self) -> _Unresolved:
+        raise ValueError(self.reason)
+
+
+_DESTINATION: TypeAdapter[CStoreDestination | StowDestination | _Unresolved] = TypeAdapter(
+    Annotated[CStoreDestination | StowDestination | _Unresolved, Field(discriminator="kind")]
+)
+
+
+def _send_everywhere(
+    ctx: WorkerContext, destinations: list[Any], paths: list[Path]
+) -> list[SendResult]:
+    """Send ``paths`` to every destination; per instance the first failure, if any, wins.
+
+    A destination that cannot be reached at all counts as a failure of each instance, so
+    a retry sends the unacknowledged instances to every destination again (PACS accept a
+    repeated SOP Instance UID).
+    """
+    per_instance: dict[str, list[tuple[str, SendResult]]] = {}
+    uids: list[str] = []
+    unreachable: list[DispatchError] = []
+    for destination in destinations:
+        try:
+            if isinstance(destination, StowDestination):
+                results = send_stow(destination, paths, settings=ctx.settings.send)
+            else:
+                results = send_c_store(destination, paths, calling_ae_title=ctx.settings.ae_title,
+                                       settings=ctx.settings.send)  # fmt: skip
+        except DispatchError as exc:
+            if len(destinations) == 1:
+                raise
+            unreachable.append(exc)
+            logger.warning("%s", exc)
+            continue
+        for result in results:
+            if result.sop_instance_uid not in per_instance:
+                uids.append(result.sop_instance_uid)
+            per_instance.setdefault(result.sop_instance_uid, []).append((str(destination), result))
+    if unreachable and not per_instance:
+        raise unreachable[0]
+    combined = []
+    for uid in uids:
+        answers = per_instance[uid]
+        worst = next((r for _, r in answers if not r.ok), answers[0][1])
+        message = "; ".join(f"{name}: {r.message}" for name, r in answers)
+        if unreachable:
+            worst = SendResult(uid, None, "")
+            message += "; " + "; ".join(str(e) for e in unreachable)
+        combined.append(SendResult(uid, worst.status, message))
+    return combined
+
+
 def run_job(job_id: int, ctx: WorkerContext) -> JobStatus | None:
     """Run one job from QUEUED to DONE or FAILED.
 
@@ -77,30 +141,33 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobStatus | None:
         repo.transition(job_id, JobStatus.FAILED, str(exc), error_code=exc.code)
         logger.warning("job %d failed: %s", job_id, exc)
         return JobStatus.FAILED
-    # The destination was chosen by the receiving node when the job was created, so a
-    # worker on another host needs no destination configuration of its own.
-    destination = CStoreDestination.parse(job.destination) if job.destination else None
-    if destination is None:
+    # Destinations were chosen by the receiving node's routing rule when the job was
+    # created, so a worker on another host needs no routing configuration of its own.
+    try:
+        destinations = [_DESTINATION.validate_python(d) for d in job.destinations]
+    except (ValidationError, ValueError) as exc:
+        repo.transition(job_id, JobStatus.FAILED, str(exc), error_code="destination")
+        return JobStatus.FAILED
+    if not destinations:
         repo.transition(
             job_id, JobStatus.DONE, "no destination configured; derived series kept on the node"
         )
         return JobStatus.DONE
+    names = ", ".join(str(d) for d in destinations)
     total = len(job.outputs) or len(paths)
     if not paths:  # every instance was acknowledged before an interruption
-        repo.transition(job_id, JobStatus.DONE, f"all {total} instances stored by {destination}")
+        repo.transition(job_id, JobStatus.DONE, f"all {total} instances stored by {names}")
         return JobStatus.DONE
-    repo.transition(job_id, JobStatus.SENDING, f"sending {len(paths)} instances to {destination}")
-    results = send_c_store(
-        destination, paths, calling_ae_title=ctx.settings.ae_title, settings=ctx.settings.send
-    )
+    repo.transition(job_id, JobStatus.SENDING, f"sending {len(paths)} instances to {names}")
+    results = _send_everywhere(ctx, destinations, paths)
     repo.record_send_results(job_id, [(r.sop_instance_uid, r.status, r.message) for r in results])
     failed = [r for r in results if not r.ok]
     if failed:
         first = failed[0]
         status = f"0x{first.status:04X}" if first.status is not None else "no status"
         raise DispatchError(
-            f"{len(failed)} of {len(results)} instances not stored by {destination} "
+            f"{len(failed)} of {len(results)} instances not stored by every destination "
             f"(first: {status} {first.message})"
         )
-    repo.transition(job_id, JobStatus.DONE, f"all {total} instances stored by {destination}")
+    repo.transition(job_id, JobStatus.DONE, f"all {total} instances stored by {names}")
     return JobStatus.DONE

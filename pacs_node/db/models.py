@@ -122,8 +122,12 @@ class Job(Base):
     status: Mapped[JobStatus] = mapped_column(
         Enum(JobStatus, name="job_status", native_enum=False, length=16), index=True
     )
-    preset: Mapped[str] = mapped_column(String(64))
-    destination: Mapped[str | None] = mapped_column(String(256))
+    # Chosen by the routing rule when the job was created; preset None = not enhanced.
+    rule: Mapped[str | None] = mapped_column(String(64))
+    preset: Mapped[str | None] = mapped_column(String(64))
+    strength: Mapped[str | None] = mapped_column(String(8))
+    # JSON list of destination objects ({"kind": "dicom" | "dicomweb", ...}).
+    destinations: Mapped[str] = mapped_column(Text, default="[]")
     calling_ae_title: Mapped[str | None] = mapped_column(AE)
     called_ae_title: Mapped[str | None] = mapped_column(AE)
     instance_count: Mapped[int] = mapped_column(Integer, default=0)

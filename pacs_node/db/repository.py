@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -35,6 +37,16 @@ class ReceivedInstance:
     accession_number: str | None = None
     study_description: str | None = None
     source: str | None = None  # how it came, for the audit trail (default: the calling AE)
+
+
+@dataclass(frozen=True)
+class Route:
+    """What the routing rule chose for a new job (``preset`` None: not enhanced)."""
+
+    preset: str | None
+    destinations: Sequence[Mapping[str, Any]] = ()
+    rule: str | None = None
+    strength: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,8 +94,10 @@ class JobView:
 
     id: int
     status: JobStatus
-    preset: str
-    destination: str | None
+    rule: str | None
+    preset: str | None
+    strength: str | None
+    destinations: list[dict[str, Any]]
     study_instance_uid: str
     series_instance_uid: str
     modality: str | None
@@ -109,8 +123,10 @@ def _view(job: Job, *, details: bool) -> JobView:
     return JobView(
         id=job.id,
         status=job.status,
+        rule=job.rule,
         preset=job.preset,
-        destination=job.destination,
+        strength=job.strength,
+        destinations=json.loads(job.destinations or "[]"),
         study_instance_uid=job.series.study_instance_uid,
         series_instance_uid=job.series.series_instance_uid,
         modality=job.series.modality,
@@ -168,9 +184,7 @@ class JobRepository:
             )
             return found is not None
 
-    def record_instance(
-        self, received: ReceivedInstance, *, preset: str, destination: str | None
-    ) -> StoreOutcome:
+    def record_instance(self, received: ReceivedInstance, route: Route) -> StoreOutcome:
         """Record a stored instance and attach it to its series' open job.
 
         The series' job in RECEIVING is reused; if the series has none (first
@@ -179,7 +193,7 @@ class JobRepository:
         """
         for attempt in range(3):
             try:
-                return self._record_instance_once(received, preset, destination)
+                return self._record_instance_once(received, route)
             except IntegrityError:
                 # A concurrent association inserted the same series or instance first
                 # (PostgreSQL); the next attempt sees its row.
@@ -187,9 +201,7 @@ class JobRepository:
                     raise
         raise AssertionError("unreachable")
 
-    def _record_instance_once(
-        self, received: ReceivedInstance, preset: str, destination: str | None
-    ) -> StoreOutcome:
+    def _record_instance_once(self, received: ReceivedInstance, route: Route) -> StoreOutcome:
         now = utcnow()
         with self._sessions.begin() as session:
             existing = session.scalar(
@@ -225,8 +237,10 @@ class JobRepository:
                 job = Job(
                     series_id=series.id,
                     status=JobStatus.RECEIVING,
-                    preset=preset,
-                    destination=destination,
+                    rule=route.rule,
+                    preset=route.preset,
+                    strength=route.strength,
+                    destinations=json.dumps(list(route.destinations)),
                     calling_ae_title=received.calling_ae_title,
                     called_ae_title=received.called_ae_title,
                     instance_count=0,
@@ -239,6 +253,8 @@ class JobRepository:
                 session.flush()
                 source = received.source or received.calling_ae_title or "?"
                 message = f"first instance received from {source}"
+                if route.rule is not None:
+                    message += f"; rule {route.rule!r}: preset {route.preset or '(none)'}"
                 session.add(JobEvent(job_id=job.id, status=JobStatus.RECEIVING, message=message))
             job.instance_count += 1
             job.last_instance_at = now

@@ -7,6 +7,7 @@ import logging
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pacs_node.ingest import (
     CANNOT_UNDERSTAND,
@@ -15,6 +16,7 @@ from pacs_node.ingest import (
     Origin,
     Receiver,
 )
+from pacs_node.routing import Routing
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +27,36 @@ def _status(code: int, comment: str) -> Dataset:
     # Error Comment is LO: at most 64 characters (PS3.7 C.4.2.1.1).
     status.ErrorComment = comment[:64]
     return status
+
+
+def handle_requested(event: Event, routing: Routing) -> None:
+    """Admission control on an A-ASSOCIATE request, before negotiation.
+
+    An unknown called AE title (not one of the pipelines) is rejected with diagnostic 7, a
+    caller the pipeline does not allow with diagnostic 3 (A-ASSOCIATE-RJ, rejected-permanent,
+    service-user: PS3.8 9.3.4). An accepted association answers with the called pipeline's
+    AE title and offers only the SOP classes that pipeline accepts.
+    """
+    requestor = event.assoc.requestor
+    request = requestor.primitive
+    assert request is not None  # EVT_REQUESTED fires once the request has arrived
+    called = str(request.called_ae_title).strip()
+    calling = str(request.calling_ae_title).strip()
+    problem = routing.admission_problem(called, calling, requestor.address)
+    if problem is not None:
+        diagnostic, reason = problem
+        logger.warning("association from %s (%s) rejected: %s", calling, requestor.address, reason)
+        event.assoc.acse.send_reject(0x01, 0x01, diagnostic)
+        # As pynetdicom's own rejection does: stop the DUL once the A-ASSOCIATE-RJ is out.
+        event.assoc.kill()
+        return
+    pipeline = routing.pipelines[called]
+    event.assoc.acceptor.ae_title = pipeline.ae_title
+    if pipeline.sop_classes:
+        allowed = {*pipeline.sop_classes, Verification}
+        event.assoc.acceptor.supported_contexts = [
+            cx for cx in event.assoc.acceptor.supported_contexts if cx.abstract_syntax in allowed
+        ]
 
 
 def handle_store(event: Event, receiver: Receiver) -> int | Dataset:

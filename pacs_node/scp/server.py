@@ -10,7 +10,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs_node.ingest import Receiver
-from pacs_node.scp.handlers import handle_store
+from pacs_node.routing import Routing
+from pacs_node.scp.handlers import handle_requested, handle_store
 from pacs_node.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -41,18 +42,23 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-def start_scp(settings: Settings, receiver: Receiver) -> ThreadedAssociationServer:
+def start_scp(
+    settings: Settings, receiver: Receiver, routing: Routing | None = None
+) -> ThreadedAssociationServer:
     """Start the SCP in background threads and return its server (``shutdown()`` stops it)."""
     ae = build_ae(settings)
     server = ae.start_server(
         (settings.scp.bind_address, settings.port),
         block=False,
-        evt_handlers=[(evt.EVT_C_STORE, handle_store, [receiver])],
+        evt_handlers=[
+            (evt.EVT_REQUESTED, handle_requested, [routing or receiver.routing]),
+            (evt.EVT_C_STORE, handle_store, [receiver]),
+        ],
     )
     assert server is not None
     logger.info(
         "Storage SCP %s listening on %s:%d",
-        settings.ae_title,
+        ", ".join((routing or receiver.routing).ae_titles),
         settings.scp.bind_address,
         settings.port,
     )

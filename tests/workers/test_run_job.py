@@ -12,9 +12,9 @@ from pydicom.dataset import FileDataset
 from pydicom.filebase import DicomBytesIO
 
 from pacs_node.db.models import JobStatus
-from pacs_node.db.repository import JobRepository, ReceivedInstance
+from pacs_node.db.repository import JobRepository, ReceivedInstance, Route
 from pacs_node.errors import DispatchError
-from pacs_node.settings import Settings
+from pacs_node.settings import CStoreDestination, Settings
 from pacs_node.storage import InstanceStore
 from tests.helpers.synthetic import make_ct_series
 from tests.integration.peers import CaptureSCP, free_port
@@ -28,7 +28,7 @@ def ctx(tmp_path: Path, db_url: str) -> WorkerContext:
 
 
 def _queue(
-    ctx: WorkerContext, datasets: list[FileDataset], *, preset: str, destination: str | None
+    ctx: WorkerContext, datasets: list[FileDataset], *, preset: str, destination: str | None = None
 ) -> int:
     """File the datasets as the SCP would and close the series: a QUEUED job."""
     store: InstanceStore = ctx.store
@@ -54,12 +54,15 @@ def _queue(
                 calling_ae_title="SCANNER",
                 called_ae_title="ENHANCE",
             ),
-            preset=preset,
-            destination=destination,
+            Route(preset, [_destination(destination)] if destination else []),
         ).job_id
     assert job_id is not None
     assert repo.close_receiving(job_id, timedelta(0), None) is JobStatus.QUEUED
     return job_id
+
+
+def _destination(text: str) -> dict[str, object]:
+    return CStoreDestination.parse(text).model_dump()
 
 
 def test_identity_preset_returns_hu_exact_derived_series(ctx: WorkerContext) -> None:
@@ -89,7 +92,7 @@ def test_identity_preset_returns_hu_exact_derived_series(ctx: WorkerContext) -> 
 
 def test_rerun_gives_the_same_derived_uids(ctx: WorkerContext, tmp_path: Path) -> None:
     sources = make_ct_series(None, n_slices=2, rows=32, cols=32)
-    first = _queue(ctx, sources, preset="gaussian", destination=None)
+    first = _queue(ctx, sources, preset="gaussian")
     assert run_job(first, ctx) is JobStatus.DONE
     other = WorkerContext.from_settings(
         Settings(
@@ -99,7 +102,7 @@ def test_rerun_gives_the_same_derived_uids(ctx: WorkerContext, tmp_path: Path) -
     from pacs_node.db.migrate import upgrade
 
     upgrade(other.settings.db_url)
-    second = _queue(other, sources, preset="gaussian", destination=None)
+    second = _queue(other, sources, preset="gaussian")
     assert run_job(second, other) is JobStatus.DONE
     a, b = ctx.repository.get_job(first), other.repository.get_job(second)
     assert a is not None and b is not None
@@ -111,7 +114,7 @@ def test_rerun_gives_the_same_derived_uids(ctx: WorkerContext, tmp_path: Path) -
 
 def test_denoiser_changes_pixels_but_keeps_geometry(ctx: WorkerContext) -> None:
     sources = make_ct_series(None, n_slices=3, rows=64, cols=64, noise_hu=30.0)
-    job_id = _queue(ctx, sources, preset="ct-denoise", destination=None)
+    job_id = _queue(ctx, sources, preset="ct-denoise")
     assert run_job(job_id, ctx) is JobStatus.DONE
     job = ctx.repository.get_job(job_id)
     assert job is not None
@@ -153,7 +156,7 @@ def test_slices_of_different_size_fail_the_job_with_a_reason(ctx: WorkerContext)
         series_uid=str(big[0].SeriesInstanceUID),
     )  # fmt: skip
     small[0].ImagePositionPatient = [0.0, 0.0, 100.0]
-    job_id = _queue(ctx, big + small, preset="ct-denoise", destination=None)
+    job_id = _queue(ctx, big + small, preset="ct-denoise")
     assert run_job(job_id, ctx) is JobStatus.FAILED
     job = ctx.repository.get_job(job_id)
     assert job is not None and job.error_code == "invalid_series"
@@ -162,9 +165,7 @@ def test_slices_of_different_size_fail_the_job_with_a_reason(ctx: WorkerContext)
 
 
 def test_unknown_preset_fails_the_job(ctx: WorkerContext) -> None:
-    job_id = _queue(
-        ctx, make_ct_series(None, n_slices=1, rows=32, cols=32), preset="nope", destination=None
-    )
+    job_id = _queue(ctx, make_ct_series(None, n_slices=1, rows=32, cols=32), preset="nope")
     assert run_job(job_id, ctx) is JobStatus.FAILED
     job = ctx.repository.get_job(job_id)
     assert job is not None and job.error_code == "model_error"
@@ -172,9 +173,7 @@ def test_unknown_preset_fails_the_job(ctx: WorkerContext) -> None:
 
 
 def test_a_duplicate_task_does_nothing(ctx: WorkerContext) -> None:
-    job_id = _queue(
-        ctx, make_ct_series(None, n_slices=1, rows=32, cols=32), preset="identity", destination=None
-    )
+    job_id = _queue(ctx, make_ct_series(None, n_slices=1, rows=32, cols=32), preset="identity")
     assert run_job(job_id, ctx) is JobStatus.DONE
     assert run_job(job_id, ctx) is None
     job = ctx.repository.get_job(job_id)
@@ -200,7 +199,7 @@ def test_super_resolution_preset_writes_a_finer_grid(tmp_path: Path, db_url: str
     )
     ctx = WorkerContext.from_settings(settings)
     sources = make_ct_series(None, n_slices=3, rows=32, cols=32, pixel_spacing_mm=0.8)
-    job_id = _queue(ctx, sources, preset="sr", destination=None)
+    job_id = _queue(ctx, sources, preset="sr")
     assert run_job(job_id, ctx) is JobStatus.DONE
     job = ctx.repository.get_job(job_id)
     assert job is not None

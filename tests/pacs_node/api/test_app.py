@@ -8,14 +8,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from pacs_node.api.app import create_app
-from pacs_node.db.repository import JobRepository
+from pacs_node.db.repository import JobRepository, Route
 from tests.pacs_node.db.test_repository import _instance
 
 
 def test_health_jobs_and_job_detail(repository: JobRepository, engine: Engine) -> None:
-    job_id = repository.record_instance(
-        _instance("1.1"), preset="ct-denoise", destination=None
-    ).job_id
+    job_id = repository.record_instance(_instance("1.1"), route=Route("ct-denoise")).job_id
     assert job_id is not None
     repository.close_receiving(job_id, timedelta(0), "a localizer")
     client = TestClient(create_app(repository, engine))

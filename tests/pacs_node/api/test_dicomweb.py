@@ -24,6 +24,7 @@ from pacs_node.api.app import create_app
 from pacs_node.api.multipart import build_related, parse_content_type, split_related
 from pacs_node.db.repository import JobRepository
 from pacs_node.ingest import Receiver
+from pacs_node.routing import Routing
 from pacs_node.storage import InstanceStore
 from tests.helpers.synthetic import file_path, make_ct_series, truncate_pixel_data
 from tests.integration.peers import free_port
@@ -43,7 +44,7 @@ class Server:
 @pytest.fixture()
 def server(tmp_path: Path, repository: JobRepository, engine: Engine) -> Iterator[Server]:
     store = InstanceStore(tmp_path / "data")
-    receiver = Receiver(store, repository, "ct-denoise", None)
+    receiver = Receiver(store, repository, Routing.simple("ENHANCE", "ct-denoise"))
     port = free_port()
     http = uvicorn.Server(
         uvicorn.Config(create_app(repository, engine, receiver), port=port, log_level="warning")

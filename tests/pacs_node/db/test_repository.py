@@ -11,7 +11,9 @@ from sqlalchemy import Engine
 
 from pacs_node.db.migrate import is_current
 from pacs_node.db.models import Base, JobStatus
-from pacs_node.db.repository import JobRepository, ReceivedInstance
+from pacs_node.db.repository import JobRepository, ReceivedInstance, Route
+
+_PEER = {"kind": "dicom", "ae_title": "P", "host": "h", "port": 1}
 
 
 def _instance(
@@ -41,22 +43,26 @@ def test_migrations_match_models(engine: Engine, db_url: str) -> None:
 
 
 def test_instances_of_a_series_share_one_receiving_job(repository: JobRepository) -> None:
-    first = repository.record_instance(_instance("1.1"), preset="ct-denoise", destination="P@h:1")
-    second = repository.record_instance(_instance("1.2"), preset="ct-denoise", destination="P@h:1")
-    other = repository.record_instance(_instance("2.1", series="9.9"), preset="x", destination=None)
+    first = repository.record_instance(_instance("1.1"), route=Route("ct-denoise", [_PEER]))
+    second = repository.record_instance(_instance("1.2"), route=Route("ct-denoise", [_PEER]))
+    other = repository.record_instance(_instance("2.1", series="9.9"), route=Route("x"))
     assert not first.duplicate and not second.duplicate
     assert first.job_id == second.job_id != other.job_id
     assert first.job_id is not None
     job = repository.get_job(first.job_id)
     assert job is not None
     assert job.status is JobStatus.RECEIVING and job.instance_count == 2
-    assert (job.preset, job.destination, job.calling_ae_title) == ("ct-denoise", "P@h:1", "SCANNER")
+    assert (job.preset, job.destinations, job.calling_ae_title) == (
+        "ct-denoise",
+        [_PEER],
+        "SCANNER",
+    )
     assert [e.status for e in job.events] == [JobStatus.RECEIVING]
 
 
 def test_duplicate_sop_instance_is_not_recorded_twice(repository: JobRepository) -> None:
-    first = repository.record_instance(_instance("1.1"), preset="p", destination=None)
-    again = repository.record_instance(_instance("1.1"), preset="p", destination=None)
+    first = repository.record_instance(_instance("1.1"), route=Route("p"))
+    again = repository.record_instance(_instance("1.1"), route=Route("p"))
     assert again.duplicate and again.job_id == first.job_id
     assert repository.find_instance("1.1") and not repository.find_instance("1.9")
     assert first.job_id is not None
@@ -66,7 +72,7 @@ def test_duplicate_sop_instance_is_not_recorded_twice(repository: JobRepository)
 
 
 def test_lifecycle_and_audit_trail(repository: JobRepository) -> None:
-    job_id = repository.record_instance(_instance("1.1"), preset="p", destination=None).job_id
+    job_id = repository.record_instance(_instance("1.1"), route=Route("p")).job_id
     assert job_id is not None
     assert repository.due_receiving_jobs(timedelta(hours=1)) == []
     assert repository.due_receiving_jobs(timedelta(0)) == [job_id]
@@ -99,10 +105,8 @@ def test_lifecycle_and_audit_trail(repository: JobRepository) -> None:
 
 
 def test_skipped_and_failed_keep_their_reason(repository: JobRepository) -> None:
-    skipped = repository.record_instance(_instance("1.1"), preset="p", destination=None).job_id
-    failed = repository.record_instance(
-        _instance("2.1", series="5.5"), preset="p", destination=None
-    ).job_id
+    skipped = repository.record_instance(_instance("1.1"), route=Route("p")).job_id
+    failed = repository.record_instance(_instance("2.1", series="5.5"), route=Route("p")).job_id
     assert skipped is not None and failed is not None
     assert repository.close_receiving(skipped, timedelta(0), "a localizer") is JobStatus.SKIPPED
     repository.close_receiving(failed, timedelta(0), None)
@@ -123,10 +127,10 @@ def test_skipped_and_failed_keep_their_reason(repository: JobRepository) -> None
 
 
 def test_new_instances_after_a_finished_job_open_a_new_job(repository: JobRepository) -> None:
-    first = repository.record_instance(_instance("1.1"), preset="p", destination=None).job_id
+    first = repository.record_instance(_instance("1.1"), route=Route("p")).job_id
     assert first is not None
     repository.close_receiving(first, timedelta(0), "skipped for the test")
-    again = repository.record_instance(_instance("1.2"), preset="p", destination=None).job_id
+    again = repository.record_instance(_instance("1.2"), route=Route("p")).job_id
     assert again is not None and again != first
     assert len(repository.job_inputs(again)) == 2  # the whole series is the new job's input
 
@@ -137,9 +141,7 @@ def test_concurrent_associations_create_one_series_and_job(repository: JobReposi
     def store(index: int) -> None:
         try:
             for n in range(10):
-                repository.record_instance(
-                    _instance(f"1.{index}.{n}"), preset="p", destination=None
-                )
+                repository.record_instance(_instance(f"1.{index}.{n}"), route=Route("p"))
         except BaseException as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
@@ -154,11 +156,9 @@ def test_concurrent_associations_create_one_series_and_job(repository: JobReposi
 
 
 def test_used_series_numbers(repository: JobRepository) -> None:
-    repository.record_instance(_instance("1.1", series="5", number=3), preset="p", destination=None)
+    repository.record_instance(_instance("1.1", series="5", number=3), route=Route("p"))
+    repository.record_instance(_instance("1.2", series="6", number=1003), route=Route("p"))
     repository.record_instance(
-        _instance("1.2", series="6", number=1003), preset="p", destination=None
-    )
-    repository.record_instance(
-        _instance("1.3", series="7", study="other", number=4), preset="p", destination=None
+        _instance("1.3", series="7", study="other", number=4), route=Route("p")
     )
     assert repository.used_series_numbers("1.2.3") == {3, 1003}

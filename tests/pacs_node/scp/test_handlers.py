@@ -16,6 +16,7 @@ from pynetdicom.sop_class import CTImageStorage, SecondaryCaptureImageStorage, V
 from pacs_node.db.models import JobStatus
 from pacs_node.db.repository import JobRepository
 from pacs_node.ingest import Receiver
+from pacs_node.routing import Routing
 from pacs_node.scp.server import start_scp
 from pacs_node.settings import Settings
 from pacs_node.storage import InstanceStore
@@ -34,7 +35,7 @@ class Node:
 def node(tmp_path: Path, repository: JobRepository) -> Iterator[Node]:
     settings = Settings(ae_title="ENHANCE", port=free_port(), data_dir=tmp_path)
     store = InstanceStore(tmp_path)
-    context = Receiver(store=store, repository=repository, preset="ct-denoise", destination=None)
+    context = Receiver(store, repository, Routing.simple("ENHANCE", "ct-denoise"))
     server = start_scp(settings, context)
     yield Node(settings.port, store, repository)
     server.shutdown()
