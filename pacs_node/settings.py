@@ -126,6 +126,9 @@ class WorkerSettings(_Section):
     queue: str = Field(default="pacs_node", pattern=r"^[A-Za-z0-9_.-]+$")
     max_attempts: int = Field(default=3, ge=1)
     retry_backoff_s: float = Field(default=10.0, ge=0)
+    # A worker on another host sets the node's HTTP address: it then fetches inputs by
+    # WADO-RS instead of reading the node's data directory (none is shared).
+    node_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
 
 
 class Settings(BaseSettings):

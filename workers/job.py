@@ -15,6 +15,7 @@ from pacs_node.pipeline import enhance_series
 from pacs_node.routing import StowDestination
 from pacs_node.scu import SendResult, acknowledged, send_c_store, send_stow
 from pacs_node.settings import CStoreDestination
+from pacs_node.wado import fetch_series_instances
 from workers.context import WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -24,8 +25,16 @@ def _enhance_and_write(ctx: WorkerContext, job: JobView) -> list[Path]:
     inputs = ctx.repository.job_inputs(job.id)
     assert job.preset is not None  # jobs without a preset are SKIPPED, never queued
     enhancer = ctx.enhancers.get(job.preset, job.strength)
+    node_url = ctx.settings.worker.node_url
+    if node_url:  # another host: inputs come over WADO-RS, not from a shared disk
+        sources = fetch_series_instances(
+            node_url, job.study_instance_uid, job.series_instance_uid,
+            [item.sop_instance_uid for item in inputs], ctx.store,
+        )  # fmt: skip
+    else:
+        sources = [Path(item.path) for item in inputs]
     result = enhance_series(
-        [Path(item.path) for item in inputs],
+        sources,
         job.preset,
         enhancer,
         ctx.settings.derived,

@@ -1,0 +1,196 @@
+"""End to end through routing and DICOMweb: rules per series, admission control with dcmtk,
+STOW-RS in and out (Orthanc's DICOMweb plugin) and a worker that shares no disk with the node."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pydicom
+import pytest
+import redis
+import yaml
+from dicomweb_client.api import DICOMwebClient
+from pydicom.filebase import DicomBytesIO
+from pydicom.uid import SecondaryCaptureImageStorage
+
+from tests.helpers.synthetic import file_path, make_ct_series
+from tests.integration.node import BIN, NodeProcess
+from tests.integration.peers import (
+    CaptureSCP,
+    OrthancPeer,
+    dicomweb_plugin,
+    echoscu,
+    orthanc_binary,
+    storescu,
+)
+from tests.integration.test_e2e_production import redis_url  # noqa: F401 - fixture
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk not installed"),
+    pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc not installed"),
+    pytest.mark.skipif(dicomweb_plugin() is None, reason="orthanc-dicomweb not installed"),
+]
+
+
+def _routing_file(tmp_path: Path, config: dict[str, object]) -> str:
+    path = tmp_path / "routing.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(path)
+
+
+def _study(tmp_path: Path) -> dict[str, list[pydicom.Dataset]]:
+    """One study as a scanner sends it: CT, MR, a localizer and a secondary capture."""
+    ct = make_ct_series(tmp_path / "ct", n_slices=4, rows=48, cols=48, seed=1, series_number=2,
+                        series_description="Abdomen 1mm")  # fmt: skip
+    study = ct[0].StudyInstanceUID
+    mr = make_ct_series(tmp_path / "mr", n_slices=3, rows=48, cols=48, seed=2, series_number=3,
+                        study_uid=study, modality="MR", series_description="T2 ax")  # fmt: skip
+    scout = make_ct_series(
+        tmp_path / "scout", n_slices=1, rows=48, cols=48, seed=3, series_number=1,
+        study_uid=study, series_description="Scout",
+    )  # fmt: skip
+    scout[0].ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout[0].save_as(file_path(scout[0]), enforce_file_format=True)
+    capture = make_ct_series(
+        tmp_path / "sc", n_slices=1, rows=48, cols=48, seed=4, series_number=99,
+        study_uid=study, series_description="Dose",
+    )  # fmt: skip
+    capture[0].SOPClassUID = SecondaryCaptureImageStorage
+    capture[0].file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    capture[0].Modality = "OT"
+    capture[0].save_as(file_path(capture[0]), enforce_file_format=True)
+    return {"ct": ct, "mr": mr, "scout": scout, "sc": capture}
+
+
+def test_a_study_gets_exactly_the_expected_jobs_and_skips(tmp_path: Path) -> None:
+    study = _study(tmp_path)
+    with CaptureSCP("PACS") as pacs, CaptureSCP("MRPACS") as mr_pacs:
+        routing = _routing_file(tmp_path, {
+            "peers": [{"ae_title": "CT1", "host": "127.0.0.1", "port": pacs.port}],
+            "pipelines": [{
+                "ae_title": "DENOISE", "allowed_callers": ["CT1"], "check_host": True,
+                "rules": [
+                    {"name": "ct", "match": {"modality": "CT", "series_description": "abdomen"},
+                     "preset": "gaussian", "strength": "medium", "destinations": ["sender"]},
+                    {"name": "mr", "match": {"modality": "MR"}, "preset": "identity",
+                     "destinations": [f"MRPACS@127.0.0.1:{mr_pacs.port}"]},
+                    {"name": "default", "preset": "gaussian", "destinations": ["sender"]},
+                ],
+            }],
+        })  # fmt: skip
+        with NodeProcess(tmp_path / "node", routing_file=routing, ae_title="DENOISE") as node:
+            # Admission control, seen by dcmtk: unknown called and calling AE titles.
+            assert echoscu(node.port, "NOPE", "CT1").returncode != 0
+            assert echoscu(node.port, "DENOISE", "STRANGER").returncode != 0
+            assert echoscu(node.port, "DENOISE", "CT1").returncode == 0
+            refused = storescu(tmp_path / "ct", node.port, "DENOISE", "STRANGER", scan_dir=True)
+            assert refused.returncode != 0
+            sent = storescu([tmp_path / n for n in ("ct", "mr", "scout", "sc")], node.port,
+                            "DENOISE", "CT1", scan_dir=True)  # fmt: skip
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+            jobs = {j["series_description"]: j for j in node.wait_until_finished(4)}
+            assert len(jobs) == 4, jobs
+            assert {k: (j["status"], j["rule"]) for k, j in jobs.items()} == {
+                "Abdomen 1mm": ("DONE", "ct"),
+                "T2 ax": ("DONE", "mr"),
+                "Scout": ("SKIPPED", "default"),
+                "Dose": ("SKIPPED", "default"),
+            }
+            assert "localizer" in jobs["Scout"]["error_message"]
+            assert "Secondary Capture" in jobs["Dose"]["error_message"]
+            assert jobs["Abdomen 1mm"]["strength"] == "medium"
+            # "sender" went back to CT1's registered address, MR to its own PACS.
+            assert len(pacs.wait_for(4, timeout_s=30)) == 4
+            assert len(mr_pacs.wait_for(3, timeout_s=30)) == 3
+            rules = node.cli("rules", "test", "--called", "DENOISE", "--calling", "CT1",
+                             str(file_path(study["mr"][0])), str(file_path(study["scout"][0])),
+                             "--json")  # fmt: skip
+            tested = yaml.safe_load(rules.stdout)
+            assert [r["rule"] for r in tested] == ["mr", "default"]
+            assert "localizer" in tested[1]["skipped"]
+
+
+def test_stow_in_is_complete_at_once_and_stow_out_reaches_orthanc(tmp_path: Path) -> None:
+    series = make_ct_series(tmp_path / "in", n_slices=4, rows=48, cols=48)
+    with OrthancPeer("ORTHANC", dicomweb=True) as orthanc, CaptureSCP("COPY") as copy:
+        rule = {"name": "default", "preset": "identity",
+                "destinations": [orthanc.dicomweb_url, f"COPY@127.0.0.1:{copy.port}"]}  # fmt: skip
+        routing = _routing_file(tmp_path, {"pipelines": [{"ae_title": "ENHANCE", "rules": [rule]}]})
+        # A quiet period of 10 minutes: only the end of the STOW-RS request can close it.
+        with NodeProcess(tmp_path / "node", routing_file=routing, series_timeout_s="600") as node:
+            client = DICOMwebClient(url=f"http://127.0.0.1:{node.http_port}/dicom-web")
+            response = client.store_instances(series)
+            assert len(response.ReferencedSOPSequence) == 4
+            [job] = node.wait_until_finished(1, timeout_s=120)
+            assert job["status"] == "DONE", node.log()
+            detail = node.job(job["id"])
+            assert any("declared complete by STOW-RS" in e["message"] for e in detail["events"])
+            derived_uid = detail["output_series_instance_uid"]
+            stored = orthanc.wait_for_instances(derived_uid, 4)
+            assert len(copy.wait_for(4, timeout_s=30)) == 4
+            # Identity preset: the derived pixels are the source pixels, through STOW-RS.
+            by_source = {str(ds.SOPInstanceUID): ds for ds in series}
+            for item in stored:
+                ds = pydicom.dcmread(DicomBytesIO(orthanc.instance_file(item["ID"])))
+                source = by_source[str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID)]
+                assert ds.pixel_array.tobytes() == source.pixel_array.tobytes()
+            # The node serves the derived series too (QIDO-RS + WADO-RS).
+            found = client.search_for_series(series[0].StudyInstanceUID)
+            assert len(found) == 2
+            assert len(client.retrieve_series(series[0].StudyInstanceUID, derived_uid)) == 4
+
+
+@pytest.mark.production
+def test_a_worker_without_the_nodes_disk_fetches_inputs_by_wado(
+    tmp_path: Path,
+    postgres_url: str,
+    redis_url: str,  # noqa: F811 - fixture
+) -> None:
+    queue = f"pacs_node_test_{uuid.uuid4().hex[:8]}"
+    make_ct_series(tmp_path / "in", n_slices=5, rows=48, cols=48)
+    worker_dir = tmp_path / "worker-host"
+    worker_dir.mkdir()
+    with (
+        CaptureSCP("PACS") as pacs,
+        NodeProcess(
+            tmp_path / "node",
+            database_url=postgres_url,
+            broker_url=redis_url,
+            worker__queue=queue,
+            preset="gaussian",
+            destination=f"PACS@127.0.0.1:{pacs.port}",
+        ) as node,  # fmt: skip
+    ):
+        env = dict(node.env)
+        env["PACS_NODE_DATA_DIR"] = str(worker_dir / "data")
+        env["PACS_NODE_WORKER__NODE_URL"] = f"http://127.0.0.1:{node.http_port}"
+        log = open(worker_dir / "worker.log", "wb")  # noqa: SIM115 - closed below
+        worker = subprocess.Popen(
+            [str(BIN / "celery"), "-A", "workers.app", "worker", "--pool", "solo",
+             "--queues", queue, "--hostname", "remote@%h", "--without-gossip",
+             "--without-mingle", "--without-heartbeat"],
+            env=env, cwd=worker_dir, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            assert storescu(tmp_path / "in", node.port, "ENHANCE", scan_dir=True).returncode == 0
+            [job] = node.wait_until_finished(1, timeout_s=120)
+            assert job["status"] == "DONE", (worker_dir / "worker.log").read_text()[-4000:]
+            assert len(pacs.wait_for(5, timeout_s=30)) == 5
+            fetched = list((worker_dir / "data" / "received").rglob("*.dcm"))
+            assert len(fetched) == 5  # its own copies, fetched by WADO-RS
+            node_files = {p.read_bytes() for p in (node.data_dir / "received").rglob("*.dcm")}
+            assert {p.read_bytes() for p in fetched} == node_files
+            detail = node.job(job["id"])
+            assert all(o["path"].startswith(str(worker_dir)) for o in detail["outputs"])
+        finally:
+            worker.terminate()
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+            log.close()
+            redis.Redis.from_url(redis_url).delete(queue)
