@@ -232,3 +232,25 @@ def test_monitor_skips_rules_without_preset_and_other_modalities(
     assert "preset ct-denoise is for CT, the series is MR" in (jobs["T1"].error_message or "")
     assert jobs["Ax"].status is JobStatus.QUEUED
     assert repository.due_receiving_jobs(timedelta(0)) == []
+
+
+def test_stow_credentials_come_from_the_named_environment_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pacs_node.errors import DispatchError
+    from pacs_node.routing import StowDestination
+    from pacs_node.scu import _stow_headers
+
+    monkeypatch.setenv("PACS_TOKEN", "s3cret")
+    bearer = StowDestination(url="https://pacs/dicom-web", token_env="PACS_TOKEN")
+    assert _stow_headers(bearer) == {"Authorization": "Bearer s3cret"}
+    assert "s3cret" not in bearer.model_dump_json()  # only the variable's name is stored
+    monkeypatch.setenv("PACS_USER", "node")
+    monkeypatch.setenv("PACS_PASSWORD", "pw")
+    basic = StowDestination(url="https://pacs/dicom-web", username_env="PACS_USER",
+                            password_env="PACS_PASSWORD")  # fmt: skip
+    assert _stow_headers(basic) == {"Authorization": "Basic bm9kZTpwdw=="}
+    assert _stow_headers(StowDestination(url="http://pacs/dicom-web")) == {}
+    monkeypatch.delenv("PACS_TOKEN")
+    with pytest.raises(DispatchError, match="PACS_TOKEN is empty"):
+        _stow_headers(bearer)
