@@ -14,7 +14,7 @@ from pydicom.errors import InvalidDicomError
 from pacs_node.db.models import JobStatus
 from pacs_node.db.repository import JobRepository
 from pacs_node.dicom.classify import series_skip_reason
-from pacs_node.dispatch import Dispatcher
+from pacs_node.dispatch import ENHANCE_TASK, FORWARD_TASK, Dispatcher
 from pacs_node.errors import DispatchError
 
 logger = logging.getLogger(__name__)
@@ -78,9 +78,11 @@ class CompletionMonitor:
                 logger.info("job %d skipped: %s", job_id, reason)
             elif status is JobStatus.QUEUED:
                 logger.info("job %d queued", job_id)
-        for job_id in self._repository.undispatched_jobs():
+        work = [(job_id, ENHANCE_TASK) for job_id in self._repository.undispatched_jobs()]
+        work += [(job_id, FORWARD_TASK) for job_id in self._repository.undispatched_forwards()]
+        for job_id, task in work:
             try:
-                self._dispatcher.enqueue(job_id)
+                self._dispatcher.enqueue(job_id, task)
             except DispatchError as exc:
                 logger.warning("%s; will retry", exc)
                 return

@@ -11,6 +11,7 @@ from pacs_node.errors import DispatchError
 logger = logging.getLogger(__name__)
 
 ENHANCE_TASK = "workers.enhance_series"
+FORWARD_TASK = "workers.forward_series"
 
 
 class Dispatcher:
@@ -26,8 +27,8 @@ class Dispatcher:
             task_publish_retry_policy={"max_retries": 2, "interval_start": 0.5},
         )
 
-    def enqueue(self, job_id: int) -> None:
-        """Publish the enhancement task for ``job_id``.
+    def enqueue(self, job_id: int, task: str = ENHANCE_TASK) -> None:
+        """Publish ``task`` (enhancement by default, or FORWARD_TASK) for ``job_id``.
 
         Raises
         ------
@@ -36,7 +37,7 @@ class Dispatcher:
             and the completion monitor tries again on its next round.
         """
         try:
-            self._app.send_task(ENHANCE_TASK, args=[job_id], queue=self._queue)
+            self._app.send_task(task, args=[job_id], queue=self._queue)
         except Exception as exc:  # kombu raises many transport-specific errors
             raise DispatchError(f"cannot publish job {job_id} to the broker: {exc}") from exc
         logger.info("job %d published to queue %s", job_id, self._queue)

@@ -87,7 +87,10 @@ class Receiver:
         """What the routing rules choose for the series of ``ds`` (used if it starts a job)."""
         decision = self.routing.decide(ds, origin.calling_ae_title, origin.called_ae_title)
         destinations = self.routing.resolved_destinations(decision, origin.calling_ae_title)
-        return Route(decision.preset, destinations, decision.rule, decision.strength)
+        return Route(
+            decision.preset, destinations, decision.rule, decision.strength,
+            decision.forward_skipped,
+        )  # fmt: skip
 
     def accept(
         self, ds: Dataset, encoded: bytes, transfer_syntax_uid: str, origin: Origin

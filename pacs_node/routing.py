@@ -168,6 +168,9 @@ class Rule(_Model):
     preset: str | None
     strength: Strength | None = None
     destinations: list[Destination] = []
+    # Send series that are SKIPPED (localizers, dose reports, other modalities, preset
+    # null) untouched to the destinations, so the PACS still gets the whole study.
+    forward_skipped: bool = False
 
     @field_validator("destinations", mode="before")
     @classmethod
@@ -247,6 +250,7 @@ class Decision:
     strength: str | None
     destinations: list[CStoreDestination | StowDestination | SenderDestination]
     reasons: list[str]  # why each earlier rule did not match
+    forward_skipped: bool = False
 
 
 class Routing:
@@ -305,6 +309,7 @@ class Routing:
                     rule.strength,
                     list(rule.destinations),
                     reasons,
+                    rule.forward_skipped,
                 )
             reasons.append(f"{rule.name}: {failed}")
         raise AssertionError("a pipeline always ends with a default rule")

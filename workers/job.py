@@ -21,18 +21,23 @@ from workers.context import WorkerContext
 logger = logging.getLogger(__name__)
 
 
-def _enhance_and_write(ctx: WorkerContext, job: JobView) -> list[Path]:
+def _input_paths(ctx: WorkerContext, job: JobView) -> list[Path]:
+    """The job's received files: the node's own, or (``worker.node_url`` set, another
+    host) fetched by WADO-RS into this worker's data directory."""
     inputs = ctx.repository.job_inputs(job.id)
-    assert job.preset is not None  # jobs without a preset are SKIPPED, never queued
-    enhancer = ctx.enhancers.get(job.preset, job.strength)
     node_url = ctx.settings.worker.node_url
-    if node_url:  # another host: inputs come over WADO-RS, not from a shared disk
-        sources = fetch_series_instances(
+    if node_url:
+        return fetch_series_instances(
             node_url, job.study_instance_uid, job.series_instance_uid,
             [item.sop_instance_uid for item in inputs], ctx.store,
         )  # fmt: skip
-    else:
-        sources = [Path(item.path) for item in inputs]
+    return [Path(item.path) for item in inputs]
+
+
+def _enhance_and_write(ctx: WorkerContext, job: JobView) -> list[Path]:
+    assert job.preset is not None  # jobs without a preset are SKIPPED, never queued
+    enhancer = ctx.enhancers.get(job.preset, job.strength)
+    sources = _input_paths(ctx, job)
     result = enhance_series(
         sources,
         job.preset,
@@ -127,6 +132,43 @@ def _send_everywhere(
             message += "; " + "; ".join(str(e) for e in unreachable)
         combined.append(SendResult(uid, worst.status, message))
     return combined
+
+
+def forward_job(job_id: int, ctx: WorkerContext) -> bool:
+    """Send a SKIPPED job's received instances untouched to its destinations.
+
+    The job stays SKIPPED; the outcome is a line of its audit trail. Returns False when
+    there is nothing to do (not SKIPPED) or the destinations are unusable.
+
+    Raises
+    ------
+    DispatchError
+        A destination is unreachable or refused instances (the task retries).
+    """
+    repo = ctx.repository
+    job = repo.get_job(job_id)
+    if job is None or job.status is not JobStatus.SKIPPED:
+        return False
+    try:
+        destinations = [_DESTINATION.validate_python(d) for d in job.destinations]
+    except (ValidationError, ValueError) as exc:
+        repo.add_event(job_id, f"not forwarded: {exc}")
+        return False
+    try:
+        paths = _input_paths(ctx, job)
+    except InvalidSeriesError as exc:
+        repo.add_event(job_id, f"not forwarded: {exc}")
+        return False
+    results = _send_everywhere(ctx, destinations, paths)
+    failed = [r for r in results if not r.ok]
+    names = ", ".join(str(d) for d in destinations)
+    if failed:
+        raise DispatchError(
+            f"forwarding: {len(failed)} of {len(results)} instances not stored by {names} "
+            f"(first: {failed[0].message})"
+        )
+    repo.add_event(job_id, f"forwarded untouched: {len(results)} instances stored by {names}")
+    return True
 
 
 def run_job(job_id: int, ctx: WorkerContext) -> JobStatus | None:

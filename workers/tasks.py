@@ -13,7 +13,7 @@ from pacs_node.enhancers import EnhancerCache
 from pacs_node.errors import DispatchError, EnhancementError
 from workers.app import app, settings
 from workers.context import WorkerContext
-from workers.job import run_job
+from workers.job import forward_job, run_job
 
 logger = logging.getLogger(__name__)
 
@@ -60,3 +60,23 @@ def enhance_series(self: Task, job_id: int) -> str | None:
         )
         return JobStatus.FAILED.value
     return status.value if status else None
+
+
+@app.task(name="workers.forward_series", bind=True, max_retries=None)
+def forward_series(self: Task, job_id: int) -> bool:
+    """Send a SKIPPED series untouched to its rule's destinations, retrying transient
+    failures like enhancement sends; the outcome is written to the job's audit trail."""
+    ctx = _context()
+    try:
+        return forward_job(job_id, ctx)
+    except DispatchError as exc:
+        attempt = self.request.retries + 1
+        if attempt >= ctx.settings.worker.max_attempts:
+            ctx.repository.add_event(job_id, f"not forwarded: {exc} (after {attempt} attempts)")
+            return False
+        delay = ctx.settings.worker.retry_backoff_s * attempt
+        ctx.repository.add_event(job_id, f"{exc}; forwarding retry {attempt + 1} in {delay:.0f} s")
+        raise self.retry(countdown=delay, exc=exc) from exc
+    except EnhancementError as exc:
+        ctx.repository.add_event(job_id, f"not forwarded: {exc}")
+        return False

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
     ForeignKey,
@@ -128,6 +129,8 @@ class Job(Base):
     strength: Mapped[str | None] = mapped_column(String(8))
     # JSON list of destination objects ({"kind": "dicom" | "dicomweb", ...}).
     destinations: Mapped[str] = mapped_column(Text, default="[]")
+    # Send the series untouched to the destinations when it is SKIPPED.
+    forward_skipped: Mapped[bool] = mapped_column(Boolean, default=False)
     calling_ae_title: Mapped[str | None] = mapped_column(AE)
     called_ae_title: Mapped[str | None] = mapped_column(AE)
     instance_count: Mapped[int] = mapped_column(Integer, default=0)

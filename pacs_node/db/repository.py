@@ -47,6 +47,7 @@ class Route:
     destinations: Sequence[Mapping[str, Any]] = ()
     rule: str | None = None
     strength: str | None = None
+    forward_skipped: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class JobView:
     preset: str | None
     strength: str | None
     destinations: list[dict[str, Any]]
+    forward_skipped: bool
     study_instance_uid: str
     series_instance_uid: str
     modality: str | None
@@ -127,6 +129,7 @@ def _view(job: Job, *, details: bool) -> JobView:
         preset=job.preset,
         strength=job.strength,
         destinations=json.loads(job.destinations or "[]"),
+        forward_skipped=bool(job.forward_skipped),
         study_instance_uid=job.series.study_instance_uid,
         series_instance_uid=job.series.series_instance_uid,
         modality=job.series.modality,
@@ -241,6 +244,7 @@ class JobRepository:
                     preset=route.preset,
                     strength=route.strength,
                     destinations=json.dumps(list(route.destinations)),
+                    forward_skipped=route.forward_skipped,
                     calling_ae_title=received.calling_ae_title,
                     called_ae_title=received.called_ae_title,
                     instance_count=0,
@@ -362,6 +366,21 @@ class JobRepository:
             rows = session.scalars(
                 select(Job.id)
                 .where(Job.status == JobStatus.QUEUED, Job.dispatched_at.is_(None))
+                .order_by(Job.id)
+            )
+            return list(rows)
+
+    def undispatched_forwards(self) -> list[int]:
+        """SKIPPED jobs whose rule forwards skipped series untouched, not yet handed over."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(Job.id)
+                .where(
+                    Job.status == JobStatus.SKIPPED,
+                    Job.forward_skipped.is_(True),
+                    Job.destinations != "[]",
+                    Job.dispatched_at.is_(None),
+                )
                 .order_by(Job.id)
             )
             return list(rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -78,7 +79,8 @@ def test_a_study_gets_exactly_the_expected_jobs_and_skips(tmp_path: Path) -> Non
                      "preset": "gaussian", "strength": "medium", "destinations": ["sender"]},
                     {"name": "mr", "match": {"modality": "MR"}, "preset": "identity",
                      "destinations": [f"MRPACS@127.0.0.1:{mr_pacs.port}"]},
-                    {"name": "default", "preset": "gaussian", "destinations": ["sender"]},
+                    {"name": "default", "preset": "gaussian", "destinations": ["sender"],
+                     "forward_skipped": True},
                 ],
             }],
         })  # fmt: skip
@@ -103,9 +105,22 @@ def test_a_study_gets_exactly_the_expected_jobs_and_skips(tmp_path: Path) -> Non
             assert "localizer" in jobs["Scout"]["error_message"]
             assert "Secondary Capture" in jobs["Dose"]["error_message"]
             assert jobs["Abdomen 1mm"]["strength"] == "medium"
-            # "sender" went back to CT1's registered address, MR to its own PACS.
-            assert len(pacs.wait_for(4, timeout_s=30)) == 4
+            # "sender" went back to CT1's registered address, MR to its own PACS; the
+            # skipped localizer and dose page were forwarded untouched (forward_skipped).
+            received = pacs.wait_for(6, timeout_s=60)
+            untouched = {str(ds.SOPInstanceUID): ds for ds in received}
+            for name in ("scout", "sc"):
+                original = study[name][0]
+                assert untouched[str(original.SOPInstanceUID)].PixelData == original.PixelData
             assert len(mr_pacs.wait_for(3, timeout_s=30)) == 3
+            deadline = time.monotonic() + 30  # the audit line follows the last C-STORE
+            while time.monotonic() < deadline:
+                events = [e["message"] for e in node.job(jobs["Scout"]["id"])["events"]]
+                if any(m.startswith("forwarded untouched: 1 instances") for m in events):
+                    break
+                time.sleep(0.5)
+            else:
+                raise AssertionError(f"no forwarding event: {events}")
             rules = node.cli("rules", "test", "--called", "DENOISE", "--calling", "CT1",
                              str(file_path(study["mr"][0])), str(file_path(study["scout"][0])),
                              "--json")  # fmt: skip

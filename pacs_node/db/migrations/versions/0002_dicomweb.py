@@ -43,6 +43,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("rule", sa.String(length=64), nullable=True))
         batch.add_column(sa.Column("strength", sa.String(length=8), nullable=True))
         batch.add_column(sa.Column("destinations", sa.Text(), nullable=False, server_default="[]"))
+        batch.add_column(
+            sa.Column("forward_skipped", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
         batch.alter_column("preset", existing_type=sa.String(length=64), nullable=True)
     # The single "AET@host:port" destination becomes a one-element destination list.
     jobs = sa.table("jobs", sa.column("id"), sa.column("destination"), sa.column("destinations"))
@@ -69,6 +72,7 @@ def downgrade() -> None:
             value = f"{first['ae_title']}@{first['host']}:{first['port']}"
             connection.execute(jobs.update().where(jobs.c.id == job_id).values(destination=value))
     with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("forward_skipped")
         batch.drop_column("destinations")
         batch.drop_column("strength")
         batch.drop_column("rule")
