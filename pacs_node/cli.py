@@ -26,6 +26,8 @@ models_app = typer.Typer(help="Enhancement models and presets.", no_args_is_help
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
 rules_app = typer.Typer(help="Routing rules.", no_args_is_help=True)
+tokens_app = typer.Typer(help="API tokens (admin and viewer roles).", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
 app.add_typer(models_app, name="models")
 app.add_typer(rules_app, name="rules")
 console = Console()
@@ -165,7 +167,7 @@ def jobs_list(
         table.add_row(
             str(job.id),
             job.status.value,
-            job.preset,
+            job.preset or "-",
             job.modality or "",
             f"{job.series_number or ''} {job.series_description or ''}".strip(),
             str(job.instance_count),
@@ -511,6 +513,139 @@ def rules_test(
         )
         for reason in row["not_matched"]:
             console.print(f"    not {reason}")
+
+
+def _actor() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+def _sessions(settings: Settings) -> Any:
+    return _repository(settings).session_factory
+
+
+def _act(action: Callable[[], Any], as_json: bool, result: dict[str, Any], text: str) -> None:
+    from pacs_node.errors import ActionError
+
+    try:
+        value = action()
+    except ActionError as exc:
+        if as_json:
+            typer.echo(json.dumps({"error": str(exc)}))
+        else:
+            console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    result = {k: (value if v is _RESULT else v) for k, v in result.items()}
+    if as_json:
+        typer.echo(json.dumps(result, default=str))
+    else:
+        console.print(text.format(value=value, **result))
+
+
+_RESULT = object()
+JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+@jobs_app.command("retry")
+def jobs_retry(
+    job_id: int,
+    force: Annotated[bool, typer.Option(help="also a job stuck RUNNING or SENDING")] = False,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Queue a FAILED job again (the node publishes it within a second)."""
+    from pacs_node.admin import JobAdmin
+
+    admin = JobAdmin(_sessions(_settings(config)))
+    _act(lambda: admin.retry(job_id, _actor(), force=force), as_json,
+         {"job": job_id, "status": "QUEUED"}, "job {job} queued again")  # fmt: skip
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: int, config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Cancel a RECEIVING or QUEUED job (it ends FAILED, reason "cancelled by ...")."""
+    from pacs_node.admin import JobAdmin
+
+    admin = JobAdmin(_sessions(_settings(config)))
+    _act(lambda: admin.cancel(job_id, _actor()), as_json,
+         {"job": job_id, "status": "FAILED"}, "job {job} cancelled")  # fmt: skip
+
+
+@jobs_app.command("rerun")
+def jobs_rerun(
+    job_id: int,
+    preset: Annotated[str | None, typer.Option(help="another preset (default: the same)")] = None,
+    strength: Annotated[str | None, typer.Option(help="low | medium | high")] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a finished job's series again as a new job, with another preset or the same."""
+    from pacs_node.admin import JobAdmin
+
+    admin = JobAdmin(_sessions(_settings(config)))
+    _act(lambda: admin.rerun(job_id, _actor(), preset, strength), as_json,
+         {"job": _RESULT, "rerun_of": job_id, "status": "QUEUED"},
+         "job {value} queued: re-run of job {rerun_of}")  # fmt: skip
+
+
+@jobs_app.command("delete")
+def jobs_delete(job_id: int, config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Delete a finished job with its derived files (and its received series when no other
+    job uses it)."""
+    from pacs_node.admin import JobAdmin
+
+    admin = JobAdmin(_sessions(_settings(config)))
+    result = {"job": job_id, "deleted_files": _RESULT}
+    _act(lambda: len(admin.delete(job_id, _actor())), as_json, result,
+         "job {job} deleted ({value} files)")  # fmt: skip
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: str,
+    role: Annotated[str, typer.Option(help="admin or viewer")] = "viewer",
+    show_patient: Annotated[
+        bool, typer.Option(help="let a viewer see patient identifiers")
+    ] = False,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create an API token; it is printed once and stored only as its SHA-256."""
+    from pacs_node.admin import TokenStore
+
+    store = TokenStore(_sessions(_settings(config)))
+    _act(lambda: store.create(name, role, show_patient), as_json,
+         {"name": name, "role": role, "token": _RESULT},
+         "token for {name} ({role}), shown once:\n{value}")  # fmt: skip
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(name: str, config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Revoke an API token."""
+    from pacs_node.admin import TokenStore
+
+    store = TokenStore(_sessions(_settings(config)))
+    _act(lambda: store.revoke(name), as_json, {"name": name, "revoked": True},
+         "token {name} revoked")  # fmt: skip
+
+
+@tokens_app.command("list")
+def tokens_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """API tokens (names, roles, dates; never the tokens)."""
+    from pacs_node.admin import TokenStore
+
+    tokens = TokenStore(_sessions(_settings(config))).list()
+    if as_json:
+        typer.echo(json.dumps([asdict(t) for t in tokens], default=_json_default, indent=2))
+        return
+    table = Table(title=f"API tokens ({len(tokens)})")
+    for column in ("Name", "Role", "Patient data", "Created", "Last used", "Revoked"):
+        table.add_column(column)
+    for t in tokens:
+        table.add_row(t.name, t.role, "yes" if t.show_patient or t.role == "admin" else "no",
+                      _time(t.created_at), _time(t.last_used_at), _time(t.revoked_at))  # fmt: skip
+    console.print(table)
 
 
 def main() -> None:

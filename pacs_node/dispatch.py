@@ -42,6 +42,11 @@ class Dispatcher:
             raise DispatchError(f"cannot publish job {job_id} to the broker: {exc}") from exc
         logger.info("job %d published to queue %s", job_id, self._queue)
 
+    def ping(self) -> None:
+        """Connect to the broker once (raises when it cannot be reached)."""
+        with self._app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=3)
+
     def close(self) -> None:
         """Release the broker connections."""
         self._app.close()

@@ -38,3 +38,14 @@ class StorageError(EnhancementError):
     """A file could not be written to or read from the node's data directory."""
 
     code = "storage_error"
+
+
+class ActionError(EnhancementError):
+    """An admin action is not possible: unknown job (``missing``) or its state forbids it
+    (``conflict``); the message says why."""
+
+    code = "action_error"
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing

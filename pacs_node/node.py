@@ -13,7 +13,7 @@ from pathlib import Path
 
 import uvicorn
 
-from pacs_node.api.app import create_app
+from pacs_node.api.app import Readiness, create_app
 from pacs_node.completion import CompletionMonitor
 from pacs_node.db import migrate
 from pacs_node.db.repository import JobRepository
@@ -136,7 +136,7 @@ def serve(settings: Settings) -> None:
     monitor.start()
     http = uvicorn.Server(
         uvicorn.Config(
-            create_app(repository, engine, receiver),
+            create_app(repository, engine, receiver, Readiness(settings, dispatcher.ping)),
             host=settings.http_host,
             port=settings.http_port,
             log_level="warning",

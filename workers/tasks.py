@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from functools import cache
 
 from celery import Task
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_ready
 
 from pacs_node.db.models import JobStatus
 from pacs_node.enhancers import EnhancerCache
@@ -27,6 +29,25 @@ def _context() -> WorkerContext:
 def _check_preset(**_kwargs: object) -> None:
     """Refuse to start a worker whose default preset cannot be loaded (names the file)."""
     EnhancerCache(settings).check_startup()
+
+
+HEARTBEAT_S = 10.0
+
+
+@worker_ready.connect
+def _start_heartbeat(**_kwargs: object) -> None:
+    """Write this worker's heartbeat row every HEARTBEAT_S seconds (read by /api/ready)."""
+    ctx = _context()
+
+    def beat() -> None:
+        while True:
+            try:
+                ctx.repository.beat(ctx.name)
+            except Exception:  # a database hiccup must not kill the heartbeat
+                logger.exception("heartbeat failed")
+            time.sleep(HEARTBEAT_S)
+
+    threading.Thread(target=beat, name="heartbeat", daemon=True).start()
 
 
 @app.task(name="workers.enhance_series", bind=True, max_retries=None)

@@ -1,34 +1,115 @@
-"""FastAPI application of the admin API."""
+"""FastAPI application: the admin API (bearer tokens, roles) and the DICOMweb routes."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from sqlalchemy import Engine, text
 
 from pacs_node import __version__
+from pacs_node.admin import JobAdmin, Principal, TokenStore
 from pacs_node.api.dicomweb import create_dicomweb_router
 from pacs_node.db.archive import ArchiveIndex
 from pacs_node.db.models import JobStatus
-from pacs_node.db.repository import JobRepository
+from pacs_node.db.repository import JobRepository, JobView
+from pacs_node.errors import ActionError
 from pacs_node.ingest import Receiver
+from pacs_node.settings import Settings
+
+HIDDEN = "(hidden)"
+PATIENT_FIELDS = ("patient_id", "patient_name", "accession_number")
+# A worker is live when its heartbeat (every 10 s) is this recent.
+WORKER_LIVE_WINDOW = timedelta(seconds=60)
+MIN_FREE_DISK_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What ``/api/ready`` checks besides the database: broker, disk, workers."""
+
+    settings: Settings | None = None
+    broker_check: Any = None  # callable returning None or raising when the broker is down
+
+
+class RerunRequest(BaseModel):
+    """Body of ``POST /api/jobs/{id}/rerun``."""
+
+    preset: str | None = None
+    strength: str | None = None
+
+
+def _redacted(value: str | None) -> str | None:
+    """A URL with its password replaced (``user:***@host``)."""
+    if not value or "@" not in value or "://" not in value:
+        return value
+    scheme, rest = value.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else value
 
 
 def create_app(
-    repository: JobRepository, engine: Engine, receiver: Receiver | None = None
+    repository: JobRepository,
+    engine: Engine,
+    receiver: Receiver | None = None,
+    readiness: Readiness | None = None,
 ) -> FastAPI:
-    """The admin API over the job database and the DICOMweb routes (STOW-RS needs
-    ``receiver``)."""
+    """The admin API over the job database, and the DICOMweb routes (STOW-RS needs
+    ``receiver``). Every ``/api`` route but ``health`` and ``ready`` needs a bearer token;
+    actions and configuration need the ``admin`` role."""
     app = FastAPI(title="PACS Enhancement Node", version=__version__)
     app.include_router(
         create_dicomweb_router(repository, ArchiveIndex(repository.session_factory), receiver)
     )
+    tokens = TokenStore(repository.session_factory)
+    admin = JobAdmin(repository.session_factory)
+    checks = readiness or Readiness()
+    bearer = HTTPBearer(auto_error=False, description="API token (`pacs-node tokens create`)")
 
-    @app.get("/api/health")
+    # Dependencies as default values: with postponed annotations, FastAPI resolves an
+    # annotation in the module's globals, where these local callables do not exist.
+    def principal(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    ) -> Principal:
+        if credentials is None:
+            raise HTTPException(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
+        found = tokens.authenticate(credentials.credentials)
+        if found is None:
+            raise HTTPException(401, "invalid or revoked token", {"WWW-Authenticate": "Bearer"})
+        return found
+
+    def administrator(who: Principal = Depends(principal)) -> Principal:
+        if not who.is_admin:
+            raise HTTPException(403, f"token {who.name!r} has role {who.role}; admin required")
+        return who
+
+    viewer = Depends(principal)
+    admin_only = Depends(administrator)
+
+    def shown(job: JobView, who: Principal) -> dict[str, Any]:
+        data = asdict(job)
+        if not who.sees_patient:
+            for name in PATIENT_FIELDS:
+                if data.get(name) is not None:
+                    data[name] = HIDDEN
+        return data
+
+    def act(action: Any) -> Any:
+        try:
+            return action()
+        except ActionError as exc:
+            raise HTTPException(404 if exc.missing else 409, str(exc)) from exc
+
+    @app.get("/api/health", tags=["status"])
     def health() -> dict[str, Any]:
-        """Liveness plus a database round trip."""
+        """Liveness plus a database round trip (no token: for probes)."""
         try:
             with engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
@@ -36,23 +117,102 @@ def create_app(
             raise HTTPException(status_code=503, detail=f"database unavailable: {exc}") from exc
         return {"status": "ok", "version": __version__}
 
-    @app.get("/api/jobs")
+    @app.get("/api/ready", tags=["status"])
+    def ready() -> dict[str, Any]:
+        """Database, broker, free disk and a live worker (no token: for probes); 503 with
+        every failed check named when not ready."""
+        results: dict[str, str] = {}
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            results["database"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - edge: each check reports
+            results["database"] = f"unavailable: {exc}"
+        if checks.broker_check is not None:
+            try:
+                checks.broker_check()
+                results["broker"] = "ok"
+            except Exception as exc:  # noqa: BLE001 - edge: each check reports
+                results["broker"] = f"unavailable: {exc}"
+        if checks.settings is not None:
+            free = shutil.disk_usage(checks.settings.data_dir).free
+            results["disk"] = "ok" if free >= MIN_FREE_DISK_BYTES else f"only {free >> 20} MiB free"
+        try:
+            live = repository.live_workers(WORKER_LIVE_WINDOW)
+            results["workers"] = f"{len(live)} live" if live else "no worker seen in 60 s"
+        except Exception as exc:  # noqa: BLE001 - edge: each check reports
+            results["workers"] = f"unknown: {exc}"
+        ok = all(v == "ok" or v.endswith(" live") for v in results.values())
+        if not ok:
+            raise HTTPException(503, results)
+        return {"status": "ready", "checks": results}
+
+    @app.get("/api/jobs", tags=["jobs"])
     def list_jobs(
+        who: Principal = viewer,
         status: JobStatus | None = None,
+        preset: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        calling_ae: str | None = None,
+        study: str | None = None,
+        accession: str | None = None,
         limit: int = Query(default=100, ge=1, le=1000),
         offset: int = Query(default=0, ge=0),
     ) -> list[dict[str, Any]]:
-        """Jobs, newest first."""
-        return [
-            asdict(job) for job in repository.list_jobs(status=status, limit=limit, offset=offset)
-        ]
+        """Jobs, newest first; filtering by study or accession needs patient access."""
+        if (study or accession) and not who.sees_patient:
+            raise HTTPException(403, "filtering by study or accession needs patient access")
+        jobs = repository.list_jobs(
+            status=status, preset=preset, since=since, until=until, calling_ae_title=calling_ae,
+            study_instance_uid=study, accession_number=accession, limit=limit, offset=offset,
+        )  # fmt: skip
+        return [shown(job, who) for job in jobs]
 
-    @app.get("/api/jobs/{job_id}")
-    def show_job(job_id: int) -> dict[str, Any]:
-        """One job with its event trail and per-instance send results."""
+    @app.get("/api/jobs/{job_id}", tags=["jobs"])
+    def show_job(job_id: int, who: Principal = viewer) -> dict[str, Any]:
+        """One job with its event trail, outputs and per-instance send results."""
         job = repository.get_job(job_id)
         if job is None:
             raise HTTPException(status_code=404, detail=f"job {job_id} not found")
-        return asdict(job)
+        return shown(job, who)
+
+    @app.post("/api/jobs/{job_id}/retry", tags=["actions"])
+    def retry(job_id: int, force: bool = False, who: Principal = admin_only) -> dict[str, Any]:
+        """FAILED → QUEUED; ``force`` also for a job stuck RUNNING or SENDING."""
+        act(lambda: admin.retry(job_id, who.name, force=force))
+        return {"job": job_id, "status": JobStatus.QUEUED.value}
+
+    @app.post("/api/jobs/{job_id}/cancel", tags=["actions"])
+    def cancel(job_id: int, who: Principal = admin_only) -> dict[str, Any]:
+        """RECEIVING or QUEUED → FAILED (cancelled)."""
+        act(lambda: admin.cancel(job_id, who.name))
+        return {"job": job_id, "status": JobStatus.FAILED.value}
+
+    @app.post("/api/jobs/{job_id}/rerun", tags=["actions"])
+    def rerun(
+        job_id: int, body: RerunRequest | None = None, who: Principal = admin_only
+    ) -> dict[str, Any]:
+        """A new job on the same series, with another preset or the same."""
+        request = body or RerunRequest()
+        new_id = act(lambda: admin.rerun(job_id, who.name, request.preset, request.strength))
+        return {"job": new_id, "status": JobStatus.QUEUED.value, "rerun_of": job_id}
+
+    @app.delete("/api/jobs/{job_id}", tags=["actions"])
+    def delete_job(job_id: int, who: Principal = admin_only) -> dict[str, Any]:
+        """Delete a finished job with its derived files (and its received series when no
+        other job uses it)."""
+        removed: list[Path] = act(lambda: admin.delete(job_id, who.name))
+        return {"job": job_id, "deleted_files": len(removed)}
+
+    @app.get("/api/config", tags=["status"])
+    def config(who: Principal = admin_only) -> dict[str, Any]:
+        """The node's effective settings, passwords in URLs redacted."""
+        if checks.settings is None:
+            raise HTTPException(404, "no configuration attached to this app")
+        data = checks.settings.model_dump(mode="json")
+        data["database_url"] = _redacted(checks.settings.db_url)
+        data["broker_url"] = _redacted(checks.settings.celery_broker_url)
+        return data
 
     return app

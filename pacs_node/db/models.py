@@ -189,3 +189,28 @@ class JobOutput(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     job: Mapped[Job] = relationship(back_populates="outputs")
+
+
+class ApiToken(Base):
+    """A bearer token of the admin API: only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # admin | viewer
+    # Viewers see patient identifiers only with this flag; admins always do.
+    show_patient: Mapped[bool] = mapped_column(Boolean, default=False)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WorkerHeartbeat(Base):
+    """The last sign of life of each worker process (``/api/ready`` needs a live one)."""
+
+    __tablename__ = "worker_heartbeats"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

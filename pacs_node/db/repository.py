@@ -12,7 +12,16 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from pacs_node.db.models import Instance, Job, JobEvent, JobOutput, JobStatus, Series, utcnow
+from pacs_node.db.models import (
+    Instance,
+    Job,
+    JobEvent,
+    JobOutput,
+    JobStatus,
+    Series,
+    WorkerHeartbeat,
+    utcnow,
+)
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,9 @@ class JobView:
     modality: str | None
     series_number: int | None
     series_description: str | None
+    patient_id: str | None
+    patient_name: str | None
+    accession_number: str | None
     calling_ae_title: str | None
     called_ae_title: str | None
     instance_count: int
@@ -135,6 +147,9 @@ def _view(job: Job, *, details: bool) -> JobView:
         modality=job.series.modality,
         series_number=job.series.series_number,
         series_description=job.series.series_description,
+        patient_id=job.series.patient_id,
+        patient_name=job.series.patient_name,
+        accession_number=job.series.accession_number,
         calling_ae_title=job.calling_ae_title,
         called_ae_title=job.called_ae_title,
         instance_count=job.instance_count,
@@ -495,6 +510,25 @@ class JobRepository:
                     output.send_status, output.send_message = by_uid[output.sop_instance_uid]
                     output.sent_at = now
 
+    # -- workers -------------------------------------------------------------------
+
+    def beat(self, worker: str) -> None:
+        """Record that ``worker`` is alive now."""
+        with self._sessions.begin() as session:
+            row = session.get(WorkerHeartbeat, worker)
+            if row is None:
+                session.add(WorkerHeartbeat(name=worker, last_seen=utcnow()))
+            else:
+                row.last_seen = utcnow()
+
+    def live_workers(self, within: timedelta) -> list[str]:
+        """Workers seen in the last ``within``."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(WorkerHeartbeat.name).where(WorkerHeartbeat.last_seen >= utcnow() - within)
+            )
+            return list(rows)
+
     # -- reading ---------------------------------------------------------------------
 
     def get_job(self, job_id: int) -> JobView | None:
@@ -512,12 +546,37 @@ class JobRepository:
             return _view(job, details=True) if job is not None else None
 
     def list_jobs(
-        self, *, status: JobStatus | None = None, limit: int = 100, offset: int = 0
+        self,
+        *,
+        status: JobStatus | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        preset: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        calling_ae_title: str | None = None,
+        study_instance_uid: str | None = None,
+        accession_number: str | None = None,
     ) -> list[JobView]:
-        """Jobs, newest first."""
+        """Jobs, newest first, filtered by state, preset, creation time range, calling AE,
+        study or accession number."""
         with self._sessions() as session:
-            query = select(Job).options(selectinload(Job.series)).order_by(Job.id.desc())
+            query = (
+                select(Job).join(Series).options(selectinload(Job.series)).order_by(Job.id.desc())
+            )
             if status is not None:
                 query = query.where(Job.status == status)
+            if preset is not None:
+                query = query.where(Job.preset == preset)
+            if since is not None:
+                query = query.where(Job.created_at >= since)
+            if until is not None:
+                query = query.where(Job.created_at < until)
+            if calling_ae_title is not None:
+                query = query.where(Job.calling_ae_title == calling_ae_title)
+            if study_instance_uid is not None:
+                query = query.where(Series.study_instance_uid == study_instance_uid)
+            if accession_number is not None:
+                query = query.where(Series.accession_number == accession_number)
             jobs = session.scalars(query.limit(limit).offset(offset))
             return [_view(job, details=False) for job in jobs]
