@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from pacs_node.db.repository import JobRepository, ReceivedInstance, Route
 from pacs_node.dicom.validation import is_image_storage, missing_identifiers, pixel_data_problem
 from pacs_node.errors import EnhancementError
+from pacs_node.metrics import ReceiverMetrics
 from pacs_node.routing import Routing
 from pacs_node.storage import InstanceStore
 
@@ -48,7 +49,8 @@ class Origin:
 
     calling_ae_title: str | None
     called_ae_title: str | None
-    source: str  # e.g. "C-STORE from CT1" or "STOW-RS from 10.0.0.5"
+    source: str  # e.g. "CT1 (C-STORE)" or "STOW-RS 10.0.0.5"
+    protocol: str = "C-STORE"  # or "STOW-RS" (metrics label)
 
 
 def _int_or_none(value: object) -> int | None:
@@ -78,10 +80,26 @@ def check_dataset(ds: Dataset, transfer_syntax_uid: str) -> IngestResult | None:
 class Receiver:
     """Stores checked instances under hashed names and records them in the job database."""
 
-    def __init__(self, store: InstanceStore, repository: JobRepository, routing: Routing) -> None:
+    def __init__(
+        self,
+        store: InstanceStore,
+        repository: JobRepository,
+        routing: Routing,
+        metrics: ReceiverMetrics | None = None,
+    ) -> None:
         self.store = store
         self.repository = repository
         self.routing = routing
+        self.metrics = metrics
+
+    def count(self, protocol: str, result: IngestResult) -> IngestResult:
+        """Count ``result`` in the receiver metrics and return it."""
+        if self.metrics is not None:
+            if result.ok:
+                self.metrics.received.labels(protocol).inc()
+            else:
+                self.metrics.rejected.labels(protocol, f"0x{result.status:04X}").inc()
+        return result
 
     def route(self, ds: Dataset, origin: Origin) -> Route:
         """What the routing rules choose for the series of ``ds`` (used if it starts a job)."""
@@ -93,6 +111,12 @@ class Receiver:
         )  # fmt: skip
 
     def accept(
+        self, ds: Dataset, encoded: bytes, transfer_syntax_uid: str, origin: Origin
+    ) -> IngestResult:
+        """Check, store and record one instance (see :meth:`_accept`), counted in the metrics."""
+        return self.count(origin.protocol, self._accept(ds, encoded, transfer_syntax_uid, origin))
+
+    def _accept(
         self, ds: Dataset, encoded: bytes, transfer_syntax_uid: str, origin: Origin
     ) -> IngestResult:
         """Check ``ds``, write ``encoded`` (a DICOM file, preamble and file meta included)

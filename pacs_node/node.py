@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import uvicorn
+from prometheus_client import CollectorRegistry
 
 from pacs_node.api.app import Readiness, create_app
 from pacs_node.completion import CompletionMonitor
@@ -21,6 +22,7 @@ from pacs_node.db.session import make_engine, make_session_factory
 from pacs_node.dispatch import Dispatcher
 from pacs_node.enhancers import EnhancerCache
 from pacs_node.ingest import Receiver
+from pacs_node.metrics import ReceiverMetrics
 from pacs_node.routing import load_routing
 from pacs_node.scp.server import start_scp
 from pacs_node.settings import REPO_ROOT, Settings
@@ -123,7 +125,8 @@ def serve(settings: Settings) -> None:
     worker = EmbeddedWorker(settings) if settings.embedded_worker else None
     if worker is not None:
         worker.start()
-    receiver = Receiver(store, repository, routing)
+    registry = CollectorRegistry()
+    receiver = Receiver(store, repository, routing, ReceiverMetrics(registry))
     scp = start_scp(settings, receiver)
     monitor = CompletionMonitor(
         repository,
@@ -136,7 +139,9 @@ def serve(settings: Settings) -> None:
     monitor.start()
     http = uvicorn.Server(
         uvicorn.Config(
-            create_app(repository, engine, receiver, Readiness(settings, dispatcher.ping)),
+            create_app(
+                repository, engine, receiver, Readiness(settings, dispatcher.ping), registry
+            ),
             host=settings.http_host,
             port=settings.http_port,
             log_level="warning",

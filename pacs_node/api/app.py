@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi.responses import PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import Engine, text
 
@@ -21,6 +23,7 @@ from pacs_node.db.models import JobStatus
 from pacs_node.db.repository import JobRepository, JobView
 from pacs_node.errors import ActionError
 from pacs_node.ingest import Receiver
+from pacs_node.metrics import JobCollector
 from pacs_node.settings import Settings
 
 HIDDEN = "(hidden)"
@@ -60,6 +63,7 @@ def create_app(
     engine: Engine,
     receiver: Receiver | None = None,
     readiness: Readiness | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> FastAPI:
     """The admin API over the job database, and the DICOMweb routes (STOW-RS needs
     ``receiver``). Every ``/api`` route but ``health`` and ``ready`` needs a bearer token;
@@ -106,6 +110,15 @@ def create_app(
             return action()
         except ActionError as exc:
             raise HTTPException(404 if exc.missing else 409, str(exc)) from exc
+
+    metrics_registry = registry or CollectorRegistry()
+    metrics_registry.register(JobCollector(repository.session_factory))
+
+    @app.get("/metrics", tags=["status"], response_class=PlainTextResponse)
+    def metrics() -> Response:
+        """Prometheus metrics, names prefixed ``pacs_node_`` (no token: for scrapers; no
+        patient data in them)."""
+        return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/health", tags=["status"])
     def health() -> dict[str, Any]:

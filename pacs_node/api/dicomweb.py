@@ -29,7 +29,13 @@ from pydicom.uid import UID
 from pacs_node.api.multipart import MultipartError, build_related, parse_content_type, split_related
 from pacs_node.db.archive import ArchiveIndex, SeriesRow, StoredInstance, StudyFilter
 from pacs_node.db.repository import JobRepository
-from pacs_node.ingest import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, Origin, Receiver
+from pacs_node.ingest import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    IngestResult,
+    Origin,
+    Receiver,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +150,7 @@ def create_dicomweb_router(
         series_done: set[str] = set()
         studies: set[str] = set()
 
-        def fail(ds: Dataset | None, reason: int, comment: str) -> None:
+        def fail(ds: Dataset | None, reason: int, comment: str, counted: bool = False) -> None:
             item = Dataset()
             item.ReferencedSOPClassUID = str(ds.get("SOPClassUID", "")) if ds else ""
             item.ReferencedSOPInstanceUID = str(ds.get("SOPInstanceUID", "")) if ds else ""
@@ -152,6 +158,8 @@ def create_dicomweb_router(
             # Error Comment (0000,0902) as the reason in words, as DIMSE statuses carry it.
             item.add(DataElement(0x00000902, "LO", comment[:64]))
             failed.append(item)
+            if not counted:
+                receiver.count("STOW-RS", IngestResult(reason, comment))
             logger.warning("STOW-RS from %s: instance refused: %s", origin.source, comment)
 
         for headers, payload in parts:
@@ -174,7 +182,7 @@ def create_dicomweb_router(
                 continue
             result = receiver.accept(ds, payload, transfer_syntax, origin)
             if not result.ok:
-                fail(ds, result.status, result.message or "")
+                fail(ds, result.status, result.message or "", counted=True)
                 continue
             item = Dataset()
             item.ReferencedSOPClassUID = str(ds.SOPClassUID)
@@ -207,7 +215,7 @@ def create_dicomweb_router(
         if not parts:
             raise HTTPException(400, "the request carries no instance")
         client = request.client.host if request.client else "?"
-        origin = Origin(None, None, f"STOW-RS {client}")
+        origin = Origin(None, None, f"STOW-RS {client}", "STOW-RS")
         stored, failed, _, studies = await run_in_threadpool(_store_parts, parts, study, origin)
         base = str(request.base_url).rstrip("/")
         response = Dataset()

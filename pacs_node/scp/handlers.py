@@ -13,6 +13,7 @@ from pacs_node.ingest import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
     SUCCESS,
+    IngestResult,
     Origin,
     Receiver,
 )
@@ -78,10 +79,12 @@ def handle_store(event: Event, receiver: Receiver) -> int | Dataset:
         if str(ds.get("SOPInstanceUID", "") or "") not in ("", requested_uid):
             comment = "SOPInstanceUID differs from the Affected SOP Instance UID"
             logger.warning("C-STORE %s from %s refused: %s", requested_uid, calling, comment)
+            receiver.count("C-STORE", IngestResult(DATASET_DOES_NOT_MATCH_SOP_CLASS, comment))
             return _status(DATASET_DOES_NOT_MATCH_SOP_CLASS, comment)
         encoded = event.encoded_dataset(include_meta=True)
     except Exception as exc:  # noqa: BLE001 - edge: any decode failure becomes a status
         logger.warning("C-STORE %s from %s: cannot decode dataset: %s", requested_uid, calling, exc)
+        receiver.count("C-STORE", IngestResult(CANNOT_UNDERSTAND, str(exc)))
         return _status(CANNOT_UNDERSTAND, f"cannot decode dataset: {exc}")
     result = receiver.accept(
         ds,

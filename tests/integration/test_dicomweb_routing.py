@@ -9,11 +9,13 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 import redis
 import yaml
 from dicomweb_client.api import DICOMwebClient
+from prometheus_client.parser import text_string_to_metric_families
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import SecondaryCaptureImageStorage
 
@@ -41,6 +43,17 @@ def _routing_file(tmp_path: Path, config: dict[str, object]) -> str:
     path = tmp_path / "routing.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return str(path)
+
+
+def _metrics(node: NodeProcess) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """``/metrics`` parsed with the Prometheus client's own parser: sample name → labels → value."""
+    text = httpx.get(f"http://127.0.0.1:{node.http_port}/metrics", timeout=10).text
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = tuple(sorted(sample.labels.items()))
+            samples.setdefault(sample.name, {})[labels] = sample.value
+    return samples
 
 
 def _study(tmp_path: Path) -> dict[str, list[pydicom.Dataset]]:
@@ -138,6 +151,8 @@ def test_stow_in_is_complete_at_once_and_stow_out_reaches_orthanc(tmp_path: Path
         # A quiet period of 10 minutes: only the end of the STOW-RS request can close it.
         with NodeProcess(tmp_path / "node", routing_file=routing, series_timeout_s="600") as node:
             client = DICOMwebClient(url=f"http://127.0.0.1:{node.http_port}/dicom-web")
+            before = _metrics(node)
+            assert before["pacs_node_jobs"][(("state", "DONE"),)] == 0
             response = client.store_instances(series)
             assert len(response.ReferencedSOPSequence) == 4
             [job] = node.wait_until_finished(1, timeout_s=120)
@@ -153,6 +168,12 @@ def test_stow_in_is_complete_at_once_and_stow_out_reaches_orthanc(tmp_path: Path
                 ds = pydicom.dcmread(DicomBytesIO(orthanc.instance_file(item["ID"])))
                 source = by_source[str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID)]
                 assert ds.pixel_array.tobytes() == source.pixel_array.tobytes()
+            # Prometheus counters moved with the job.
+            after = _metrics(node)
+            assert after["pacs_node_instances_received_total"][(("protocol", "STOW-RS"),)] == 4
+            assert after["pacs_node_jobs"][(("state", "DONE"),)] == 1
+            assert after["pacs_node_job_total_seconds_count"][()] == 1
+            assert after["pacs_node_queue_depth"][()] == 0
             # The node serves the derived series too (QIDO-RS + WADO-RS).
             found = client.search_for_series(series[0].StudyInstanceUID)
             assert len(found) == 2

@@ -16,6 +16,8 @@ import pydicom
 import pytest
 import uvicorn
 from dicomweb_client.api import DICOMwebClient
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 from pydicom.dataset import Dataset
 from requests.exceptions import HTTPError
 from sqlalchemy import Engine
@@ -24,6 +26,7 @@ from pacs_node.api.app import create_app
 from pacs_node.api.multipart import build_related, parse_content_type, split_related
 from pacs_node.db.repository import JobRepository
 from pacs_node.ingest import Receiver
+from pacs_node.metrics import ReceiverMetrics
 from pacs_node.routing import Routing
 from pacs_node.storage import InstanceStore
 from tests.helpers.synthetic import file_path, make_ct_series, truncate_pixel_data
@@ -44,11 +47,12 @@ class Server:
 @pytest.fixture()
 def server(tmp_path: Path, repository: JobRepository, engine: Engine) -> Iterator[Server]:
     store = InstanceStore(tmp_path / "data")
-    receiver = Receiver(store, repository, Routing.simple("ENHANCE", "ct-denoise"))
+    registry = CollectorRegistry()
+    routing = Routing.simple("ENHANCE", "ct-denoise")
+    receiver = Receiver(store, repository, routing, ReceiverMetrics(registry))
     port = free_port()
-    http = uvicorn.Server(
-        uvicorn.Config(create_app(repository, engine, receiver), port=port, log_level="warning")
-    )
+    app = create_app(repository, engine, receiver, registry=registry)
+    http = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     thread = threading.Thread(target=http.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -118,6 +122,18 @@ def test_stow_reports_each_failure_with_its_reason(server: Server, tmp_path: Pat
     assert not server.repository.find_instance(truncated.SOPInstanceUID)
     # Nothing stored at all: 409.
     assert _stow_raw(server.url, [_encoded(truncated)]).status_code == 409
+    # Every outcome is counted in the Prometheus metrics.
+    metrics = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text)
+        for sample in family.samples
+    }
+    stow = ("protocol", "STOW-RS")
+    assert metrics[("pacs_node_instances_received_total", (stow,))] == 1
+    assert metrics[("pacs_node_instances_rejected_total", (stow, ("status", "0xC210")))] == 3
+    assert metrics[("pacs_node_instances_rejected_total", (stow, ("status", "0xA900")))] == 1
+    assert metrics[("pacs_node_jobs", (("state", "RECEIVING"),))] == 1  # no monitor here
+    assert metrics[("pacs_node_queue_depth", ())] == 0
 
 
 def test_stow_refuses_bad_requests_with_http_errors(server: Server, tmp_path: Path) -> None:

@@ -1,0 +1,149 @@
+"""Prometheus metrics (``/metrics``): counters of the receivers in this process, and job
+states, queue depth, stage latencies and send failures read from the job database at each
+scrape, so workers on other hosts are counted too."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter as Tally
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from pacs_node.db.models import Job, JobEvent, JobOutput, JobStatus
+
+# Seconds; the same buckets for every stage (a second to an hour).
+BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+
+class ReceiverMetrics:
+    """Counters the receivers (C-STORE and STOW-RS) increment in this process."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.received = Counter(
+            "pacs_node_instances_received", "Instances stored (duplicates included)",
+            ["protocol"], registry=registry,
+        )  # fmt: skip
+        self.rejected = Counter(
+            "pacs_node_instances_rejected", "Instances refused, by storage status",
+            ["protocol", "status"], registry=registry,
+        )  # fmt: skip
+
+
+def _histogram(name: str, doc: str, values: Iterable[float]) -> HistogramMetricFamily:
+    data = sorted(v for v in values if v >= 0)
+    buckets = [(f"{b:g}", float(sum(1 for v in data if v <= b))) for b in BUCKETS]
+    buckets.append(("+Inf", float(len(data))))
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=float(sum(data)))
+
+
+def _seconds(later: datetime | None, earlier: datetime | None) -> float | None:
+    if later is None or earlier is None:
+        return None
+    return (later - earlier).total_seconds()
+
+
+class JobCollector(Collector):
+    """Job metrics computed from the database at scrape time."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def collect(self) -> Iterator[Metric]:
+        with self._sessions() as session:
+            counts = dict(
+                session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+            )
+            jobs = session.execute(
+                select(
+                    Job.id,
+                    Job.created_at,
+                    Job.last_instance_at,
+                    Job.started_at,
+                    Job.finished_at,
+                    Job.status,
+                )
+            ).all()
+            queued_at = dict(
+                session.execute(
+                    select(JobEvent.job_id, func.min(JobEvent.at))
+                    .where(JobEvent.status == JobStatus.QUEUED)
+                    .group_by(JobEvent.job_id)
+                ).all()
+            )
+            failures = session.execute(
+                select(Job.destinations, func.count())
+                .join(JobOutput, JobOutput.job_id == Job.id)
+                .where(JobOutput.send_status.is_not(None), JobOutput.send_status != 0)
+                .group_by(Job.destinations)
+            ).all()
+        states = GaugeMetricFamily("pacs_node_jobs", "Jobs by state", labels=["state"])
+        for state in JobStatus:
+            states.add_metric([state.value], float(counts.get(state, 0)))
+        yield states
+        yield GaugeMetricFamily(
+            "pacs_node_queue_depth", "Jobs QUEUED and not yet started",
+            value=float(counts.get(JobStatus.QUEUED, 0)),
+        )  # fmt: skip
+        receive: list[float] = []
+        wait: list[float] = []
+        run: list[float] = []
+        total: list[float] = []
+        for _id, created, last, started, finished, status in jobs:
+            queued = queued_at.get(_id)
+            for target, value in (
+                (receive, _seconds(last, created)),
+                (wait, _seconds(started, queued)),
+                (run, _seconds(finished, started) if status is JobStatus.DONE else None),
+                (total, _seconds(finished, created) if status is JobStatus.DONE else None),
+            ):
+                if value is not None:
+                    target.append(value)
+        yield _histogram("pacs_node_stage_receive_seconds",
+                         "First to last instance of a series", receive)  # fmt: skip
+        yield _histogram("pacs_node_stage_queue_wait_seconds",
+                         "Series complete (QUEUED) to a worker starting", wait)  # fmt: skip
+        yield _histogram("pacs_node_stage_process_seconds",
+                         "Worker start to all instances sent (model and sending)", run)  # fmt: skip
+        yield _histogram("pacs_node_job_total_seconds",
+                         "First instance received to derived series sent", total)  # fmt: skip
+        by_destination: Tally[str] = Tally()
+        for destinations, count in failures:
+            for spec in json.loads(destinations or "[]"):
+                name = (
+                    f"{spec['ae_title']}@{spec['host']}:{spec['port']}"
+                    if spec.get("kind") == "dicom"
+                    else str(spec.get("url") or spec.get("kind"))
+                )
+                by_destination[name] += count
+        sends = GaugeMetricFamily("pacs_node_send_failures",
+                                  "Derived instances not stored, by job destination",
+                                  labels=["destination"])  # fmt: skip
+        for name, count in sorted(by_destination.items()):
+            sends.add_metric([name], float(count))
+        yield sends
+        yield from _gpu()
+
+
+def _gpu() -> Iterator[Metric]:
+    """GPU memory of this host, when this process has PyTorch loaded and it sees a CUDA
+    device (a scrape never pays for importing it)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return
+    used = GaugeMetricFamily("pacs_node_gpu_memory_used_bytes", "GPU memory in use",
+                             labels=["device"])  # fmt: skip
+    total = GaugeMetricFamily("pacs_node_gpu_memory_total_bytes", "GPU memory",
+                              labels=["device"])  # fmt: skip
+    for index in range(torch.cuda.device_count()):
+        free, size = torch.cuda.mem_get_info(index)
+        used.add_metric([str(index)], float(size - free))
+        total.add_metric([str(index)], float(size))
+    yield used
+    yield total
