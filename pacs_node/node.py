@@ -23,6 +23,7 @@ from pacs_node.dispatch import Dispatcher
 from pacs_node.enhancers import EnhancerCache
 from pacs_node.ingest import Receiver
 from pacs_node.metrics import ReceiverMetrics
+from pacs_node.retention import Retention
 from pacs_node.routing import load_routing
 from pacs_node.scp.server import start_scp
 from pacs_node.settings import REPO_ROOT, Settings
@@ -137,6 +138,8 @@ def serve(settings: Settings) -> None:
         preset_modalities={name: p.modality for name, p in enhancers.presets.items()},
     )
     monitor.start()
+    retention = Retention(repository.session_factory, settings.data_dir, settings.retention)
+    retention.start()
     http = uvicorn.Server(
         uvicorn.Config(
             create_app(
@@ -171,6 +174,7 @@ def serve(settings: Settings) -> None:
         stop.wait(1.0)
     scp.shutdown()
     monitor.stop()
+    retention.stop()
     http.should_exit = True
     http_thread.join(timeout=10)
     if worker is not None:

@@ -12,7 +12,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -131,6 +139,23 @@ class WorkerSettings(_Section):
     node_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
 
 
+class RetentionSettings(_Section):
+    """How long data is kept, and the disk watermark (None: kept forever)."""
+
+    derived_days: float | None = Field(default=None, gt=0)
+    received_days: float | None = Field(default=None, gt=0)
+    jobs_days: float | None = Field(default=None, gt=0)
+    disk_watermark_percent: float = Field(default=90.0, gt=0, le=100)
+    disk_target_percent: float = Field(default=80.0, gt=0, le=100)
+    interval_s: float = Field(default=3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _target_below_watermark(self) -> RetentionSettings:
+        if self.disk_target_percent >= self.disk_watermark_percent:
+            raise ValueError("disk_target_percent must be below disk_watermark_percent")
+        return self
+
+
 class Settings(BaseSettings):
     """Every setting of the node; see ``configs/default.yaml`` for the documented defaults."""
 
@@ -162,6 +187,7 @@ class Settings(BaseSettings):
     derived: DerivedSettings = DerivedSettings()
     models: ModelSettings = ModelSettings()
     worker: WorkerSettings = WorkerSettings()
+    retention: RetentionSettings = RetentionSettings()
 
     @field_validator("destination", mode="before")
     @classmethod
