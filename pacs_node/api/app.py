@@ -10,14 +10,16 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import PlainTextResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import Engine, text
 
 from pacs_node import __version__
 from pacs_node.admin import JobAdmin, Principal, TokenStore
+from pacs_node.api.auth import make_auth
+from pacs_node.api.dashboard import create_dashboard_router
 from pacs_node.api.dicomweb import create_dicomweb_router
+from pacs_node.api.viewer import SliceService, create_viewer_router
 from pacs_node.db.archive import ArchiveIndex
 from pacs_node.db.models import JobStatus
 from pacs_node.db.repository import JobRepository, JobView
@@ -75,24 +77,7 @@ def create_app(
     tokens = TokenStore(repository.session_factory)
     admin = JobAdmin(repository.session_factory)
     checks = readiness or Readiness()
-    bearer = HTTPBearer(auto_error=False, description="API token (`pacs-node tokens create`)")
-
-    # Dependencies as default values: with postponed annotations, FastAPI resolves an
-    # annotation in the module's globals, where these local callables do not exist.
-    def principal(
-        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
-    ) -> Principal:
-        if credentials is None:
-            raise HTTPException(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
-        found = tokens.authenticate(credentials.credentials)
-        if found is None:
-            raise HTTPException(401, "invalid or revoked token", {"WWW-Authenticate": "Bearer"})
-        return found
-
-    def administrator(who: Principal = Depends(principal)) -> Principal:
-        if not who.is_admin:
-            raise HTTPException(403, f"token {who.name!r} has role {who.role}; admin required")
-        return who
+    principal, administrator, page_user = make_auth(tokens)
 
     viewer = Depends(principal)
     admin_only = Depends(administrator)
@@ -111,6 +96,8 @@ def create_app(
         except ActionError as exc:
             raise HTTPException(404 if exc.missing else 409, str(exc)) from exc
 
+    app.include_router(create_viewer_router(repository, SliceService(repository), viewer))
+    app.include_router(create_dashboard_router(repository, tokens, page_user))
     metrics_registry = registry or CollectorRegistry()
     metrics_registry.register(JobCollector(repository.session_factory))
 
