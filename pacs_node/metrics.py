@@ -147,3 +147,11 @@ def _gpu() -> Iterator[Metric]:
         total.add_metric([str(index)], float(size))
     yield used
     yield total
+    utilisation = GaugeMetricFamily("pacs_node_gpu_utilisation_percent",
+                                    "GPU utilisation (needs NVML)", labels=["device"])  # fmt: skip
+    try:
+        for index in range(torch.cuda.device_count()):
+            utilisation.add_metric([str(index)], float(torch.cuda.utilization(index)))
+    except Exception:  # noqa: BLE001 - NVML (pynvml) missing: memory only
+        return
+    yield utilisation
