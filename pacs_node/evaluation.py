@@ -270,6 +270,29 @@ def diffusion_seed_rows(
     return rows
 
 
+def _diffusion_bar(
+    summary: list[dict[str, Any]], presets: Sequence[str], seed_rows: list[dict[str, Any]]
+) -> list[str]:
+    """The bar for diffusion presets: within 0.5 dB of the CNN (the first preset) or better."""
+    diffusion = sorted({r["method"] for r in seed_rows})
+    if not diffusion or not presets or presets[0] in diffusion:
+        return []
+    cnn, out = presets[0], ["**Diffusion presets** (bar: within 0.5 dB of the CNN or better):", ""]
+    for name in diffusion:
+        for dataset in ("phantom", "real-ct"):
+            rows = {r["method"]: r for r in summary if r["dataset"] == dataset}
+            if name not in rows or cnn not in rows:
+                continue
+            for key, window in (("psnr_full_db", "[-1024, 3072]"),
+                                ("psnr_soft_tissue_db", "[-160, 240]")):  # fmt: skip
+                gap = rows[name][key] - rows[cnn][key]
+                out.append(
+                    f"- {'PASS' if gap >= -0.5 else 'FAIL'}: {name} vs {cnn} on {dataset}, "
+                    f"{window}: {rows[name][key]:.2f} vs {rows[cnn][key]:.2f} dB ({gap:+.2f})"
+                )
+    return [*out, ""]
+
+
 def _seed_section(rows: list[dict[str, Any]]) -> list[str]:
     return [
         "## Diffusion: spread across seeds (hallucination check)",
@@ -348,6 +371,7 @@ def write_report(
     lines += ["## Quality bar for the default CT denoiser", "", *_quality_bar(summary, presets), ""]
     if seed_rows:
         write_csv(seed_rows, out_dir / "diffusion_seeds.csv")
+        lines += _diffusion_bar(summary, presets, seed_rows)
         lines += _seed_section(seed_rows)
     if sr_rows:
         write_csv(sr_rows, out_dir / "super_resolution.csv")

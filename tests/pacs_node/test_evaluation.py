@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -107,15 +108,25 @@ def test_diffusion_seed_spread_is_zero_untrained_and_positive_when_trained(
     phantom = low_contrast_phantom(size=256, pixel_spacing_mm=1.4, seed=4)
     reference = np.repeat(phantom.image[None], 3, axis=0)
     noisy = reference + np.random.default_rng(1).normal(0, 10, reference.shape).astype(np.float32)
-    case = EvalCase("phantom", phantom.name, reference, noisy, 10.0, 1.4)
+    case = EvalCase("phantom", phantom.name, reference, noisy, 10.0, 1.4, phantom.uniform_rois,
+                    phantom.disks, phantom.body_mask)  # fmt: skip
     rows = diffusion_seed_rows(settings, [case], ["diff-untrained", "diff-trained", "gauss"])
     by_method = {r["method"]: r for r in rows}
     assert set(by_method) == {"diff-untrained", "diff-trained"}  # the filter has no seeds
     assert by_method["diff-untrained"]["max_pixel_std_hu"] < 0.01
     assert by_method["diff-trained"]["mean_pixel_std_hu"] > 0.01
     assert by_method["diff-trained"]["seeds"] == 5
-    eval_rows, outputs = evaluate([case], {"input": lambda v, s: v[1], "nlm": lambda v, s: v[1]})
-    report = write_report(eval_rows, outputs, [case], [], tmp_path / "evaluation", "# T",
-                          seed_rows=rows)  # fmt: skip
-    assert "## Diffusion: spread across seeds" in report.read_text()
+
+    def shifted(offset: float) -> Callable[[np.ndarray, float], np.ndarray]:
+        return lambda v, s: v[1] + offset
+
+    same = {"input": shifted(0), "nlm": shifted(0), "cnn": shifted(0),
+            "diff-untrained": shifted(0), "diff-trained": shifted(10)}  # fmt: skip
+    eval_rows, outputs = evaluate([case], same)
+    report = write_report(eval_rows, outputs, [case], ["cnn", "diff-trained"],
+                          tmp_path / "evaluation", "# T", seed_rows=rows)  # fmt: skip
+    text = report.read_text()
+    assert "## Diffusion: spread across seeds" in text
+    assert "- PASS: diff-untrained vs cnn on phantom, [-1024, 3072]" in text
+    assert "- FAIL: diff-trained vs cnn on phantom, [-160, 240]" in text
     assert (tmp_path / "evaluation" / "diffusion_seeds.csv").exists()
