@@ -26,9 +26,11 @@ def _serve(tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_missing_weights_stop_start_up_with_the_file_named(tmp_path: Path) -> None:
-    result = _serve(tmp_path, preset="ct-diffusion")
+    presets = tmp_path / "presets.yaml"
+    presets.write_text("ghost:\n  description: x\n  modality: CT\n  model: ghost-model\n")
+    result = _serve(tmp_path, preset="ghost", models__presets_file=str(presets))
     assert result.returncode == 1
-    assert "cannot start" in result.stdout and "ct-diffusion-cold.json" in result.stdout
+    assert "cannot start" in result.stdout and "ghost-model.json" in result.stdout
 
 
 def test_corrupt_weights_stop_start_up_with_the_file_named(tmp_path: Path) -> None:
