@@ -116,7 +116,7 @@ def test_login_viewer_window_scroll_and_retry(
 
         # Retry the failed job from its page.
         page.goto(f"{base}/ui/jobs/{jobs['failed']}")
-        expect(page.locator("#error")).to_contain_text("differs from 64 x 64")
+        expect(page.locator("#error")).to_contain_text("pixels differs from")
         page.click("#retry")
         expect(page.locator("#action-result")).to_have_text("queued again")
         page.screenshot(path=str(ARTIFACTS / "retry.png"))
