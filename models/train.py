@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -172,6 +172,18 @@ def _noise(
     return fields
 
 
+def _summary_writer(log_dir: Path) -> Any:
+    """A TensorBoard writer, or a clear error when the package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ValueError(
+            "TensorBoard logging needs the tensorboard package: pip install tensorboard "
+            "(or the project's [train] extra)"
+        ) from exc
+    return SummaryWriter(log_dir=str(log_dir))
+
+
 def _state_path(output: Path, card: ModelCard) -> Path:
     return output / f"{card.name}.train-state.pt"
 
@@ -185,8 +197,12 @@ def train(
     output: Path,
     on_step: StepCallback | None = None,
     noise_bank: Sequence[np.ndarray] | None = None,
+    log_dir: Path | None = None,
 ) -> nn.Module:
     """Train ``network`` in place and return it (in eval mode).
+
+    With ``log_dir``, the loss (modality units) and learning rate of every step are written
+    as TensorBoard scalars there (needs the ``tensorboard`` package).
 
     ``volumes`` are in modality units (HU). Denoising adds, to each input patch, the
     matching crop of ``noise_bank`` (per volume: (draws, z, y, x) in HU, e.g. simulated
@@ -223,6 +239,7 @@ def train(
         generator = state["noise_rng"]
         start = int(state["step"])
         logger.info("resuming %s at step %d", card.name, start)
+    writer = _summary_writer(log_dir) if log_dir is not None else None
     network.train()
     for step in range(start, config.steps):
         pair = mode == "noise2noise"
@@ -251,8 +268,12 @@ def train(
         loss.backward()
         optimiser.step()
         schedule.step()
+        loss_value = float(loss.detach()) * (high - low)
         if on_step is not None:
-            on_step(step + 1, config.steps, float(loss.detach()) * (high - low))
+            on_step(step + 1, config.steps, loss_value)
+        if writer is not None:
+            writer.add_scalar("loss", loss_value, step + 1)
+            writer.add_scalar("learning_rate", schedule.get_last_lr()[0], step + 1)
         if (step + 1) % config.save_every == 0 and step + 1 < config.steps:
             output.mkdir(parents=True, exist_ok=True)
             torch.save(
@@ -266,5 +287,7 @@ def train(
                 },
                 state_path,
             )
+    if writer is not None:
+        writer.close()
     state_path.unlink(missing_ok=True)
     return network.eval()

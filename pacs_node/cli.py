@@ -322,6 +322,9 @@ def train(
     output: Annotated[Path, typer.Option(help="folder for the checkpoint")] = Path(
         "models/weights"
     ),
+    tensorboard: Annotated[
+        Path | None, typer.Option(help="write TensorBoard loss curves to this folder")
+    ] = None,
 ) -> None:
     """Train a zoo network and write its checkpoint and model card (with held-out metrics)."""
     import shlex
@@ -350,14 +353,18 @@ def train(
         def on_step(step: int, total: int, loss_hu: float) -> None:
             bar.update(task, completed=step, loss=f"L1 {loss_hu:.2f} HU")
 
-        card = train_model(
-            data, output, name=name, version=version, mode=mode,  # type: ignore[arg-type]
-            architecture=architecture, arch_kwargs=json.loads(arch_kwargs),
-            context_slices=context_slices, modality=modality, description=description,
-            config=config, command=command, noise=noise, phantoms=phantoms,
-            noise_draws=noise_draws, noise_sigma_hu=noise_sigma_hu, on_step=on_step,
-            log=console.print,
-        )  # fmt: skip
+        try:
+            card = train_model(
+                data, output, name=name, version=version, mode=mode,  # type: ignore[arg-type]
+                architecture=architecture, arch_kwargs=json.loads(arch_kwargs),
+                context_slices=context_slices, modality=modality, description=description,
+                config=config, command=command, noise=noise, phantoms=phantoms,
+                noise_draws=noise_draws, noise_sigma_hu=noise_sigma_hu, on_step=on_step,
+                log=console.print, log_dir=tensorboard,
+            )  # fmt: skip
+        except ValueError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from exc
     console.print(f"wrote {card}")
     console.print_json(card.read_text())
 

@@ -243,6 +243,7 @@ def train_model(
     noise_sigma_hu: float = 20.0,
     on_step: StepCallback | None = None,
     log: Callable[[str], None] = print,
+    log_dir: Path | None = None,
 ) -> Path:
     """Train, evaluate on held-out images and write ``<output>/<name>.{safetensors,json}``.
 
@@ -282,7 +283,8 @@ def train_model(
         bank = projection_noise_bank(train_volumes, spacings, noise_draws, noise_sigma_hu,
                                      config.seed, log)  # fmt: skip
     started = time.perf_counter()
-    train(network, card, train_volumes, config, mode, output, on_step, noise_bank=bank)
+    train(network, card, train_volumes, config, mode, output, on_step, noise_bank=bank,
+          log_dir=log_dir)  # fmt: skip
     seconds = time.perf_counter() - started
     evaluate = (
         _evaluate_sr

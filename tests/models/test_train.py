@@ -141,3 +141,19 @@ def test_diffusion_mode_trains_the_conditional_model(tmp_path: Path) -> None:
     train(network, card, [volume], config, "diffusion", tmp_path)
     changed = sum(not torch.equal(a, b) for a, b in zip(before, network.parameters(), strict=True))
     assert changed > 0
+
+
+def test_tensorboard_logs_loss_and_learning_rate_per_step(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    kwargs = {"in_channels": 1, "features": 8, "depth": 3}
+    card = ModelCard(name="tb", version="0", task="denoise", modality="CT",
+                     architecture="dncnn", arch_kwargs=kwargs)  # fmt: skip
+    volume = np.full((2, 48, 48), 40.0, dtype=np.float32)
+    train(build_network("dncnn", **kwargs), card, [volume], TrainConfig(steps=4, batch_size=2,
+          patch=32), "denoise", tmp_path / "out", log_dir=tmp_path / "tb")  # fmt: skip
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
+    rates = [e.value for e in events.Scalars("learning_rate")]
+    assert rates[0] > rates[-1]  # cosine decay
