@@ -46,6 +46,9 @@ class TrainConfig:
     save_every: int = 500
     noise_model: Literal["ct", "rician"] = "ct"
     rician_sigma: tuple[float, float] = (0.01, 0.08)
+    # Weight of a variational network's KL term, per image pixel, next to the L1 loss in
+    # normalised units (β-VAE); unused by every other network.
+    kl_weight: float = 1e-4
 
 
 def normalise(volume: np.ndarray, card: ModelCard) -> np.ndarray:
@@ -172,6 +175,19 @@ def _noise(
     return fields
 
 
+def _reconstruction_loss(
+    network: nn.Module, inputs: torch.Tensor, target: torch.Tensor, config: TrainConfig
+) -> torch.Tensor:
+    """L1 between output and target, plus the weighted KL term for a variational network
+    (one with ``forward_with_latent`` and ``kl_divergence``, e.g. the VAE)."""
+    if not hasattr(network, "forward_with_latent"):
+        return F.l1_loss(network(inputs), target)
+    output, mu, logvar = network.forward_with_latent(inputs)  # type: ignore[operator]
+    pixels = target.shape[-1] * target.shape[-2]
+    kl = network.kl_divergence(mu, logvar) / pixels  # type: ignore[operator]
+    return F.l1_loss(output, target) + config.kl_weight * kl
+
+
 def _summary_writer(log_dir: Path) -> Any:
     """A TensorBoard writer, or a clear error when the package is missing."""
     try:
@@ -261,9 +277,10 @@ def train(
             elif pair:
                 # Noise2Noise: the target is an independent noisy realisation of the same
                 # anatomy; its noise averages out in the L1/L2 minimiser.
-                loss = F.l1_loss(network(inputs), (clean + noises[1])[:, half : half + 1])
+                target = (clean + noises[1])[:, half : half + 1]
+                loss = _reconstruction_loss(network, inputs, target, config)
             else:
-                loss = F.l1_loss(network(inputs), clean[:, half : half + 1])
+                loss = _reconstruction_loss(network, inputs, clean[:, half : half + 1], config)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

@@ -325,6 +325,9 @@ def train(
     tensorboard: Annotated[
         Path | None, typer.Option(help="write TensorBoard loss curves to this folder")
     ] = None,
+    noise_cache: Annotated[
+        Path, typer.Option(help="folder keeping simulated noise banks between runs")
+    ] = Path("var/cache/noise-bank"),
 ) -> None:
     """Train a zoo network and write its checkpoint and model card (with held-out metrics)."""
     import shlex
@@ -360,7 +363,7 @@ def train(
                 context_slices=context_slices, modality=modality, description=description,
                 config=config, command=command, noise=noise, phantoms=phantoms,
                 noise_draws=noise_draws, noise_sigma_hu=noise_sigma_hu, on_step=on_step,
-                log=console.print, log_dir=tensorboard,
+                log=console.print, log_dir=tensorboard, noise_cache=noise_cache,
             )  # fmt: skip
         except ValueError as exc:
             console.print(f"[red]{exc}[/red]")
@@ -396,6 +399,64 @@ def evaluate(
     except EnhancementError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
+    console.print(f"wrote {report}")
+
+
+@app.command()
+def compare(
+    data: Annotated[
+        Path,
+        typer.Option(help="real CT (folder or .tar.xz); its last quarter is held out", exists=True),
+    ],
+    architecture: Annotated[
+        list[str] | None,
+        typer.Option(help="architectures to compare (default: dncnn and the autoencoders)"),
+    ] = None,
+    steps: Annotated[int, typer.Option(min=1)] = 1500,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    patch: Annotated[int, typer.Option(min=16)] = 64,
+    learning_rate: Annotated[float, typer.Option()] = 1e-3,
+    seed: Annotated[int, typer.Option()] = 0,
+    noise: Annotated[str, typer.Option(help="image or projection")] = "projection",
+    phantoms: Annotated[int, typer.Option(min=0, help="training phantoms to add")] = 0,
+    noise_draws: Annotated[int, typer.Option(min=1)] = 2,
+    noise_sigma_hu: Annotated[float, typer.Option()] = 15.0,
+    work_dir: Annotated[Path, typer.Option(help="where the compared checkpoints are kept")] = Path(
+        "var/comparison"
+    ),
+    output: Annotated[Path, typer.Option(help="report folder")] = Path("docs/evaluation"),
+    noise_cache: Annotated[Path, typer.Option()] = Path("var/cache/noise-bank"),
+) -> None:
+    """Train architectures alike (the autoencoder family by default) and tabulate them."""
+    import shlex
+    import sys
+
+    from models.train import TrainConfig
+    from pacs_node.comparison import AUTOENCODER_FAMILY, TrainingRecipe, compare_architectures
+
+    known = {c.architecture: c for c in AUTOENCODER_FAMILY}
+    wanted = architecture or list(known)
+    unknown = [a for a in wanted if a not in known]
+    if unknown:
+        console.print(f"[red]unknown architecture(s) {unknown}; choose from {list(known)}[/red]")
+        raise typer.Exit(2)
+    if noise not in ("image", "projection"):
+        console.print("[red]--noise must be image or projection[/red]")
+        raise typer.Exit(2)
+    recipe = TrainingRecipe(
+        TrainConfig(steps=steps, batch_size=batch_size, patch=patch,
+                    learning_rate=learning_rate, seed=seed),
+        noise=noise, phantoms=phantoms, noise_draws=noise_draws, noise_sigma_hu=noise_sigma_hu,
+    )  # fmt: skip
+    command = "pacs-node " + shlex.join(sys.argv[1:])
+    try:
+        report = compare_architectures(
+            data, [known[a] for a in wanted], recipe, work_dir, output, command,
+            noise_cache=noise_cache, log=console.print,
+        )  # fmt: skip
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
     console.print(f"wrote {report}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import tarfile
 import tempfile
 import time
@@ -79,6 +80,25 @@ def load_volumes(source: Path, held_out_fraction: float = 0.25) -> TrainingData:
     return TrainingData(source.name, train_part, held_part, spacings)
 
 
+BANK_DOSE_FRACTION = 0.25
+BANK_ELECTRONIC_NOISE_VAR = 10.0
+_BANK_FORMAT = 1  # bump when the simulation changes, so cached banks are not reused
+
+
+def _bank_key(
+    volumes: list[np.ndarray], spacings: list[float], draws: int, sigma: float, seed: int
+) -> str:
+    """A digest of everything a noise bank depends on: the slices and the simulation."""
+    digest = hashlib.sha256(
+        repr((_BANK_FORMAT, spacings, draws, sigma, seed, BANK_DOSE_FRACTION,
+              BANK_ELECTRONIC_NOISE_VAR)).encode()
+    )  # fmt: skip
+    for volume in volumes:
+        digest.update(repr(volume.shape).encode())
+        digest.update(np.ascontiguousarray(volume, dtype=np.float32).tobytes())
+    return digest.hexdigest()[:24]
+
+
 def projection_noise_bank(
     volumes: list[np.ndarray],
     spacings: list[float],
@@ -86,26 +106,49 @@ def projection_noise_bank(
     target_sigma_hu: float,
     seed: int,
     log: Callable[[str], None] = print,
+    cache_dir: Path | None = None,
 ) -> list[np.ndarray]:
     """Simulated quarter-dose noise for every slice: (draws, z, y, x) per volume, in HU.
 
     I0 is calibrated once per volume, on its centre slice's soft tissue, so the added noise
     has σ ``target_sigma_hu``; each slice then gets ``draws`` independent realisations.
+    With ``cache_dir``, the bank is kept there under a digest of the slices and every
+    simulation parameter, so later runs on the same data (another architecture, a resumed
+    run) load it instead of simulating again.
     """
+    cached = None
+    if cache_dir is not None:
+        cached = (
+            cache_dir / f"bank-{_bank_key(volumes, spacings, draws, target_sigma_hu, seed)}.npz"
+        )
+        if cached.is_file():
+            with np.load(cached) as stored:
+                bank = [stored[f"volume{index}"] for index in range(len(volumes))]
+            log(f"noise bank: loaded from {cached}")
+            return bank
     rng = np.random.default_rng(seed)
     bank = []
     for volume, spacing in zip(volumes, spacings, strict=True):
         geometry = ScanGeometry(pixel_spacing_mm=spacing)
         centre = volume[len(volume) // 2]
         soft = ndimage.binary_erosion(centre > -500, iterations=10) & (np.abs(centre) < 150)
-        i0 = calibrate_i0(LowDoseSimulator(centre, geometry), soft, target_sigma_hu, 0.25)
+        i0 = calibrate_i0(LowDoseSimulator(centre, geometry), soft, target_sigma_hu,
+                          BANK_DOSE_FRACTION)  # fmt: skip
         noise = np.empty((draws, *volume.shape), dtype=np.float32)
         for z, plane in enumerate(volume):
             simulator = LowDoseSimulator(plane, geometry)
             for k in range(draws):
-                noise[k, z] = simulator.extra_noise(0.25, i0, 10.0, rng)
+                noise[k, z] = simulator.extra_noise(
+                    BANK_DOSE_FRACTION, i0, BANK_ELECTRONIC_NOISE_VAR, rng
+                )
         log(f"noise bank: {volume.shape[0]} slices x {draws} draws, I0 {i0:.3g}")
         bank.append(noise)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(".partial.npz")
+        np.savez(partial, **{f"volume{index}": noise for index, noise in enumerate(bank)})
+        partial.replace(cached)
+        log(f"noise bank: saved to {cached}")
     return bank
 
 
@@ -244,11 +287,13 @@ def train_model(
     on_step: StepCallback | None = None,
     log: Callable[[str], None] = print,
     log_dir: Path | None = None,
+    noise_cache: Path | None = None,
 ) -> Path:
     """Train, evaluate on held-out images and write ``<output>/<name>.{safetensors,json}``.
 
     MR (``modality="MR"``) trains on ``phantoms`` MR phantoms (plus ``data`` if given) with
-    Rician noise and per-volume normalisation; CT needs ``data``.
+    Rician noise and per-volume normalisation; CT needs ``data``. ``noise_cache`` keeps
+    the projection-domain noise bank for later runs on the same data.
     """
     torch.manual_seed(config.seed)
     mr = modality.upper() == "MR"
@@ -281,7 +326,7 @@ def train_model(
     bank = None
     if mode != "super_resolution" and noise == "projection":
         bank = projection_noise_bank(train_volumes, spacings, noise_draws, noise_sigma_hu,
-                                     config.seed, log)  # fmt: skip
+                                     config.seed, log, noise_cache)  # fmt: skip
     started = time.perf_counter()
     train(network, card, train_volumes, config, mode, output, on_step, noise_bank=bank,
           log_dir=log_dir)  # fmt: skip

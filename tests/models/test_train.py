@@ -157,3 +157,26 @@ def test_tensorboard_logs_loss_and_learning_rate_per_step(tmp_path: Path) -> Non
     assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
     rates = [e.value for e in events.Scalars("learning_rate")]
     assert rates[0] > rates[-1]  # cosine decay
+
+
+def test_a_variational_network_adds_its_weighted_kl_term() -> None:
+    import torch.nn.functional as F
+
+    from models.networks import build_network
+    from models.train import _reconstruction_loss
+
+    torch.manual_seed(0)
+    vae = build_network("vae", in_channels=1, features=4, depth=2, latent_channels=2).eval()
+    inputs, target = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    l1 = F.l1_loss(vae(inputs), target)
+    _, mu, logvar = vae.forward_with_latent(inputs)
+    kl = vae.kl_divergence(mu, logvar) / (32 * 32)
+    assert float(kl.detach()) > 0
+    plain = _reconstruction_loss(vae, inputs, target, TrainConfig(kl_weight=0.0))
+    weighted = _reconstruction_loss(vae, inputs, target, TrainConfig(kl_weight=0.5))
+    assert torch.allclose(plain, l1) and torch.allclose(weighted, l1 + 0.5 * kl)
+    dncnn = build_network("dncnn", in_channels=1, features=4, depth=3).eval()
+    assert torch.allclose(
+        _reconstruction_loss(dncnn, inputs, target, TrainConfig(kl_weight=0.5)),
+        F.l1_loss(dncnn(inputs), target),
+    )

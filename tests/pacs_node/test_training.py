@@ -76,3 +76,22 @@ def test_ct_training_without_data_is_refused(tmp_path: Path) -> None:
             arch_kwargs={}, context_slices=1, modality="CT", description="",
             config=TrainConfig(steps=1), command="", phantoms=2, log=lambda _: None,
         )  # fmt: skip
+
+
+def test_noise_bank_is_cached_under_a_digest_of_data_and_parameters(tmp_path: Path) -> None:
+    volume = np.zeros((2, 48, 48), dtype=np.float32) - 1000
+    yy, xx = np.mgrid[:48, :48] - 24
+    volume[:, xx**2 + yy**2 < 20**2] = 40.0
+    messages: list[str] = []
+    first = projection_noise_bank([volume], [2.0], 1, 15.0, 0, messages.append, tmp_path)
+    assert len(list(tmp_path.glob("bank-*.npz"))) == 1
+    again = projection_noise_bank([volume], [2.0], 1, 15.0, 0, messages.append, tmp_path)
+    assert any("loaded from" in m for m in messages)
+    np.testing.assert_array_equal(first[0], again[0])
+    # Another seed, another slice content: new banks, not the cached one.
+    other_seed = projection_noise_bank([volume], [2.0], 1, 15.0, 1, messages.append, tmp_path)
+    assert not np.array_equal(other_seed[0], first[0])
+    changed = volume.copy()
+    changed[:, 24, 24] = 500.0
+    projection_noise_bank([changed], [2.0], 1, 15.0, 0, messages.append, tmp_path)
+    assert len(list(tmp_path.glob("bank-*.npz"))) == 3
