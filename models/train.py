@@ -45,6 +45,9 @@ class TrainConfig:
     noise_scale: tuple[float, float] = (0.5, 1.5)
     save_every: int = 500
     noise_model: Literal["ct", "rician"] = "ct"
+    # "volume": each patch picks a volume uniformly, then a slice (a 3-slice phantom weighs
+    # as much as a 100-slice series); "slice": every slice of every volume is equally likely.
+    sampling: Literal["volume", "slice"] = "volume"
     rician_sigma: tuple[float, float] = (0.01, 0.08)
     # Weight of a variational network's KL term, per image pixel, next to the L1 loss in
     # normalised units (β-VAE); unused by every other network.
@@ -86,6 +89,8 @@ class PatchSampler:
     With ``noise`` (one array (draws, z, y, x) per volume, e.g. projection-domain
     low-dose noise simulated for every slice), each patch comes with the matching crop of
     one randomly chosen draw; neighbouring slices carry their own, independent noise.
+    ``by_slice`` draws every slice of every volume with equal probability instead of first
+    choosing a volume uniformly.
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class PatchSampler:
         patch: int,
         seed: int,
         noise: Sequence[np.ndarray] | None = None,
+        by_slice: bool = False,
     ) -> None:
         keep = [i for i, v in enumerate(volumes) if v.shape[1] >= patch and v.shape[2] >= patch]
         if not keep:
@@ -110,6 +116,17 @@ class PatchSampler:
         self.context = context
         self.patch = patch
         self.rng = np.random.default_rng(seed)
+        self.by_slice = by_slice
+        self._slice_starts = np.cumsum([0] + [len(v) for v in self.volumes])
+
+    def _pick(self) -> tuple[int, int]:
+        """A volume index and a slice in it."""
+        if self.by_slice:
+            flat = int(self.rng.integers(int(self._slice_starts[-1])))
+            which = int(np.searchsorted(self._slice_starts, flat, side="right")) - 1
+            return which, flat - int(self._slice_starts[which])
+        which = int(self.rng.integers(len(self.volumes)))
+        return which, int(self.rng.integers(self.volumes[which].shape[0]))
 
     def sample(self, count: int, draws: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
         """Clean patches (count, context, patch, patch) and, with a noise bank, the same
@@ -119,9 +136,8 @@ class PatchSampler:
         out = np.empty(shape, dtype=np.float32)
         noise_out = np.empty((draws, *shape), dtype=np.float32) if self.noise is not None else None
         for index in range(count):
-            which = int(self.rng.integers(len(self.volumes)))
+            which, z = self._pick()
             volume = self.volumes[which]
-            z = int(self.rng.integers(volume.shape[0]))
             y = int(self.rng.integers(volume.shape[1] - self.patch + 1))
             x = int(self.rng.integers(volume.shape[2] - self.patch + 1))
             picks = [min(max(z + k, 0), volume.shape[0] - 1) for k in range(-half, half + 1)]
@@ -239,6 +255,7 @@ def train(
         [(bank / np.float32(high - low)).astype(np.float32) for bank in noise_bank]
         if noise_bank is not None
         else None,
+        by_slice=config.sampling == "slice",
     )
     optimiser = torch.optim.AdamW(
         network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay

@@ -328,6 +328,9 @@ def train(
     noise_cache: Annotated[
         Path, typer.Option(help="folder keeping simulated noise banks between runs")
     ] = Path("var/cache/noise-bank"),
+    sampling: Annotated[
+        str, typer.Option(help="volume (each volume equally likely) or slice (each slice)")
+    ] = "volume",
 ) -> None:
     """Train a zoo network and write its checkpoint and model card (with held-out metrics)."""
     import shlex
@@ -344,9 +347,13 @@ def train(
     if data is None and not (modality.upper() == "MR" and phantoms):
         console.print("[red]--data is required (MR alone may train on --phantoms)[/red]")
         raise typer.Exit(2)
+    if sampling not in ("volume", "slice"):
+        console.print("[red]--sampling must be volume or slice[/red]")
+        raise typer.Exit(2)
     config = TrainConfig(
-        steps=steps, batch_size=batch_size, patch=patch, learning_rate=learning_rate, seed=seed
-    )
+        steps=steps, batch_size=batch_size, patch=patch, learning_rate=learning_rate, seed=seed,
+        sampling=sampling,  # type: ignore[arg-type]
+    )  # fmt: skip
     command = "pacs-node " + shlex.join(sys.argv[1:])
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[loss]}"),
                TimeRemainingColumn())  # fmt: skip

@@ -180,3 +180,14 @@ def test_a_variational_network_adds_its_weighted_kl_term() -> None:
         _reconstruction_loss(dncnn, inputs, target, TrainConfig(kl_weight=0.5)),
         F.l1_loss(dncnn(inputs), target),
     )
+
+
+def test_by_slice_sampling_weighs_volumes_by_their_slice_count() -> None:
+    big = np.zeros((30, 16, 16), dtype=np.float32)
+    small = np.ones((2, 16, 16), dtype=np.float32)
+    by_volume = PatchSampler([big, small], 1, 16, seed=0).sample(400)[0]
+    by_slice = PatchSampler([big, small], 1, 16, seed=0, by_slice=True).sample(400)[0]
+    share_volume = float(by_volume[:, 0, 0, 0].mean())  # patches from the small volume
+    share_slice = float(by_slice[:, 0, 0, 0].mean())
+    assert 0.4 < share_volume < 0.6
+    assert 0.02 < share_slice < 0.12  # 2 of 32 slices: 6 %
