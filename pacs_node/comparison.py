@@ -36,13 +36,15 @@ class Candidate:
     family: str = "autoencoder"
 
 
-# 2.5D (3 slices in) like the shipped denoiser; the residual DnCNN-S is the reference.
+# 2.5D (3 slices in) like the shipped denoiser; the residual DnCNN-S is the reference. The
+# autoencoders are sized to a similar budget, 0.5-0.6 M parameters each (the U-Net and
+# residual ones with 16 base features, whose levels cost more).
 AUTOENCODER_FAMILY: tuple[Candidate, ...] = (
     Candidate("dncnn", {"in_channels": 3, "features": 32, "depth": 6}, "residual CNN"),
     Candidate("cae", {"in_channels": 3, "features": 32, "depth": 3}),
-    Candidate("unet_ae", {"in_channels": 3, "features": 32, "depth": 3}),
+    Candidate("unet_ae", {"in_channels": 3, "features": 16, "depth": 3}),
     Candidate("vae", {"in_channels": 3, "features": 32, "depth": 3, "latent_channels": 32}),
-    Candidate("resnet_ae", {"in_channels": 3, "features": 32, "depth": 3}),
+    Candidate("resnet_ae", {"in_channels": 3, "features": 16, "depth": 3}),
 )
 
 TABLE_COLUMNS = [

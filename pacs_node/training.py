@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import tarfile
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -82,21 +83,40 @@ def load_volumes(source: Path, held_out_fraction: float = 0.25) -> TrainingData:
 
 BANK_DOSE_FRACTION = 0.25
 BANK_ELECTRONIC_NOISE_VAR = 10.0
-_BANK_FORMAT = 1  # bump when the simulation changes, so cached banks are not reused
+_BANK_FORMAT = 2  # bump when the simulation changes, so cached banks are not reused
 
 
 def _bank_key(
-    volumes: list[np.ndarray], spacings: list[float], draws: int, sigma: float, seed: int
+    volume: np.ndarray, spacing: float, draws: int, sigma: float, rng_state: Mapping[str, Any]
 ) -> str:
-    """A digest of everything a noise bank depends on: the slices and the simulation."""
+    """A digest of everything one volume's noise depends on: its slices, the simulation
+    parameters and the random generator's state when its simulation starts."""
     digest = hashlib.sha256(
-        repr((_BANK_FORMAT, spacings, draws, sigma, seed, BANK_DOSE_FRACTION,
-              BANK_ELECTRONIC_NOISE_VAR)).encode()
+        json.dumps([_BANK_FORMAT, spacing, draws, sigma, BANK_DOSE_FRACTION,
+                    BANK_ELECTRONIC_NOISE_VAR, rng_state, volume.shape],
+                   sort_keys=True, default=str).encode()
     )  # fmt: skip
-    for volume in volumes:
-        digest.update(repr(volume.shape).encode())
-        digest.update(np.ascontiguousarray(volume, dtype=np.float32).tobytes())
+    digest.update(np.ascontiguousarray(volume, dtype=np.float32).tobytes())
     return digest.hexdigest()[:24]
+
+
+def _volume_noise(
+    volume: np.ndarray, spacing: float, draws: int, target_sigma_hu: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, float]:  # fmt: skip
+    geometry = ScanGeometry(pixel_spacing_mm=spacing)
+    centre = volume[len(volume) // 2]
+    soft = ndimage.binary_erosion(centre > -500, iterations=10) & (np.abs(centre) < 150)
+    i0 = calibrate_i0(LowDoseSimulator(centre, geometry), soft, target_sigma_hu,
+                      BANK_DOSE_FRACTION)  # fmt: skip
+    noise = np.empty((draws, *volume.shape), dtype=np.float32)
+    for z, plane in enumerate(volume):
+        simulator = LowDoseSimulator(plane, geometry)
+        for k in range(draws):
+            noise[k, z] = simulator.extra_noise(
+                BANK_DOSE_FRACTION, i0, BANK_ELECTRONIC_NOISE_VAR, rng
+            )
+    return noise, i0
 
 
 def projection_noise_bank(
@@ -111,44 +131,35 @@ def projection_noise_bank(
     """Simulated quarter-dose noise for every slice: (draws, z, y, x) per volume, in HU.
 
     I0 is calibrated once per volume, on its centre slice's soft tissue, so the added noise
-    has σ ``target_sigma_hu``; each slice then gets ``draws`` independent realisations.
-    With ``cache_dir``, the bank is kept there under a digest of the slices and every
-    simulation parameter, so later runs on the same data (another architecture, a resumed
-    run) load it instead of simulating again.
+    has σ ``target_sigma_hu``; each slice then gets ``draws`` independent realisations,
+    all from one generator seeded with ``seed``, volume after volume.
+    With ``cache_dir``, each volume's noise is kept there under a digest of its slices,
+    the simulation parameters and the generator state it started from, with the state it
+    ended in; later runs that share volumes (another architecture, added phantoms, a
+    resumed run) load them and get exactly the noise a full simulation would give.
     """
-    cached = None
-    if cache_dir is not None:
-        cached = (
-            cache_dir / f"bank-{_bank_key(volumes, spacings, draws, target_sigma_hu, seed)}.npz"
-        )
-        if cached.is_file():
-            with np.load(cached) as stored:
-                bank = [stored[f"volume{index}"] for index in range(len(volumes))]
-            log(f"noise bank: loaded from {cached}")
-            return bank
     rng = np.random.default_rng(seed)
     bank = []
     for volume, spacing in zip(volumes, spacings, strict=True):
-        geometry = ScanGeometry(pixel_spacing_mm=spacing)
-        centre = volume[len(volume) // 2]
-        soft = ndimage.binary_erosion(centre > -500, iterations=10) & (np.abs(centre) < 150)
-        i0 = calibrate_i0(LowDoseSimulator(centre, geometry), soft, target_sigma_hu,
-                          BANK_DOSE_FRACTION)  # fmt: skip
-        noise = np.empty((draws, *volume.shape), dtype=np.float32)
-        for z, plane in enumerate(volume):
-            simulator = LowDoseSimulator(plane, geometry)
-            for k in range(draws):
-                noise[k, z] = simulator.extra_noise(
-                    BANK_DOSE_FRACTION, i0, BANK_ELECTRONIC_NOISE_VAR, rng
-                )
+        cached = None
+        if cache_dir is not None:
+            key = _bank_key(volume, spacing, draws, target_sigma_hu, rng.bit_generator.state)
+            cached = cache_dir / f"bank-{key}.npz"
+            if cached.is_file():
+                with np.load(cached) as stored:
+                    bank.append(stored["noise"])
+                    rng.bit_generator.state = json.loads(str(stored["rng_state_after"]))
+                log(f"noise bank: {volume.shape[0]} slices loaded from {cached}")
+                continue
+        noise, i0 = _volume_noise(volume, spacing, draws, target_sigma_hu, rng)
         log(f"noise bank: {volume.shape[0]} slices x {draws} draws, I0 {i0:.3g}")
         bank.append(noise)
-    if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(".partial.npz")
-        np.savez(partial, **{f"volume{index}": noise for index, noise in enumerate(bank)})
-        partial.replace(cached)
-        log(f"noise bank: saved to {cached}")
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_suffix(".partial.npz")
+            np.savez(partial, noise=noise,
+                     rng_state_after=np.array(json.dumps(rng.bit_generator.state)))  # fmt: skip
+            partial.replace(cached)
     return bank
 
 

@@ -95,3 +95,19 @@ def test_noise_bank_is_cached_under_a_digest_of_data_and_parameters(tmp_path: Pa
     changed[:, 24, 24] = 500.0
     projection_noise_bank([changed], [2.0], 1, 15.0, 0, messages.append, tmp_path)
     assert len(list(tmp_path.glob("bank-*.npz"))) == 3
+
+
+def test_cached_volumes_leave_the_generator_where_a_full_simulation_would(
+    tmp_path: Path,
+) -> None:
+    first = np.zeros((2, 64, 64), dtype=np.float32) - 1000
+    first[:, 8:56, 8:56] = 40.0
+    second = first.copy()
+    second[:, 28:34, 28:34] = 300.0
+    quiet: list[str] = []
+    projection_noise_bank([first], [2.0], 1, 15.0, 0, quiet.append, tmp_path)
+    both = projection_noise_bank([first, second], [2.0, 2.0], 1, 15.0, 0, quiet.append, tmp_path)
+    assert sum("loaded from" in m for m in quiet) == 1
+    uncached = projection_noise_bank([first, second], [2.0, 2.0], 1, 15.0, 0, quiet.append)
+    np.testing.assert_array_equal(both[0], uncached[0])
+    np.testing.assert_array_equal(both[1], uncached[1])
