@@ -400,6 +400,15 @@ def write_report(
         path = comparison_figure(figures / f"{dataset}.png", panels, (-160.0, 240.0), annotations)
         lines.append(f"![{dataset}: {case.name}](evaluation/figures/{path.name})")
         lines.append("")
+    if (out_dir / "autoencoders.md").is_file():
+        lines += [
+            "## Architecture comparison",
+            "",
+            f"The autoencoder family against the residual CNN, trained alike by "
+            f"`pacs-node compare`: [{out_dir.name}/autoencoders.md]"
+            f"({out_dir.name}/autoencoders.md).",
+            "",
+        ]
     report = out_dir.parent / "evaluation.md"
     report.write_text("\n".join(lines))
     return report

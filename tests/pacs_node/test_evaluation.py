@@ -40,6 +40,10 @@ def test_report_on_a_simulated_low_dose_phantom(tmp_path: Path) -> None:
     figure = tmp_path / "evaluation" / "figures" / "phantom.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "evaluation/figures/phantom.png" in text
+    assert "## Architecture comparison" not in text
+    (tmp_path / "evaluation" / "autoencoders.md").write_text("# table")
+    report = write_report(rows, outputs, [case], ["model"], tmp_path / "evaluation", "# Test")
+    assert "[evaluation/autoencoders.md](evaluation/autoencoders.md)" in report.read_text()
 
 
 def test_super_resolution_section_reports_baselines_and_the_bar(tmp_path: Path) -> None:
