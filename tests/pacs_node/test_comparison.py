@@ -76,3 +76,20 @@ def test_an_empty_comparison_is_refused(tmp_path: Path) -> None:
         compare_architectures(
             tmp_path, [], TrainingRecipe(TrainConfig()), tmp_path, tmp_path, "", cases=[]
         )
+
+
+def test_the_command_refuses_unknown_architectures_and_noise(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.integration.node import BIN
+
+    make_ct_series(tmp_path / "data", n_slices=8, rows=32, cols=32)
+    base = [str(BIN / "pacs-node"), "compare", "--data", str(tmp_path / "data"),
+            "--work-dir", str(tmp_path / "work"), "--output", str(tmp_path / "out")]  # fmt: skip
+    unknown = subprocess.run([*base, "--architecture", "transformer"], capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+    assert unknown.returncode == 2 and "unknown architecture" in unknown.stdout
+    noise = subprocess.run([*base, "--noise", "poisson"], capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    assert noise.returncode == 2 and "--noise must be image or projection" in noise.stdout
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
