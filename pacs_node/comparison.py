@@ -107,15 +107,43 @@ def compare_architectures(
     noise_cache: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Train every candidate on ``data`` (its first three quarters), evaluate all of them
-    on held-out phantoms and the held-out last quarter, and write
-    ``<out_dir>/autoencoders.csv`` (one row per image and method) and
-    ``<out_dir>/autoencoders.md`` (the mean table); returns the Markdown file.
+    """Train every candidate alike, evaluate them side by side and write the table.
 
-    Checkpoints go to ``work_dir`` (they are not shipped presets). A candidate already
-    trained there with the same recipe is reused, so an interrupted comparison resumes.
-    ``cases`` replaces the evaluation's held-out phantoms and real CT (built from
-    ``evaluation``) with other cases.
+    Parameters
+    ----------
+    data
+        Real CT (a DICOM folder or a .tar.xz archive); the first three quarters of each
+        series train, the last quarter is held out for the evaluation.
+    candidates
+        The architectures, trained in this order.
+    recipe
+        Steps, batch, patch, seed, noise and phantoms, the same for every candidate.
+    work_dir
+        Where checkpoints go (they are not shipped presets). A candidate already trained
+        there with the same recipe is reused, so an interrupted comparison resumes.
+    out_dir
+        Receives ``autoencoders.csv`` (one row per image and method) and
+        ``autoencoders.md`` (the mean table per dataset).
+    command
+        The command line, written into each card and the table.
+    evaluation
+        How the evaluation report's held-out phantoms and real CT are made.
+    cases
+        Other evaluation cases instead of those.
+    noise_cache
+        Folder of cached projection-domain noise banks.
+    log
+        Progress messages.
+
+    Returns
+    -------
+    Path
+        The Markdown table.
+
+    Raises
+    ------
+    ValueError
+        No candidate, or training data the training code refuses.
     """
     if not candidates:
         raise ValueError("the comparison needs at least one architecture")
