@@ -335,3 +335,26 @@ def held_out_phantoms() -> list[Phantom]:
         low_contrast_phantom(size, spacing, seed, background_hu=background)
         for size, spacing, seed, background in HELD_OUT_SPECS
     ]
+
+
+# The validation set, for choosing a training recipe: seeds disjoint from training (5000+)
+# and from the held-out test set above, so recipes are never tuned on the test images.
+VALIDATION_SPECS: tuple[tuple[int, float, int, float], ...] = (
+    (512, 0.75, 7001, 10.0),
+    (384, 0.95, 7002, 30.0),
+    (256, 1.35, 7003, 0.0),
+)
+
+
+def validation_phantoms() -> list[Phantom]:
+    """The fixed validation set, disjoint from the training and the held-out test phantoms.
+
+    Returns
+    -------
+    list of Phantom
+        Built from ``VALIDATION_SPECS`` (size, pixel spacing mm, seed, background HU).
+    """
+    return [
+        low_contrast_phantom(size, spacing, seed, background_hu=background)
+        for size, spacing, seed, background in VALIDATION_SPECS
+    ]

@@ -388,6 +388,9 @@ def evaluate(
     sr_preset: Annotated[list[str] | None, typer.Option(help="x2 SR preset(s) to evaluate")] = None,
     output: Annotated[Path, typer.Option(help="report folder")] = Path("docs/evaluation"),
     seed: Annotated[int, typer.Option()] = 7,
+    split: Annotated[
+        str, typer.Option(help="test (the report) or validation (for choosing recipes)")
+    ] = "test",
     config: ConfigOption = None,
 ) -> None:
     """Evaluate presets against baselines on phantoms and held-out CT: CSV, Markdown, PNG."""
@@ -399,8 +402,13 @@ def evaluate(
     settings = _settings(config)
     command = "pacs-node " + shlex.join(sys.argv[1:])
     try:
+        evaluation_config = EvaluationConfig(seed=seed, split=split)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    try:
         report = run_evaluation(
-            settings, data, preset or [settings.preset], output, EvaluationConfig(seed=seed),
+            settings, data, preset or [settings.preset], output, evaluation_config,
             command, log=console.print, sr_presets=sr_preset or [],
         )  # fmt: skip
     except EnhancementError as exc:

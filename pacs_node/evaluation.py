@@ -22,7 +22,7 @@ from models.metrics import (
     ssim,
 )
 from models.networks.diffusion import ColdDiffusion
-from models.phantoms import held_out_phantoms
+from models.phantoms import held_out_phantoms, validation_phantoms
 from models.report import comparison_figure, markdown_table, write_csv
 from models.simulation import LowDoseSimulator, ScanGeometry, calibrate_i0
 from models.sr_baselines import bicubic_linear, degrade, fit_linear_filter
@@ -75,6 +75,42 @@ class EvaluationConfig:
     real_extra_sigma_hu: float = 11.6
     real_slices: int = 4
     seed: int = 7
+    # "test": the held-out report; "validation": other phantoms and other held-out slices,
+    # for choosing a training recipe without looking at the test images.
+    split: str = "test"
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"unknown split {self.split!r}: use one of {', '.join(SPLITS)}")
+
+
+SPLITS = ("test", "validation")
+
+
+def real_ct_centres(length: int, count: int, split: str) -> list[int]:
+    """Centre slices of the real-CT cases in a held-out part of ``length`` slices.
+
+    Parameters
+    ----------
+    length : int
+        Slices in the held-out part of the series.
+    count : int
+        Test cases per series.
+    split : str
+        ``"test"``: ``count`` centres spread from the second to the last but one slice;
+        ``"validation"``: the ``count - 1`` slices midway between them, whose 3-slice
+        context never touches a test case's.
+
+    Returns
+    -------
+    list of int
+        Indices into the held-out part.
+    """
+    test = np.linspace(1, length - 2, count).round().astype(int)
+    if split == "test":
+        return [int(c) for c in test]
+    middle = ((test[:-1] + test[1:]) // 2).tolist()
+    return [int(c) for c in middle if all(abs(c - t) >= 3 for t in test)]
 
 
 def _low_dose(
@@ -96,9 +132,11 @@ def _low_dose(
 
 
 def phantom_cases(config: EvaluationConfig) -> list[EvalCase]:
-    """Held-out phantoms (never used in training) with simulated quarter-dose noise."""
+    """Held-out (or, for the validation split, validation) phantoms, never used in
+    training, with simulated quarter-dose noise."""
+    phantoms = held_out_phantoms() if config.split == "test" else validation_phantoms()
     cases = []
-    for index, phantom in enumerate(held_out_phantoms()):
+    for index, phantom in enumerate(phantoms):
         reference = np.repeat(phantom.image[None], CONTEXT, axis=0)
         roi = np.logical_or.reduce(phantom.uniform_rois)
         noisy, _ = _low_dose(
@@ -127,12 +165,12 @@ def phantom_cases(config: EvaluationConfig) -> list[EvalCase]:
 
 
 def real_ct_cases(data: Path, config: EvaluationConfig) -> list[EvalCase]:
-    """Slices from the held-out last quarter of each real series, quarter dose simulated."""
+    """Slices from the held-out last quarter of each real series (the split's centres,
+    `real_ct_centres`), quarter dose simulated."""
     volumes = load_volumes(data)
     cases = []
     for series_index, volume in enumerate(volumes.held_out):
-        centres = np.linspace(1, len(volume) - 2, config.real_slices).round().astype(int)
-        for centre in centres:
+        for centre in real_ct_centres(len(volume), config.real_slices, config.split):
             reference = volume[centre - 1 : centre + 2]
             body = ndimage.binary_erosion(reference[1] > -500, iterations=10)
             soft = body & (np.abs(reference[1]) < 150)
@@ -347,7 +385,9 @@ def write_report(
     sr_presets: Sequence[str] = (),
     seed_rows: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """CSV of every row, Markdown summary with the quality bar, PNG figures."""
+    """CSV of every row, Markdown summary with the quality bar, PNG figures; the Markdown
+    is ``<out_dir>.md`` beside ``out_dir`` (``docs/evaluation`` gives
+    ``docs/evaluation.md``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out_dir / "results.csv")
     summary = summarise(rows)
@@ -398,7 +438,7 @@ def write_report(
             )
         annotations["window"] = "[-160, 240] HU; PSNR/SSIM in that window"
         path = comparison_figure(figures / f"{dataset}.png", panels, (-160.0, 240.0), annotations)
-        lines.append(f"![{dataset}: {case.name}](evaluation/figures/{path.name})")
+        lines.append(f"![{dataset}: {case.name}]({out_dir.name}/figures/{path.name})")
         lines.append("")
     if (out_dir / "autoencoders.md").is_file():
         lines += [
@@ -409,7 +449,7 @@ def write_report(
             f"({out_dir.name}/autoencoders.md).",
             "",
         ]
-    report = out_dir.parent / "evaluation.md"
+    report = out_dir.parent / f"{out_dir.name}.md"
     report.write_text("\n".join(lines))
     return report
 
@@ -485,9 +525,17 @@ def run_evaluation(
     rows, outputs = evaluate(cases, methods_for(settings, presets))
     sr_rows = super_resolution_rows(settings, cases, sr_presets)
     seed_rows = diffusion_seed_rows(settings, cases, presets)
+    split_note = (
+        ""
+        if config.split == "test"
+        else "\n**Validation split** (for choosing training recipes, not a result): the "
+        "validation phantoms (`models/phantoms.validation_phantoms()`) and the held-out real "
+        "slices midway between the test slices.\n"
+    )
     header = f"""# Evaluation report
 
-Made by `{command}`. Raw rows: [evaluation/results.csv](evaluation/results.csv).
+Made by `{command}`. Raw rows: [{out_dir.name}/results.csv]({out_dir.name}/results.csv).
+{split_note}
 
 Noise: projection-domain simulation (`models/simulation.py`), dose fraction
 {DOSE_FRACTION}, electronic noise variance {ELECTRONIC_NOISE_VAR}; I0 calibrated per image

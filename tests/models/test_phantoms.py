@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 
 from models.phantoms import (
+    HELD_OUT_SPECS,
     PHANTOM_CONTRASTS_HU,
     PHANTOM_DIAMETERS_MM,
+    VALIDATION_SPECS,
     Phantom,
     held_out_phantoms,
     low_contrast_phantom,
+    validation_phantoms,
 )
 
 
@@ -97,3 +100,17 @@ def test_held_out_variants_differ(held_out: list[Phantom]) -> None:
 def test_too_small_field_of_view_raises() -> None:
     with pytest.raises(ValueError, match="field of view"):
         low_contrast_phantom(size=128, pixel_spacing_mm=0.7)
+
+
+def test_validation_phantoms_are_neither_test_nor_training_phantoms(
+    held_out: list[Phantom],
+) -> None:
+    validation = validation_phantoms()
+    assert len(validation) >= 3
+    seeds = {spec[2] for spec in VALIDATION_SPECS}
+    assert seeds.isdisjoint(spec[2] for spec in HELD_OUT_SPECS)
+    for phantom in validation:
+        for other in held_out:
+            assert phantom.name != other.name
+            if phantom.image.shape == other.image.shape:
+                assert not np.array_equal(phantom.image, other.image)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from models.evaluate import EvalCase, evaluate
 from models.metrics import nlm_baseline
@@ -134,3 +135,32 @@ def test_diffusion_seed_spread_is_zero_untrained_and_positive_when_trained(
     assert "- PASS: diff-untrained vs cnn on phantom, [-1024, 3072]" in text
     assert "- FAIL: diff-trained vs cnn on phantom, [-160, 240]" in text
     assert (tmp_path / "evaluation" / "diffusion_seeds.csv").exists()
+
+
+def test_validation_split_never_touches_the_test_slices() -> None:
+    from pacs_node.evaluation import EvaluationConfig, real_ct_centres
+
+    assert real_ct_centres(34, 4, "test") == [1, 11, 22, 32]  # the shipped report's slices
+    assert real_ct_centres(9, 4, "validation") == []  # no room between the test slices
+    for length in (34, 20, 60):
+        test = real_ct_centres(length, 4, "test")
+        validation = real_ct_centres(length, 4, "validation")
+        assert validation and len(validation) <= 3
+        # each case reads its centre and both neighbours: the contexts never overlap
+        test_context = {c + d for c in test for d in (-1, 0, 1)}
+        assert all(c + d not in test_context for c in validation for d in (-1, 0, 1))
+        assert all(1 <= c <= length - 2 for c in validation)
+    with pytest.raises(ValueError, match="unknown split"):
+        EvaluationConfig(split="train")
+
+
+def test_pacs_node_evaluate_refuses_an_unknown_split(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pacs_node.cli import app
+
+    result = CliRunner().invoke(app, ["evaluate", "--split", "tuning",
+                                      "--output", str(tmp_path / "out")])  # fmt: skip
+    assert result.exit_code == 2
+    assert "unknown split" in result.output
+    assert not (tmp_path / "out").exists()
