@@ -532,6 +532,7 @@ def run_evaluation(
         "validation phantoms (`models/phantoms.validation_phantoms()`) and the held-out real "
         "slices midway between the test slices.\n"
     )
+    phantom_set = "held_out_phantoms" if config.split == "test" else "validation_phantoms"
     header = f"""# Evaluation report
 
 Made by `{command}`. Raw rows: [{out_dir.name}/results.csv]({out_dir.name}/results.csv).
@@ -543,7 +544,7 @@ so the added noise has σ {config.phantom_extra_sigma_hu} HU (phantoms, uniform 
 {config.real_extra_sigma_hu} HU (real CT, soft tissue); independent draws per slice;
 seed {config.seed}.
 
-Phantoms: `models/phantoms.held_out_phantoms()`, exact truth, never used in training
+Phantoms: `models/phantoms.{phantom_set}()`, exact truth, never used in training
 (training may use phantoms of the same generator with other seeds, sizes and layouts:
 the card of each model says). Real CT: the held-out last quarter of each series, TCIA
 Pancreatic-CT-CBCT-SEG (CC BY 4.0); its reference is the acquired full-dose slice, which
