@@ -391,6 +391,9 @@ def evaluate(
     split: Annotated[
         str, typer.Option(help="test (the report) or validation (for choosing recipes)")
     ] = "test",
+    bias_draws: Annotated[
+        int, typer.Option(help="noise draws per phantom averaged for the HU bias (>= 1)")
+    ] = 8,
     config: ConfigOption = None,
 ) -> None:
     """Evaluate presets against baselines on phantoms and held-out CT: CSV, Markdown, PNG."""
@@ -402,7 +405,7 @@ def evaluate(
     settings = _settings(config)
     command = "pacs-node " + shlex.join(sys.argv[1:])
     try:
-        evaluation_config = EvaluationConfig(seed=seed, split=split)
+        evaluation_config = EvaluationConfig(seed=seed, split=split, bias_draws=bias_draws)
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,8 @@ SR_COLUMNS = [
 PHANTOM_COLUMNS = [
     "method",
     "max_abs_bias_hu",
+    "bias_standard_error_hu",
+    "single_draw_max_abs_roi_error_hu",
     "noise_sigma_hu",
     "noise_reduction_pct",
     "nps_mean_freq_shift_pct",
@@ -78,10 +80,16 @@ class EvaluationConfig:
     # "test": the held-out report; "validation": other phantoms and other held-out slices,
     # for choosing a training recipe without looking at the test images.
     split: str = "test"
+    # Independent noise draws per phantom for the HU bias: in a single draw the mean of a
+    # small uniform ROI still carries a few HU of low-frequency noise (the simulator itself
+    # is unbiased), which would be counted as bias.
+    bias_draws: int = 8
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise ValueError(f"unknown split {self.split!r}: use one of {', '.join(SPLITS)}")
+        if self.bias_draws < 1:
+            raise ValueError(f"bias_draws must be at least 1, got {self.bias_draws}")
 
 
 SPLITS = ("test", "validation")
@@ -114,20 +122,27 @@ def real_ct_centres(length: int, count: int, split: str) -> list[int]:
 
 
 def _low_dose(
-    reference: np.ndarray, spacing: float, roi: np.ndarray, sigma: float, seed: int
-) -> tuple[np.ndarray, float]:
-    """Quarter-dose copies of each slice: I0 calibrated on the centre slice so that the
-    added noise has standard deviation ``sigma`` in ``roi``; independent draws per slice."""
+    reference: np.ndarray,
+    spacing: float,
+    roi: np.ndarray,
+    sigma: float,
+    seed: int,
+    draws: int = 1,
+) -> tuple[list[np.ndarray], float]:
+    """``draws`` quarter-dose copies of the slices: I0 calibrated on the centre slice so that
+    the added noise has standard deviation ``sigma`` in ``roi``; independent noise per slice
+    and per draw (each slice projected once, its sinogram reused for every draw)."""
     rng = np.random.default_rng(seed)
     geometry = ScanGeometry(pixel_spacing_mm=spacing)
-    centre = LowDoseSimulator(reference[len(reference) // 2], geometry)
+    simulators = [LowDoseSimulator(plane, geometry) for plane in reference]
+    centre = simulators[len(reference) // 2]
     i0 = calibrate_i0(centre, roi, sigma, DOSE_FRACTION, ELECTRONIC_NOISE_VAR, seed=seed)
-    noisy = np.stack(
-        [
-            LowDoseSimulator(plane, geometry).low_dose(DOSE_FRACTION, i0, ELECTRONIC_NOISE_VAR, rng)
-            for plane in reference
-        ]
-    ).astype(np.float32)
+    noisy = [
+        np.stack(
+            [s.low_dose(DOSE_FRACTION, i0, ELECTRONIC_NOISE_VAR, rng) for s in simulators]
+        ).astype(np.float32)
+        for _ in range(draws)
+    ]
     return noisy, i0
 
 
@@ -139,13 +154,14 @@ def phantom_cases(config: EvaluationConfig) -> list[EvalCase]:
     for index, phantom in enumerate(phantoms):
         reference = np.repeat(phantom.image[None], CONTEXT, axis=0)
         roi = np.logical_or.reduce(phantom.uniform_rois)
-        noisy, _ = _low_dose(
+        noisy, *repeats = _low_dose(
             reference,
             phantom.pixel_spacing_mm,
             roi,
             config.phantom_extra_sigma_hu,
             config.seed + index,
-        )
+            config.bias_draws,
+        )[0]
         sigma = float(np.std((noisy - reference)[CONTEXT // 2][phantom.body_mask]))
         nps_mask = ndimage.binary_erosion(phantom.body_mask, iterations=8)
         cases.append(
@@ -159,6 +175,7 @@ def phantom_cases(config: EvaluationConfig) -> list[EvalCase]:
                 phantom.uniform_rois,
                 phantom.disks,
                 nps_mask,
+                repeats,
             )
         )
     return cases
@@ -174,7 +191,7 @@ def real_ct_cases(data: Path, config: EvaluationConfig) -> list[EvalCase]:
             reference = volume[centre - 1 : centre + 2]
             body = ndimage.binary_erosion(reference[1] > -500, iterations=10)
             soft = body & (np.abs(reference[1]) < 150)
-            noisy, _ = _low_dose(
+            [noisy], _ = _low_dose(
                 reference,
                 volumes.spacing_mm[series_index],
                 soft,
@@ -408,7 +425,8 @@ def write_report(
             markdown_table(phantom_summary, PHANTOM_COLUMNS, ".2f"),
             "",
         ]
-    lines += ["## Quality bar for the default CT denoiser", "", *_quality_bar(summary, presets), ""]
+    bar = _quality_bar(summary, presets, rows)
+    lines += ["## Quality bar for the default CT denoiser", "", *bar, ""]
     if seed_rows:
         write_csv(seed_rows, out_dir / "diffusion_seeds.csv")
         lines += _diffusion_bar(summary, presets, seed_rows)
@@ -454,7 +472,11 @@ def write_report(
     return report
 
 
-def _quality_bar(summary: list[dict[str, Any]], presets: Sequence[str]) -> list[str]:
+def _quality_bar(
+    summary: list[dict[str, Any]],
+    presets: Sequence[str],
+    image_rows: Sequence[Mapping[str, Any]],
+) -> list[str]:
     if not presets:
         return ["(no network preset evaluated)"]
     model = presets[0]
@@ -482,11 +504,18 @@ def _quality_bar(summary: list[dict[str, Any]], presets: Sequence[str]) -> list[
             ),
         ]
         if dataset == "phantom":
+            # The bias point holds for every phantom, so the worst one is checked.
+            worst = max(
+                (r for r in image_rows if r["dataset"] == dataset and r["method"] == model),
+                key=lambda r: float(r["max_abs_bias_hu"]),
+            )
             checks += [
                 (
-                    "|mean HU bias| ≤ 2 HU in uniform regions",
-                    m["max_abs_bias_hu"] <= 2.0,
-                    f"{m['max_abs_bias_hu']:.2f} HU",
+                    "|mean HU bias| ≤ 2 HU in uniform regions (worst ROI of the worst phantom, "
+                    f"mean of {worst['bias_draws']} noise draws)",
+                    worst["max_abs_bias_hu"] <= 2.0,
+                    f"{worst['max_abs_bias_hu']:.2f} ± {worst['bias_standard_error_hu']:.2f} HU "
+                    f"({worst['image']})",
                 ),
                 (
                     "noise σ reduced by ≥ 50 %",
@@ -552,7 +581,14 @@ has noise of its own (σ ≈ 6.7 HU), so removing that noise too counts as error
 
 Baselines: non-local means given the true σ of the added noise (h = 0.8 σ, 5×5 patches,
 13×13 search), Gaussian σ 1 px, anisotropic diffusion (the classical preset). Metrics on
-the centre slice of three; seconds per slice include the 3-slice context."""
+the centre slice of three; seconds per slice include the 3-slice context.
+
+HU bias (phantoms): per uniform ROI, the mean of (output − truth), averaged over
+{config.bias_draws} independent noise draws of each phantom (the first draw is the one
+every other metric uses); the table gives the worst ROI of each phantom with the standard
+error of that average, averaged over phantoms, and the bar checks the worst phantom. The
+simulator is unbiased, but in one draw an ROI's mean still carries low-frequency noise of
+a few HU; that single-draw figure is kept as `single_draw_max_abs_roi_error_hu`."""
     return write_report(
         rows, outputs, cases, presets, out_dir, header, sr_rows, sr_presets, seed_rows
     )

@@ -26,8 +26,9 @@ def test_report_on_a_simulated_low_dose_phantom(tmp_path: Path) -> None:
     reference = np.repeat(phantom.image[None], 3, axis=0)
     added = (noisy - reference)[1][roi]
     assert abs(float(added.std()) - 20.0) < 3.0 and abs(float(added.mean())) < 2.0
+    repeats = [np.stack([simulator.low_dose(0.25, i0, 10.0, rng) for _ in range(3)])]
     case = EvalCase("phantom", phantom.name, reference, noisy, 20.0, 1.4, phantom.uniform_rois,
-                    phantom.disks, phantom.body_mask)  # fmt: skip
+                    phantom.disks, phantom.body_mask, repeats)  # fmt: skip
     methods = {"input": lambda v, s: v[1], "nlm": lambda v, s: nlm_baseline(v[1], s),
                "model": lambda v, s: nlm_baseline(v[1], 1.5 * s)}  # fmt: skip
     rows, outputs = evaluate([case], methods)
@@ -36,6 +37,8 @@ def test_report_on_a_simulated_low_dose_phantom(tmp_path: Path) -> None:
     assert report == tmp_path / "evaluation.md"
     assert "| phantom | nlm |" in text and "## Quality bar" in text
     assert text.count("PASS:") + text.count("FAIL:") == 6
+    assert "worst ROI of the worst phantom, mean of 2 noise draws)" in text
+    assert f"HU ({phantom.name})" in text
     with open(tmp_path / "evaluation" / "results.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 3
     figure = tmp_path / "evaluation" / "figures" / "phantom.png"
@@ -152,6 +155,22 @@ def test_validation_split_never_touches_the_test_slices() -> None:
         assert all(1 <= c <= length - 2 for c in validation)
     with pytest.raises(ValueError, match="unknown split"):
         EvaluationConfig(split="train")
+    with pytest.raises(ValueError, match="bias_draws"):
+        EvaluationConfig(bias_draws=0)
+
+
+def test_later_noise_draws_leave_the_first_draw_unchanged() -> None:
+    from pacs_node.evaluation import _low_dose
+
+    phantom = low_contrast_phantom(size=256, pixel_spacing_mm=1.4, seed=2)
+    reference = np.repeat(phantom.image[None], 3, axis=0)
+    roi = np.logical_or.reduce(phantom.uniform_rois)
+    [single], i0 = _low_dose(reference, 1.4, roi, 20.0, seed=3)
+    draws, i0_again = _low_dose(reference, 1.4, roi, 20.0, seed=3, draws=3)
+    assert i0_again == i0 and len(draws) == 3
+    # The report's other metrics use the first draw: asking for more draws keeps it.
+    np.testing.assert_array_equal(draws[0], single)
+    assert all(np.std(d - draws[0]) > 10 for d in draws[1:])  # independent noise
 
 
 def test_pacs_node_evaluate_refuses_an_unknown_split(tmp_path: Path) -> None:
