@@ -82,7 +82,7 @@ def test_cli_enhance_and_models_list(tmp_path: Path) -> None:
     rows = {row["preset"]: row for row in json.loads(listing.stdout)}
     assert rows["gaussian"]["status"] == "ready"
     assert rows["ct-denoise"]["default"] is True
-    for shipped in ("ct-denoise", "ct-sr2x", "ct-diffusion", "mr-denoise"):
+    for shipped in ("ct-denoise", "ct-denoise-fast", "ct-sr2x", "ct-diffusion", "mr-denoise"):
         assert rows[shipped]["status"] == "ready", shipped  # shipped weights
     presets = tmp_path / "presets.yaml"
     presets.write_text("ghost:\n  description: x\n  modality: CT\n  model: ghost-model\n")
