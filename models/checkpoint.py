@@ -121,6 +121,29 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _canonical_metadata_order(weights: Path) -> None:
+    """Rewrite a safetensors header with its ``__metadata__`` keys sorted, in place.
+
+    The safetensors writer keeps metadata in a hash map whose iteration order changes from
+    call to call, so the same tensors could give two different files (and checksums). The
+    header is JSON of a fixed length (padded with spaces); reordering the keys keeps its
+    length and leaves the tensor data untouched.
+    """
+    with weights.open("r+b") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        raw = handle.read(length)
+        header = json.loads(raw)
+        metadata = header.get("__metadata__")
+        if not metadata:
+            return
+        header["__metadata__"] = dict(sorted(metadata.items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) != len(raw.rstrip(b" ")):
+            raise CheckpointError(f"cannot canonicalise the header of {weights}")
+        handle.seek(8)
+        handle.write(text.ljust(length, b" "))
+
+
 def save_checkpoint(directory: Path, network: nn.Module, card: ModelCard) -> Path:
     """Write ``<name>.safetensors`` and ``<name>.json`` (with the weights' SHA-256).
 
@@ -133,6 +156,7 @@ def save_checkpoint(directory: Path, network: nn.Module, card: ModelCard) -> Pat
     weights = directory / f"{card.name}{WEIGHTS_SUFFIX}"
     state = {key: value.detach().cpu().contiguous() for key, value in network.state_dict().items()}
     save_file(state, str(weights), metadata={"name": card.name, "version": card.version})
+    _canonical_metadata_order(weights)  # same tensors, same bytes, same SHA-256
     final = dataclasses.replace(
         card, weights_file=weights.name, weights_sha256=file_sha256(weights)
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,28 @@ def test_round_trip_gives_identical_outputs(tmp_path: Path, architecture: str) -
     with torch.inference_mode():
         assert torch.equal(network(x), loaded(x))
     assert not loaded.training
+
+
+def test_the_same_tensors_always_give_the_same_file(tmp_path: Path) -> None:
+    # The safetensors writer orders metadata differently from call to call; the card's
+    # checksum must not depend on that, or a retrain could never match a shipped file.
+    kwargs = SMALL_KWARGS["dncnn"]
+    network = build_network("dncnn", **kwargs)
+    card = _card("dncnn", kwargs)
+    checksums = {
+        read_card(save_checkpoint(tmp_path / str(k), network, card)).weights_sha256
+        for k in range(8)
+    }
+    assert len(checksums) == 1
+    weights = tmp_path / "0" / "test-dncnn.safetensors"
+    length = int.from_bytes(weights.read_bytes()[:8], "little")
+    header = json.loads(weights.read_bytes()[8 : 8 + length])
+    assert list(header["__metadata__"]) == ["name", "version"]
+    restored, _ = load_checkpoint(tmp_path / "0" / "test-dncnn.json")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(network.state_dict().values(), restored.state_dict().values(), strict=True)
+    )
 
 
 def test_corrupt_weights_are_named(tmp_path: Path) -> None:
