@@ -392,7 +392,7 @@ def evaluate(
         str, typer.Option(help="test (the report) or validation (for choosing recipes)")
     ] = "test",
     bias_draws: Annotated[
-        int, typer.Option(help="noise draws per phantom averaged for the HU bias (>= 1)")
+        int, typer.Option(min=1, help="noise draws per phantom averaged for the HU bias")
     ] = 8,
     config: ConfigOption = None,
 ) -> None:

@@ -58,6 +58,7 @@ TABLE_COLUMNS = [
     "ssim_soft_tissue",
     "rmse_hu",
     "max_abs_bias_hu",
+    "bias_standard_error_hu",
     "noise_reduction_pct",
     "nps_mean_freq_shift_pct",
     "low_contrast_cnr_ratio",
@@ -197,6 +198,7 @@ def _write_table(
     summary: list[dict[str, Any]], recipe: TrainingRecipe, out_dir: Path, command: str
 ) -> Path:
     config = recipe.config
+    draws = next((int(r["bias_draws"]) for r in summary if "bias_draws" in r), 1)
     lines = [
         "# Architecture comparison: the autoencoder family against a residual CNN",
         "",
@@ -212,7 +214,8 @@ def _write_table(
         "simulated quarter-dose noise, held-out real CT with 11.6 HU), metrics on the "
         "centre slice; PSNR windows [-1024, 3072] (full) and [-160, 240] (soft tissue). "
         "Phantom-only columns (bias, noise reduction, NPS shift, CNR ratio) are empty for "
-        "real CT, whose reference is the acquired image.",
+        "real CT, whose reference is the acquired image. Bias: the worst uniform ROI per "
+        f"phantom, averaged over {draws} noise draws, with its standard error.",
         "",
     ]
     for dataset in ("phantom", "real-ct"):

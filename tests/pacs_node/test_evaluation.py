@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -137,6 +138,9 @@ def test_diffusion_seed_spread_is_zero_untrained_and_positive_when_trained(
     assert "## Diffusion: spread across seeds" in text
     assert "- PASS: diff-untrained vs cnn on phantom, [-1024, 3072]" in text
     assert "- FAIL: diff-trained vs cnn on phantom, [-160, 240]" in text
+    # One noise draw: the bias has no standard error, and none is printed.
+    assert re.search(r"mean of 1 noise draws\): \d+\.\d\d HU \(lc-", text)
+    assert "± nan" not in text
     assert (tmp_path / "evaluation" / "diffusion_seeds.csv").exists()
 
 
@@ -168,8 +172,13 @@ def test_later_noise_draws_leave_the_first_draw_unchanged() -> None:
     [single], i0 = _low_dose(reference, 1.4, roi, 20.0, seed=3)
     draws, i0_again = _low_dose(reference, 1.4, roi, 20.0, seed=3, draws=3)
     assert i0_again == i0 and len(draws) == 3
-    # The report's other metrics use the first draw: asking for more draws keeps it.
+    # The report's other metrics use the first draw: asking for more draws keeps it, and it
+    # is the draw the single-draw code before the bias draws made (values recorded from it).
     np.testing.assert_array_equal(draws[0], single)
+    assert i0 == pytest.approx(246905.97433123, rel=1e-9)
+    recorded = [35.3827, 47.8706, 37.7401, 25.7968, 56.5424, 24.0378]
+    values = [float(single[z, 128, c]) for z in range(3) for c in (100, 128)]
+    np.testing.assert_allclose(values, recorded, atol=1e-3)
     assert all(np.std(d - draws[0]) > 10 for d in draws[1:])  # independent noise
 
 
