@@ -331,6 +331,14 @@ def train(
     sampling: Annotated[
         str, typer.Option(help="volume (each volume equally likely) or slice (each slice)")
     ] = "volume",
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="model card (.json) whose verified weights start the network: the same "
+            "architecture, or a DnCNN for a cold diffusion with restorer 'dncnn'",
+            exists=True,
+        ),
+    ] = None,
 ) -> None:
     """Train a zoo network and write its checkpoint and model card (with held-out metrics)."""
     import shlex
@@ -371,6 +379,7 @@ def train(
                 config=config, command=command, noise=noise, phantoms=phantoms,
                 noise_draws=noise_draws, noise_sigma_hu=noise_sigma_hu, on_step=on_step,
                 log=console.print, log_dir=tensorboard, noise_cache=noise_cache,
+                init_from=init_from,
             )  # fmt: skip
         except ValueError as exc:
             console.print(f"[red]{exc}[/red]")

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import ndimage
+from torch import nn
 
 from models.base import Task
-from models.checkpoint import ModelCard, save_checkpoint
+from models.checkpoint import CheckpointError, ModelCard, load_checkpoint, save_checkpoint
 from models.classical import AnisotropicDiffusionFilter
 from models.engine import EngineOptions, NetworkEnhancer, bicubic_upsample
 from models.metrics import (
@@ -299,12 +300,16 @@ def train_model(
     log: Callable[[str], None] = print,
     log_dir: Path | None = None,
     noise_cache: Path | None = None,
+    init_from: Path | None = None,
 ) -> Path:
     """Train, evaluate on held-out images and write ``<output>/<name>.{safetensors,json}``.
 
     MR (``modality="MR"``) trains on ``phantoms`` MR phantoms (plus ``data`` if given) with
     Rician noise and per-volume normalisation; CT needs ``data``. ``noise_cache`` keeps
-    the projection-domain noise bank for later runs on the same data.
+    the projection-domain noise bank for later runs on the same data. ``init_from`` (a
+    model card) starts the network from that checkpoint's verified weights: the same
+    architecture, or a network with an ``initialise_from`` method (a cold diffusion
+    started from a DnCNN); the card records the source's name, version and SHA-256.
     """
     torch.manual_seed(config.seed)
     mr = modality.upper() == "MR"
@@ -313,6 +318,11 @@ def train_model(
     volumes = load_volumes(data) if data is not None else TrainingData("mr-phantoms", [], [], [])
     log(f"data: {len(volumes.train)} series, {sum(len(v) for v in volumes.train)} training slices")
     network = build_network(architecture, **arch_kwargs)
+    initialised_from = (
+        _initialise(network, init_from, architecture, arch_kwargs, context_slices, modality)
+        if init_from is not None
+        else None
+    )
     scale = int(getattr(network, "scale", 1))
     card = ModelCard(
         name=name,
@@ -366,11 +376,51 @@ def train_model(
                 "seconds": round(seconds, 1),
                 "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
                 "torch": torch.__version__,
+                **({"initialised_from": initialised_from} if initialised_from else {}),
             },
             "metrics": metrics,
         }
     )
     return save_checkpoint(output, network, card)
+
+
+def _initialise(
+    network: nn.Module,
+    card_path: Path,
+    architecture: str,
+    arch_kwargs: dict[str, Any],
+    context_slices: int,
+    modality: str,
+) -> dict[str, str]:
+    """Load the checkpoint of ``card_path`` into ``network``; its provenance for the card.
+
+    Raises
+    ------
+    ValueError
+        If the checkpoint cannot be loaded (missing, corrupt) or does not fit: another
+        modality or slice context, or a network that can take neither its state nor its
+        ``initialise_from``.
+    """
+    try:
+        source, card = load_checkpoint(card_path)
+    except CheckpointError as exc:
+        raise ValueError(f"--init-from: {exc}") from exc
+    if card.modality.upper() != modality.upper() or card.context_slices != context_slices:
+        raise ValueError(
+            f"--init-from {card_path}: {card.modality} with {card.context_slices} slices does "
+            f"not fit a {modality} network with {context_slices} slices"
+        )
+    initialise = getattr(network, "initialise_from", None)
+    if callable(initialise):
+        initialise(source)
+    elif card.architecture == architecture and card.arch_kwargs == arch_kwargs:
+        network.load_state_dict(source.state_dict(), strict=True)
+    else:
+        raise ValueError(
+            f"--init-from {card_path}: a {card.architecture} {card.arch_kwargs} checkpoint "
+            f"does not fit a {architecture} {arch_kwargs} network"
+        )
+    return {"name": card.name, "version": card.version, "sha256": card.weights_sha256}
 
 
 def _data_statement(data: Path | None, phantoms: int, mr: bool) -> str:

@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ColdDiffusion", "RestoreUNet"]
+from models.networks.blocks import centre_channel, zero_init
+from models.networks.denoisers import DnCNN
+
+__all__ = ["ColdDiffusion", "RestoreDnCNN", "RestoreUNet"]
+
+RESTORERS = ("unet", "dncnn")
 
 
 def _groups(channels: int) -> int:
@@ -119,6 +124,109 @@ class RestoreUNet(nn.Module):
         return x_low[:, centre : centre + 1] + residual
 
 
+class RestoreDnCNN(nn.Module):
+    """A DnCNN-shaped restoration network R(x_t, x_low, t) → estimate of x0.
+
+    The conv stack of :class:`~models.networks.denoisers.DnCNN` (BatchNorm in the hidden
+    layers, no down-sampling) on ``concat(x_t, x_low)``, with a learned shift from the time
+    embedding added before every ReLU. It predicts the low-dose noise and subtracts it from
+    the centre channel of ``x_low``. The output convolution and the time shifts start at
+    zero, so untrained it returns ``x_low`` exactly; :meth:`load_dncnn` copies a trained
+    DnCNN of the same size into it, after which it returns that DnCNN's estimate at every
+    level until training teaches it to use ``x_t`` and ``t``.
+
+    Parameters
+    ----------
+    in_channels
+        Channels of ``x_low`` (1 for 2D, 3 for 2.5D); ``x_t`` has one.
+    features
+        Channels of the hidden layers.
+    depth
+        Number of convolution layers, at least 2.
+    time_dim
+        Size of the sinusoidal time embedding.
+    """
+
+    def __init__(
+        self, in_channels: int = 1, features: int = 32, depth: int = 10, time_dim: int = 64
+    ) -> None:
+        super().__init__()
+        if depth < 2:
+            raise ValueError(f"depth must be at least 2, got {depth}")
+        self.in_channels, self.features, self.depth = in_channels, features, depth
+        self.time_dim = time_dim
+        self.time_mlp = nn.Sequential(
+            nn.Linear(time_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)
+        )
+        self.first = nn.Conv2d(in_channels + 1, features, 3, padding=1)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(features, features, 3, padding=1, bias=False) for _ in range(depth - 2)
+        )
+        self.norms = nn.ModuleList(nn.BatchNorm2d(features) for _ in range(depth - 2))
+        self.shifts = nn.ModuleList(nn.Linear(time_dim, features) for _ in range(depth - 1))
+        for parameter in self.shifts.parameters():  # weights and biases
+            nn.init.zeros_(parameter)
+        self.last = nn.Conv2d(features, 1, 3, padding=1)
+        zero_init(self.last)
+
+    def forward(self, x_t: Tensor, x_low: Tensor, t_frac: Tensor) -> Tensor:
+        """Estimate x0 (N, 1, H, W) from ``x_t`` (N, 1, H, W), ``x_low`` (N, C, H, W).
+
+        ``t_frac`` (N,) is the degradation level t / T in [0, 1].
+        """
+        t_emb = self.time_mlp(sinusoidal_embedding(t_frac * 1000.0, self.time_dim))
+        shifts = [shift(t_emb)[:, :, None, None] for shift in self.shifts]
+        h = F.relu(self.first(torch.cat([x_t, x_low], dim=1)) + shifts[0])
+        for conv, norm, shift in zip(self.convs, self.norms, shifts[1:], strict=True):
+            h = F.relu(norm(conv(h)) + shift)
+        out: Tensor = centre_channel(x_low) - self.last(h)
+        return out
+
+    @torch.no_grad()
+    def load_dncnn(self, source: DnCNN) -> None:
+        """Copy a trained :class:`DnCNN` of the same size (its input is ``x_low``).
+
+        The weights of the ``x_t`` input channel and the time shifts are set to zero, so
+        the restorer then returns ``source(x_low)`` at every level.
+
+        Raises
+        ------
+        ValueError
+            If ``source`` has another number of input channels, features or layers.
+        """
+        layers = list(source.body)
+        first, last = layers[0], layers[-1]
+        convs = [m for m in layers[1:-1] if isinstance(m, nn.Conv2d)]
+        norms = [m for m in layers if isinstance(m, nn.BatchNorm2d)]
+        if not (
+            isinstance(first, nn.Conv2d)
+            and isinstance(last, nn.Conv2d)
+            and first.in_channels == self.in_channels
+            and first.out_channels == self.features
+            and len(convs) == len(self.convs)
+            and len(norms) == len(self.norms)
+        ):
+            raise ValueError(
+                f"cannot initialise a {self.depth}-layer, {self.features}-feature restorer on "
+                f"{self.in_channels} channels from this DnCNN ({len(convs) + 2} layers, "
+                f"{first.out_channels} features, {first.in_channels} input channels)"
+            )
+        weight = first.weight
+        self.first.load_state_dict(
+            {  # the x_t channel (first) starts at zero
+                "weight": torch.cat([torch.zeros_like(weight[:, :1]), weight], dim=1),
+                "bias": first.state_dict()["bias"],
+            }
+        )
+        for target, conv in zip(self.convs, convs, strict=True):
+            target.load_state_dict(conv.state_dict())
+        for target, norm in zip(self.norms, norms, strict=True):
+            target.load_state_dict(norm.state_dict())
+        self.last.load_state_dict(last.state_dict())
+        for parameter in self.shifts.parameters():
+            parameter.zero_()
+
+
 class ColdDiffusion(nn.Module):
     """Conditional cold diffusion from the low-dose image in a few steps (CoreDiff style).
 
@@ -153,7 +261,12 @@ class ColdDiffusion(nn.Module):
         Seed of the local generator used by :meth:`forward` (the global RNG is never used
         for sampling).
     features, depth, time_dim
-        Size of the restoration U-Net (see :class:`RestoreUNet`).
+        Size of the restoration network: for the U-Net, its width and number of
+        down-samplings (see :class:`RestoreUNet`); for the DnCNN, its width and number of
+        convolution layers (see :class:`RestoreDnCNN`).
+    restorer
+        ``"unet"`` (:class:`RestoreUNet`) or ``"dncnn"`` (:class:`RestoreDnCNN`, which
+        :meth:`initialise_from` can start from a trained DnCNN denoiser).
     """
 
     task: ClassVar[str] = "diffusion"
@@ -168,8 +281,11 @@ class ColdDiffusion(nn.Module):
         features: int = 32,
         depth: int = 2,
         time_dim: int = 64,
+        restorer: str = "unet",
     ) -> None:
         super().__init__()
+        if restorer not in RESTORERS:
+            raise ValueError(f"restorer must be one of {', '.join(RESTORERS)}, got {restorer!r}")
         if steps < 1:
             raise ValueError(f"steps must be ≥ 1, got {steps}")
         if noise_scale < 0:
@@ -178,7 +294,31 @@ class ColdDiffusion(nn.Module):
         self.steps = steps
         self.noise_scale = noise_scale
         self.seed = seed
-        self.restorer = RestoreUNet(in_channels, features, depth, time_dim)
+        self.restorer: RestoreUNet | RestoreDnCNN = (
+            RestoreUNet(in_channels, features, depth, time_dim)
+            if restorer == "unet"
+            else RestoreDnCNN(in_channels, features, depth, time_dim)
+        )
+
+    def initialise_from(self, source: nn.Module) -> None:
+        """Start the restorer from a trained denoiser (before diffusion training).
+
+        Only a ``"dncnn"`` restorer from a :class:`DnCNN` of the same size: afterwards every
+        restoration returns ``source``'s estimate, so the sampler returns exactly
+        ``source(x)`` (the noise it adds telescopes away) until training changes it.
+
+        Raises
+        ------
+        ValueError
+            For another restorer or source, or a source of another size.
+        """
+        if not isinstance(self.restorer, RestoreDnCNN) or not isinstance(source, DnCNN):
+            raise ValueError(
+                "only a cold diffusion with restorer 'dncnn' can be initialised, and only "
+                f"from a DnCNN (got restorer {type(self.restorer).__name__}, source "
+                f"{type(source).__name__})"
+            )
+        self.restorer.load_dncnn(source)
 
     def sigma(self, s: float) -> float:
         """Noise standard deviation at degradation level ``s = t / T`` (0 at s = 0 and 1)."""

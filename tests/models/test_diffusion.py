@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from models.networks.diffusion import ColdDiffusion
+from models.networks.denoisers import DnCNN
+from models.networks.diffusion import ColdDiffusion, RestoreDnCNN
 
 SMALL: dict[str, Any] = {"features": 8, "depth": 2, "time_dim": 16, "steps": 4}
 
@@ -147,3 +148,74 @@ def test_invalid_arguments_are_named() -> None:
         ColdDiffusion(steps=0)
     with pytest.raises(ValueError, match="noise_scale"):
         ColdDiffusion(noise_scale=-1.0)
+
+
+def _trained_dncnn(in_channels: int = 3, features: int = 8, depth: int = 4) -> DnCNN:
+    """A DnCNN with non-trivial weights and BatchNorm statistics, in eval mode."""
+    torch.manual_seed(2)
+    network = DnCNN(in_channels, features, depth)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.copy_(0.1 * torch.randn(parameter.shape))
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return network.eval()
+
+
+def test_untrained_dncnn_restorer_returns_the_low_dose_input() -> None:
+    model = ColdDiffusion(in_channels=3, noise_scale=0.05, features=8, depth=4, restorer="dncnn")
+    x = torch.rand(1, 3, 11, 14)
+    with torch.inference_mode():
+        torch.testing.assert_close(model.eval()(x), x[:, 1:2], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("noise_scale", [0.0, 0.05])
+def test_initialised_from_a_dncnn_the_sampler_returns_that_dncnn(noise_scale: float) -> None:
+    """Every restoration is the DnCNN's estimate, so the sampler's noise telescopes away."""
+    source = _trained_dncnn()
+    model = ColdDiffusion(
+        in_channels=3, noise_scale=noise_scale, steps=6, features=8, depth=4, restorer="dncnn"
+    )
+    model.initialise_from(source)
+    model.eval()
+    x = torch.rand(2, 3, 12, 15)
+    with torch.inference_mode():
+        expected = source(x)
+        assert not torch.allclose(expected, x[:, 1:2], atol=1e-3), "the source must do something"
+        x_t = torch.rand(2, 1, 12, 15)
+        torch.testing.assert_close(model.restore(x_t, x, 2), expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-5)
+
+
+def test_dncnn_restorer_learns_to_use_x_t_and_t() -> None:
+    # After initialisation the x_t channel and the time shifts are zero; the diffusion
+    # loss must still reach them, or training could never leave the DnCNN.
+    model = ColdDiffusion(in_channels=3, noise_scale=0.05, steps=4, features=8, depth=4,
+                          time_dim=16, restorer="dncnn")  # fmt: skip
+    model.initialise_from(_trained_dncnn())
+    model.train()
+    x0, x_low = torch.rand(4, 1, 10, 10), torch.rand(4, 3, 10, 10)
+    model.training_loss(x0, x_low, generator=torch.Generator().manual_seed(0)).backward()
+    restorer = model.restorer
+    assert isinstance(restorer, RestoreDnCNN)
+    assert restorer.first.weight.grad is not None
+    assert restorer.first.weight.grad[:, 0].abs().sum() > 0
+    for shift in restorer.shifts.parameters():
+        assert shift.grad is not None and shift.grad.abs().sum() > 0
+
+
+def test_initialisation_is_refused_when_it_cannot_fit() -> None:
+    unet = ColdDiffusion(in_channels=3, features=8, depth=2)
+    with pytest.raises(ValueError, match="restorer 'dncnn'"):
+        unet.initialise_from(_trained_dncnn())
+    dncnn = ColdDiffusion(in_channels=3, features=8, depth=5, restorer="dncnn")
+    with pytest.raises(ValueError, match="5-layer, 8-feature restorer"):
+        dncnn.initialise_from(_trained_dncnn(depth=4))
+    with pytest.raises(ValueError, match="3 channels"):
+        ColdDiffusion(in_channels=3, features=8, depth=4, restorer="dncnn").initialise_from(
+            _trained_dncnn(in_channels=1)
+        )
+    with pytest.raises(ValueError, match="restorer must be one of unet, dncnn"):
+        ColdDiffusion(restorer="transformer")

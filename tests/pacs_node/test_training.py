@@ -133,3 +133,57 @@ def test_cached_volumes_leave_the_generator_where_a_full_simulation_would(
     uncached = projection_noise_bank([first, second], [2.0, 2.0], 1, 15.0, 0, quiet.append)
     np.testing.assert_array_equal(both[0], uncached[0])
     np.testing.assert_array_equal(both[1], uncached[1])
+
+
+def test_init_from_starts_a_diffusion_from_a_trained_denoiser(tmp_path: Path) -> None:
+    make_ct_series(tmp_path / "data", n_slices=12, rows=64, cols=64)
+    common = dict(context_slices=3, modality="CT", description="test", command="",
+                  noise="projection", noise_draws=1, log=lambda _: None)  # fmt: skip
+    dncnn = {"in_channels": 3, "features": 8, "depth": 3}
+    source = train_model(
+        tmp_path / "data", tmp_path / "source", name="den", version="0.0.1", mode="denoise",
+        architecture="dncnn", arch_kwargs=dncnn,
+        config=TrainConfig(steps=2, batch_size=2, patch=32), **common,
+    )  # fmt: skip
+    source_card = load_checkpoint(source)[1]
+    diffusion = {**dncnn, "steps": 3, "noise_scale": 0.01, "restorer": "dncnn"}
+    card_path = train_model(
+        tmp_path / "data", tmp_path / "diff", name="diff", version="0.0.1", mode="diffusion",
+        architecture="cold_diffusion", arch_kwargs=diffusion,
+        config=TrainConfig(steps=1, batch_size=2, patch=32), init_from=source, **common,
+    )  # fmt: skip
+    network, card = load_checkpoint(card_path)
+    assert card.training["initialised_from"] == {
+        "name": "den", "version": "0.0.1", "sha256": source_card.weights_sha256,
+    }  # fmt: skip
+    # One step moved it off the source, but it still starts from the source's layers.
+    restorer = network.restorer
+    assert restorer.first.weight.shape[1] == 4
+    mismatched = {**diffusion, "depth": 4}
+    with pytest.raises(ValueError, match="restorer"):
+        train_model(
+            tmp_path / "data", tmp_path / "bad", name="bad", version="0.0.1", mode="diffusion",
+            architecture="cold_diffusion", arch_kwargs=mismatched,
+            config=TrainConfig(steps=1, batch_size=2, patch=32), init_from=source, **common,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="does not fit a dncnn"):
+        train_model(
+            tmp_path / "data", tmp_path / "bad", name="bad", version="0.0.1", mode="denoise",
+            architecture="dncnn", arch_kwargs={**dncnn, "features": 16},
+            config=TrainConfig(steps=1, batch_size=2, patch=32), init_from=source, **common,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="1 slices"):
+        train_model(
+            tmp_path / "data", tmp_path / "bad", name="bad", version="0.0.1", mode="denoise",
+            architecture="dncnn", arch_kwargs={**dncnn, "in_channels": 1},
+            config=TrainConfig(steps=1, batch_size=2, patch=32), init_from=source,
+            **{**common, "context_slices": 1},
+        )  # fmt: skip
+    (tmp_path / "source" / "den.safetensors").write_bytes(b"corrupt")
+    with pytest.raises(ValueError, match=r"--init-from: .*corrupt"):
+        train_model(
+            tmp_path / "data", tmp_path / "bad", name="bad", version="0.0.1", mode="denoise",
+            architecture="dncnn", arch_kwargs=dncnn,
+            config=TrainConfig(steps=1, batch_size=2, patch=32), init_from=source, **common,
+        )  # fmt: skip
+    assert not (tmp_path / "bad").exists()
