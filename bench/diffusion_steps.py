@@ -9,7 +9,8 @@ each case with one simulated quarter-dose draw, as ``pacs-node evaluate --split
 validation`` makes them. For each step count the sampler runs from the low-dose image with
 the card's seed; ``--no-noise`` step counts run with the sampler's noise set to zero. The
 CNN preset (``--cnn``, default ct-denoise) is scored on the same cases for reference. The
-mean PSNR per dataset at both windows is written as JSON and printed.
+mean PSNR per dataset at both windows is written as JSON and printed. To score other
+weights, point ``PACS_NODE_MODELS__WEIGHTS_DIR`` at their folder (recorded in the JSON).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = EvaluationConfig(split="validation", bias_draws=1)
     cases = phantom_cases(config) + real_ct_cases(args.data, config)
-    cache = EnhancerCache(Settings())
+    settings = Settings()
+    cache = EnhancerCache(settings)
     enhancer = cache.get(args.preset)
     if not isinstance(enhancer, NetworkEnhancer) or not isinstance(enhancer.network, ColdDiffusion):
         raise SystemExit(f"{args.preset} does not run a cold diffusion network")
@@ -107,6 +109,8 @@ def main() -> None:
             + (["--no-noise", *map(str, args.no_noise)] if args.no_noise else [])
         ),
         "model": {"name": card.name, "version": card.version, "sha256": card.weights_sha256},
+        # Searched before models/weights (PACS_NODE_MODELS__WEIGHTS_DIR), None if unset.
+        "weights_dir": str(settings.models.weights_dir) if settings.models.weights_dir else None,
         "split": "validation",
         "host": {
             "machine": platform.machine(),

@@ -398,8 +398,8 @@ def _initialise(
     ------
     ValueError
         If the checkpoint cannot be loaded (missing, corrupt) or does not fit: another
-        modality or slice context, or a network that can take neither its state nor its
-        ``initialise_from``.
+        modality or slice context, the same architecture with tensors of other shapes, or
+        another architecture that the network's ``initialise_from`` does not take.
     """
     try:
         source, card = load_checkpoint(card_path)
@@ -411,15 +411,18 @@ def _initialise(
             f"not fit a {modality} network with {context_slices} slices"
         )
     initialise = getattr(network, "initialise_from", None)
-    if callable(initialise):
-        initialise(source)
-    elif card.architecture == architecture and card.arch_kwargs == arch_kwargs:
-        network.load_state_dict(source.state_dict(), strict=True)
-    else:
+    try:
+        if card.architecture == architecture:  # fine-tuning: the state must fit exactly
+            network.load_state_dict(source.state_dict(), strict=True)
+        elif callable(initialise):
+            initialise(source)
+        else:
+            raise ValueError("it has no way to start from another architecture")
+    except (RuntimeError, ValueError) as exc:
         raise ValueError(
             f"--init-from {card_path}: a {card.architecture} {card.arch_kwargs} checkpoint "
-            f"does not fit a {architecture} {arch_kwargs} network"
-        )
+            f"does not fit a {architecture} {arch_kwargs} network: {exc}"
+        ) from exc
     return {"name": card.name, "version": card.version, "sha256": card.weights_sha256}
 
 

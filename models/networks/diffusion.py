@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -170,9 +170,21 @@ class RestoreDnCNN(nn.Module):
         zero_init(self.last)
 
     def forward(self, x_t: Tensor, x_low: Tensor, t_frac: Tensor) -> Tensor:
-        """Estimate x0 (N, 1, H, W) from ``x_t`` (N, 1, H, W), ``x_low`` (N, C, H, W).
+        """Estimate x0 from the diffusion state and the low-dose condition.
 
-        ``t_frac`` (N,) is the degradation level t / T in [0, 1].
+        Parameters
+        ----------
+        x_t
+            Degraded image at level t, (N, 1, H, W).
+        x_low
+            Low-dose input (N, C, H, W); its centre channel is the slice being restored.
+        t_frac
+            Degradation level t / T in [0, 1], (N,).
+
+        Returns
+        -------
+        Tensor
+            The estimate of the clean centre slice, (N, 1, H, W).
         """
         t_emb = self.time_mlp(sinusoidal_embedding(t_frac * 1000.0, self.time_dim))
         shifts = [shift(t_emb)[:, :, None, None] for shift in self.shifts]
@@ -187,7 +199,14 @@ class RestoreDnCNN(nn.Module):
         """Copy a trained :class:`DnCNN` of the same size (its input is ``x_low``).
 
         The weights of the ``x_t`` input channel and the time shifts are set to zero, so
-        the restorer then returns ``source(x_low)`` at every level.
+        the restorer then returns ``source(x_low)`` at every level (in eval mode, where
+        both use the copied BatchNorm running statistics).
+
+        Parameters
+        ----------
+        source
+            The trained denoiser: ``in_channels`` equal to this restorer's, and the same
+            number of features and layers.
 
         Raises
         ------
@@ -266,7 +285,9 @@ class ColdDiffusion(nn.Module):
         convolution layers (see :class:`RestoreDnCNN`).
     restorer
         ``"unet"`` (:class:`RestoreUNet`) or ``"dncnn"`` (:class:`RestoreDnCNN`, which
-        :meth:`initialise_from` can start from a trained DnCNN denoiser).
+        :meth:`initialise_from` can start from a trained DnCNN denoiser). ``depth``
+        keeps its U-Net default of 2 unless given, so a DnCNN restorer should name its
+        depth (the shipped one: 10).
     """
 
     task: ClassVar[str] = "diffusion"
@@ -281,7 +302,7 @@ class ColdDiffusion(nn.Module):
         features: int = 32,
         depth: int = 2,
         time_dim: int = 64,
-        restorer: str = "unet",
+        restorer: Literal["unet", "dncnn"] = "unet",
     ) -> None:
         super().__init__()
         if restorer not in RESTORERS:
@@ -304,8 +325,14 @@ class ColdDiffusion(nn.Module):
         """Start the restorer from a trained denoiser (before diffusion training).
 
         Only a ``"dncnn"`` restorer from a :class:`DnCNN` of the same size: afterwards every
-        restoration returns ``source``'s estimate, so the sampler returns exactly
-        ``source(x)`` (the noise it adds telescopes away) until training changes it.
+        restoration returns ``source``'s estimate, so in eval mode the sampler returns
+        ``source(x)`` to float rounding (the noise it adds telescopes away) until training
+        changes it.
+
+        Parameters
+        ----------
+        source
+            The trained denoiser whose weights the restorer takes.
 
         Raises
         ------

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from models.checkpoint import load_checkpoint
 from models.train import TrainConfig
@@ -156,11 +157,22 @@ def test_init_from_starts_a_diffusion_from_a_trained_denoiser(tmp_path: Path) ->
     assert card.training["initialised_from"] == {
         "name": "den", "version": "0.0.1", "sha256": source_card.weights_sha256,
     }  # fmt: skip
-    # One step moved it off the source, but it still starts from the source's layers.
-    restorer = network.restorer
-    assert restorer.first.weight.shape[1] == 4
+    # One AdamW step (learning rate 1e-3) moves each weight by about 1e-3: the restorer's
+    # first layer is still the source's, next to the x_t column that started at zero.
+    source_first = load_checkpoint(source)[0].body[0].weight.detach()
+    restorer_first = network.restorer.first.weight.detach()
+    assert restorer_first.shape[1] == 4
+    assert torch.allclose(restorer_first[:, 1:], source_first, atol=2e-3)
+    assert float(restorer_first[:, 0].abs().max()) < 2e-3
+    # The same architecture fine-tunes from its own checkpoint.
+    tuned = train_model(
+        tmp_path / "data", tmp_path / "tuned", name="diff", version="0.0.2", mode="diffusion",
+        architecture="cold_diffusion", arch_kwargs=diffusion,
+        config=TrainConfig(steps=1, batch_size=2, patch=32), init_from=card_path, **common,
+    )  # fmt: skip
+    assert load_checkpoint(tuned)[1].training["initialised_from"]["version"] == "0.0.1"
     mismatched = {**diffusion, "depth": 4}
-    with pytest.raises(ValueError, match="restorer"):
+    with pytest.raises(ValueError, match=r"den\.json: .*restorer"):
         train_model(
             tmp_path / "data", tmp_path / "bad", name="bad", version="0.0.1", mode="diffusion",
             architecture="cold_diffusion", arch_kwargs=mismatched,
