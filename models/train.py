@@ -230,6 +230,7 @@ def train(
     on_step: StepCallback | None = None,
     noise_bank: Sequence[np.ndarray] | None = None,
     log_dir: Path | None = None,
+    run_key: str = "",
 ) -> nn.Module:
     """Train ``network`` in place and return it (in eval mode).
 
@@ -242,6 +243,13 @@ def train(
     bank, image-domain CT-like noise with σ in ``config.sigma_hu``. Every
     ``config.save_every`` steps the optimiser state is saved to
     ``<output>/<name>.train-state.pt``; a later call with the same arguments resumes from it.
+    ``run_key`` (a digest of the run's arguments) is saved with the state, and a state
+    saved under another key is refused rather than resumed.
+
+    Raises
+    ------
+    ValueError
+        If the saved state belongs to a run with another ``run_key``.
     """
     torch.manual_seed(config.seed)
     generator = np.random.default_rng(config.seed + 1)
@@ -265,6 +273,11 @@ def train(
     state_path = _state_path(output, card)
     if state_path.is_file():
         state = torch.load(state_path, weights_only=False)
+        if state.get("run_key", "") != run_key:
+            raise ValueError(
+                f"{state_path} holds the state of another training run (other arguments, "
+                "data or starting weights); delete it to train from the start"
+            )
         network.load_state_dict(state["network"])
         optimiser.load_state_dict(state["optimiser"])
         schedule.load_state_dict(state["schedule"])
@@ -318,6 +331,7 @@ def train(
                     "sampler_rng": sampler.rng,
                     "noise_rng": generator,
                     "step": step + 1,
+                    "run_key": run_key,
                 },
                 state_path,
             )

@@ -348,9 +348,16 @@ def train_model(
     if mode != "super_resolution" and noise == "projection":
         bank = projection_noise_bank(train_volumes, spacings, noise_draws, noise_sigma_hu,
                                      config.seed, log, noise_cache)  # fmt: skip
+    run_key = hashlib.sha256(
+        json.dumps(
+            [str(data), mode, architecture, arch_kwargs, context_slices, modality, asdict(config),
+             noise, phantoms, noise_draws, noise_sigma_hu, initialised_from],
+            sort_keys=True, default=str,
+        ).encode()
+    ).hexdigest()  # fmt: skip
     started = time.perf_counter()
     train(network, card, train_volumes, config, mode, output, on_step, noise_bank=bank,
-          log_dir=log_dir)  # fmt: skip
+          log_dir=log_dir, run_key=run_key)  # fmt: skip
     seconds = time.perf_counter() - started
     evaluate = (
         _evaluate_sr

@@ -99,6 +99,33 @@ def test_training_resumes_from_its_saved_state(tmp_path: Path) -> None:
     assert resumed == [3, 4]
 
 
+def test_a_state_saved_by_another_run_is_refused(tmp_path: Path) -> None:
+    # A leftover state of a run with other arguments (say, other starting weights) must not
+    # be resumed under this run's card.
+    volume = np.random.default_rng(1).normal(0, 20, (4, 40, 40)).astype(np.float32)
+    card = _card()
+    network = build_network("dncnn", **card.arch_kwargs)
+    optimiser = torch.optim.AdamW(network.parameters())
+    state = {
+        "network": network.state_dict(),
+        "optimiser": optimiser.state_dict(),
+        "schedule": torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, 4).state_dict(),
+        "sampler_rng": np.random.default_rng(0),
+        "noise_rng": np.random.default_rng(1),
+        "step": 2,
+        "run_key": "run-a",
+    }
+    torch.save(state, tmp_path / "t.train-state.pt")
+    config = TrainConfig(steps=4, batch_size=2, patch=32, save_every=2)
+    with pytest.raises(ValueError, match="another training run"):
+        train(network, card, [volume], config, "denoise", tmp_path, run_key="run-b")
+    assert (tmp_path / "t.train-state.pt").exists()
+    steps: list[int] = []
+    train(network, card, [volume], config, "denoise", tmp_path,
+          lambda step, total, loss: steps.append(step), run_key="run-a")  # fmt: skip
+    assert steps == [3, 4]
+
+
 def test_sr_degradation_halves_the_grid() -> None:
     images = torch.rand(2, 1, 32, 32)
     low = degrade_for_sr(images, 2)
