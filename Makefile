@@ -33,7 +33,7 @@ services:
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy pacs_node workers models
+	$(VENV)/bin/mypy pacs_node workers models lab
 
 pytest: setup test-deps services
 	$(PY) -m pytest $(PYTEST_ARGS)

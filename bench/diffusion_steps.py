@@ -5,7 +5,7 @@ Usage: python bench/diffusion_steps.py --steps 10 1 --no-noise 10
 
 Scores the preset's network on the validation split of the evaluation (the validation
 phantoms and the held-out real CT slices between the test slices; never the test images),
-each case with one simulated quarter-dose draw, as ``pacs-node evaluate --split
+each case with one simulated quarter-dose draw, as ``pacs-lab evaluate --split
 validation`` makes them. For each step count the sampler runs from the low-dose image with
 the card's seed; ``--no-noise`` step counts run with the sampler's noise set to zero. The
 CNN preset (``--cnn``, default ct-denoise) is scored on the same cases for reference. The
@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lab.evaluation import EvaluationConfig, phantom_cases, real_ct_cases
 from models.engine import NetworkEnhancer
 from models.metrics import FULL_WINDOW, SOFT_TISSUE_WINDOW, psnr
 from models.networks.diffusion import ColdDiffusion
 from pacs_node.enhancers import EnhancerCache
-from pacs_node.evaluation import EvaluationConfig, phantom_cases, real_ct_cases
 from pacs_node.settings import Settings
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ct_pancreas_tcia.tar.xz"

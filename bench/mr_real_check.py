@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lab.training import mr_held_out_images
 from models.checkpoint import load_checkpoint
 from models.engine import EngineOptions, NetworkEnhancer
 from models.metrics import gaussian_baseline, nlm_baseline, psnr, ssim
 from models.mr import rician
-from pacs_node.training import mr_held_out_images
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "weights"
 

@@ -1,5 +1,5 @@
 """The architecture's import rules (STYLE.md): models know nothing of the node or queue,
-the node never imports the workers, and entry points are leaves nothing imports."""
+the node never imports the workers or the research code, and entry points are leaves."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ENTRY_POINTS = {"pacs_node.cli", "workers.app", "workers.tasks"}
+ENTRY_POINTS = {"pacs_node.cli", "lab.cli", "workers.app", "workers.tasks"}
+PACKAGES = ("pacs_node", "workers", "models", "lab")
 
 
 def _imports(package: str) -> list[tuple[Path, str]]:
@@ -22,12 +23,18 @@ def _imports(package: str) -> list[tuple[Path, str]]:
                 found += [(path, alias.name) for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 found.append((path, node.module))
+                # `from models import registry` imports the module models.registry.
+                found += [(path, f"{node.module}.{alias.name}") for alias in node.names]
     return found
 
 
 @pytest.mark.parametrize(
     ("package", "forbidden"),
-    [("models", ("pacs_node", "workers")), ("pacs_node", ("workers",))],
+    [
+        ("models", ("pacs_node", "workers", "lab")),
+        ("pacs_node", ("workers", "lab")),
+        ("workers", ("lab",)),
+    ],
 )
 def test_forbidden_imports(package: str, forbidden: tuple[str, ...]) -> None:
     bad = [
@@ -38,10 +45,25 @@ def test_forbidden_imports(package: str, forbidden: tuple[str, ...]) -> None:
     assert not bad, bad
 
 
+def test_the_node_runtime_needs_only_the_model_contract() -> None:
+    """The node (``pacs_node``, ``workers``) uses models through the contract, the registry,
+    checkpoints and the engine; training, metrics, phantoms and simulation belong to ``lab``."""
+    allowed = ("models.base", "models.registry", "models.checkpoint", "models.engine")
+    bad = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for package in ("pacs_node", "workers")
+        for path, name in _imports(package)
+        if name.split(".")[0] == "models"
+        and name != "models"  # `from models import x`: judged by its models.x entry
+        and not any(name == module or name.startswith(module + ".") for module in allowed)
+    ]
+    assert not bad, bad
+
+
 def test_entry_points_are_leaves() -> None:
     importers = [
         f"{path.relative_to(ROOT)} imports {name}"
-        for package in ("pacs_node", "workers", "models")
+        for package in PACKAGES
         for path, name in _imports(package)
         if name in ENTRY_POINTS and not (name == "workers.app" and path.name == "tasks.py")
     ]

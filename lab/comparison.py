@@ -1,4 +1,4 @@
-"""`pacs-node compare`: train several architectures alike and evaluate them side by side.
+"""`pacs-lab compare`: train several architectures alike and evaluate them side by side.
 
 The autoencoder comparison table of the evaluation report comes from here: every candidate
 gets the same data, noise, steps, batch, patch and seed, is trained with the project's own
@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from lab.evaluation import EvaluationConfig, phantom_cases, real_ct_cases
+from lab.training import train_model
 from models.checkpoint import load_checkpoint
 from models.engine import EngineOptions, NetworkEnhancer
 from models.evaluate import EvalCase, Method, evaluate, summarise
 from models.metrics import nlm_baseline
 from models.report import markdown_table, write_csv
 from models.train import TrainConfig
-from pacs_node.evaluation import EvaluationConfig, phantom_cases, real_ct_cases
-from pacs_node.training import train_model
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`pacs-node compare`: candidates trained alike, evaluated on the same cases, tabulated."""
+"""`pacs-lab compare`: candidates trained alike, evaluated on the same cases, tabulated."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lab.comparison import Candidate, TrainingRecipe, compare_architectures
 from models.evaluate import EvalCase
 from models.phantoms import low_contrast_phantom
 from models.simulation import LowDoseSimulator, ScanGeometry, calibrate_i0
 from models.train import TrainConfig
-from pacs_node.comparison import Candidate, TrainingRecipe, compare_architectures
 from tests.helpers.synthetic import make_ct_series
 
 
@@ -37,7 +37,7 @@ def test_candidates_are_trained_alike_evaluated_and_tabulated(tmp_path: Path) ->
     case = _phantom_case()
     report = compare_architectures(
         tmp_path / "data", candidates, recipe, tmp_path / "work", tmp_path / "out",
-        "pacs-node compare ...", cases=[case], log=messages.append,
+        "pacs-lab compare ...", cases=[case], log=messages.append,
     )  # fmt: skip
     assert sum(m.startswith("training ") for m in messages) == 2
     with open(tmp_path / "out" / "autoencoders.csv") as handle:
@@ -46,7 +46,7 @@ def test_candidates_are_trained_alike_evaluated_and_tabulated(tmp_path: Path) ->
     assert all(r["image"] == case.name for r in rows)
     text = report.read_text()
     assert report == tmp_path / "out" / "autoencoders.md"
-    assert "`pacs-node compare ...`" in text and "2 steps, batch 2" in text
+    assert "`pacs-lab compare ...`" in text and "2 steps, batch 2" in text
     # Parameter counts are the networks' own.
     from models.networks import build_network
 
@@ -84,7 +84,7 @@ def test_the_command_refuses_unknown_architectures_and_noise(tmp_path: Path) -> 
     from tests.integration.node import BIN
 
     make_ct_series(tmp_path / "data", n_slices=8, rows=32, cols=32)
-    base = [str(BIN / "pacs-node"), "compare", "--data", str(tmp_path / "data"),
+    base = [str(BIN / "pacs-lab"), "compare", "--data", str(tmp_path / "data"),
             "--work-dir", str(tmp_path / "work"), "--output", str(tmp_path / "out")]  # fmt: skip
     unknown = subprocess.run([*base, "--architecture", "transformer"], capture_output=True,
                              text=True, timeout=120)  # fmt: skip

@@ -1,4 +1,4 @@
-"""`pacs-node train`: read DICOM training data, train a zoo network, evaluate, write its card."""
+"""`pacs-lab train`: read DICOM training data, train a zoo network, evaluate, write its card."""
 
 from __future__ import annotations
 

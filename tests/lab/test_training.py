@@ -1,4 +1,4 @@
-"""`pacs-node train` end to end on a small DICOM series: checkpoint, card, metrics."""
+"""`pacs-lab train` end to end on a small DICOM series: checkpoint, card, metrics."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from lab.training import load_volumes, projection_noise_bank, train_model, training_phantoms
 from models.checkpoint import load_checkpoint
 from models.train import TrainConfig
-from pacs_node.training import load_volumes, projection_noise_bank, train_model, training_phantoms
 from tests.helpers.synthetic import make_ct_series
 
 
@@ -40,11 +40,11 @@ def test_train_model_writes_a_loadable_checkpoint_with_metrics(tmp_path: Path) -
         tmp_path / "data", tmp_path / "weights", name="tiny", version="0.0.1", mode="denoise",
         architecture="dncnn", arch_kwargs={"in_channels": 3, "features": 8, "depth": 3},
         context_slices=3, modality="CT", description="test",
-        config=TrainConfig(steps=3, batch_size=2, patch=32), command="pacs-node train ...",
+        config=TrainConfig(steps=3, batch_size=2, patch=32), command="pacs-lab train ...",
         noise="projection", noise_draws=1, log=lambda _: None,
     )  # fmt: skip
     network, card = load_checkpoint(card_path)
-    assert card.training["command"] == "pacs-node train ..."
+    assert card.training["command"] == "pacs-lab train ..."
     assert "projection-domain" in card.training["noise"]
     metrics = card.metrics["added_noise_sigma_25_hu"]
     assert {"input_psnr_full_db", "model_psnr_full_db", "anisotropic_diffusion_rmse_hu"} <= set(
@@ -80,7 +80,7 @@ def test_mr_trains_on_phantoms_alone_and_is_evaluated_on_held_out_mr(tmp_path: P
         None, tmp_path / "weights", name="mr-tiny", version="0.0.1", mode="denoise",
         architecture="dncnn", arch_kwargs={"in_channels": 1, "features": 8, "depth": 3},
         context_slices=1, modality="MR", description="test", phantoms=2,
-        config=TrainConfig(steps=3, batch_size=2, patch=32), command="pacs-node train ...",
+        config=TrainConfig(steps=3, batch_size=2, patch=32), command="pacs-lab train ...",
         log=lambda _: None,
     )  # fmt: skip
     _network, card = load_checkpoint(card_path)

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lab.evaluation import write_report
 from models.evaluate import EvalCase, evaluate
 from models.metrics import nlm_baseline
 from models.phantoms import low_contrast_phantom
 from models.simulation import LowDoseSimulator, ScanGeometry, calibrate_i0
-from pacs_node.evaluation import write_report
 
 
 def test_report_on_a_simulated_low_dose_phantom(tmp_path: Path) -> None:
@@ -52,9 +52,9 @@ def test_report_on_a_simulated_low_dose_phantom(tmp_path: Path) -> None:
 
 
 def test_super_resolution_section_reports_baselines_and_the_bar(tmp_path: Path) -> None:
+    from lab.evaluation import super_resolution_rows
     from models.checkpoint import ModelCard, save_checkpoint
     from models.networks import build_network
-    from pacs_node.evaluation import super_resolution_rows
     from pacs_node.settings import Settings
 
     card = ModelCard(
@@ -91,9 +91,9 @@ def test_diffusion_seed_spread_is_zero_untrained_and_positive_when_trained(
 ) -> None:
     import torch
 
+    from lab.evaluation import diffusion_seed_rows, write_report
     from models.checkpoint import ModelCard, save_checkpoint
     from models.networks import build_network
-    from pacs_node.evaluation import diffusion_seed_rows, write_report
     from pacs_node.settings import Settings
 
     kwargs = {"in_channels": 3, "steps": 4, "noise_scale": 0.01, "features": 8, "depth": 1}
@@ -145,7 +145,7 @@ def test_diffusion_seed_spread_is_zero_untrained_and_positive_when_trained(
 
 
 def test_validation_split_never_touches_the_test_slices() -> None:
-    from pacs_node.evaluation import EvaluationConfig, real_ct_centres
+    from lab.evaluation import EvaluationConfig, real_ct_centres
 
     assert real_ct_centres(34, 4, "test") == [1, 11, 22, 32]  # the shipped report's slices
     assert real_ct_centres(9, 4, "validation") == []  # no room between the test slices
@@ -164,7 +164,7 @@ def test_validation_split_never_touches_the_test_slices() -> None:
 
 
 def test_later_noise_draws_leave_the_first_draw_unchanged() -> None:
-    from pacs_node.evaluation import _low_dose
+    from lab.evaluation import _low_dose
 
     phantom = low_contrast_phantom(size=256, pixel_spacing_mm=1.4, seed=2)
     reference = np.repeat(phantom.image[None], 3, axis=0)
@@ -182,10 +182,10 @@ def test_later_noise_draws_leave_the_first_draw_unchanged() -> None:
     assert all(np.std(d - draws[0]) > 10 for d in draws[1:])  # independent noise
 
 
-def test_pacs_node_evaluate_refuses_an_unknown_split(tmp_path: Path) -> None:
+def test_pacs_lab_evaluate_refuses_an_unknown_split(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from pacs_node.cli import app
+    from lab.cli import app
 
     result = CliRunner().invoke(app, ["evaluate", "--split", "tuning",
                                       "--output", str(tmp_path / "out")])  # fmt: skip

@@ -1,4 +1,4 @@
-"""`pacs-node evaluate`: presets against baselines on phantoms and held-out real CT, as a report."""
+"""`pacs-lab evaluate`: presets against baselines on phantoms and held-out real CT, as a report."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from lab.training import load_volumes
 from models.classical import AnisotropicDiffusionFilter
 from models.engine import NetworkEnhancer, bicubic_upsample
 from models.evaluate import EvalCase, Method, evaluate, summarise
@@ -29,7 +30,6 @@ from models.simulation import LowDoseSimulator, ScanGeometry, calibrate_i0
 from models.sr_baselines import bicubic_linear, degrade, fit_linear_filter
 from pacs_node.enhancers import EnhancerCache
 from pacs_node.settings import Settings
-from pacs_node.training import load_volumes
 
 DOSE_FRACTION = 0.25
 ELECTRONIC_NOISE_VAR = 10.0
@@ -464,7 +464,7 @@ def write_report(
             "## Architecture comparison",
             "",
             f"The autoencoder family against the residual CNN, trained alike by "
-            f"`pacs-node compare`: [{out_dir.name}/autoencoders.md]"
+            f"`pacs-lab compare`: [{out_dir.name}/autoencoders.md]"
             f"({out_dir.name}/autoencoders.md).",
             "",
         ]

@@ -1,0 +1,1 @@
+"""Research code that reads DICOM: training runs, evaluation reports, comparisons (`pacs-lab`)."""

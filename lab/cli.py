@@ -1,0 +1,235 @@
+"""The ``pacs-lab`` command (an entry point): train, evaluate, compare."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from pacs_node.errors import ConfigError, EnhancementError
+from pacs_node.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="PACS Enhancement Node research commands: train, evaluate and compare networks.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML overlay on configs/default.yaml", exists=True),
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def train(
+    mode: Annotated[
+        str, typer.Argument(help="denoise, noise2noise, diffusion or super_resolution")
+    ],
+    name: Annotated[str, typer.Option(help="model card name")],
+    architecture: Annotated[str, typer.Option(help="zoo architecture, e.g. dncnn")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="DICOM folder or .tar.xz archive (MR may train on phantoms alone)", exists=True
+        ),
+    ] = None,
+    arch_kwargs: Annotated[str, typer.Option(help="JSON constructor arguments")] = "{}",
+    context_slices: Annotated[int, typer.Option(help="1 = 2D, 3 = 2.5D")] = 1,
+    version: Annotated[str, typer.Option()] = "0.1.0",
+    modality: Annotated[str, typer.Option()] = "CT",
+    description: Annotated[str, typer.Option()] = "",
+    steps: Annotated[int, typer.Option(min=1)] = 2000,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    patch: Annotated[int, typer.Option(min=16)] = 64,
+    learning_rate: Annotated[float, typer.Option()] = 1e-3,
+    seed: Annotated[int, typer.Option()] = 0,
+    noise: Annotated[str, typer.Option(help="image or projection (simulated low dose)")] = "image",
+    phantoms: Annotated[
+        int, typer.Option(help="training phantoms to add (MR: brain-like MR phantoms)", min=0)
+    ] = 0,
+    noise_draws: Annotated[int, typer.Option(help="simulated draws per slice", min=1)] = 2,
+    noise_sigma_hu: Annotated[float, typer.Option(help="added σ of the simulation")] = 20.0,
+    output: Annotated[Path, typer.Option(help="folder for the checkpoint")] = Path(
+        "models/weights"
+    ),
+    tensorboard: Annotated[
+        Path | None, typer.Option(help="write TensorBoard loss curves to this folder")
+    ] = None,
+    noise_cache: Annotated[
+        Path, typer.Option(help="folder keeping simulated noise banks between runs")
+    ] = Path("var/cache/noise-bank"),
+    sampling: Annotated[
+        str, typer.Option(help="volume (each volume equally likely) or slice (each slice)")
+    ] = "volume",
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="model card (.json) whose verified weights start the network: the same "
+            "architecture, or a DnCNN for a cold diffusion with restorer 'dncnn'",
+            exists=True,
+        ),
+    ] = None,
+) -> None:
+    """Train a zoo network and write its checkpoint and model card (with held-out metrics)."""
+    import shlex
+    import sys
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from lab.training import train_model
+    from models.train import TrainConfig
+
+    if mode not in ("denoise", "noise2noise", "diffusion", "super_resolution"):
+        console.print("[red]mode must be denoise, noise2noise, diffusion or super_resolution[/red]")
+        raise typer.Exit(2)
+    if data is None and not (modality.upper() == "MR" and phantoms):
+        console.print("[red]--data is required (MR alone may train on --phantoms)[/red]")
+        raise typer.Exit(2)
+    if sampling not in ("volume", "slice"):
+        console.print("[red]--sampling must be volume or slice[/red]")
+        raise typer.Exit(2)
+    config = TrainConfig(
+        steps=steps, batch_size=batch_size, patch=patch, learning_rate=learning_rate, seed=seed,
+        sampling=sampling,  # type: ignore[arg-type]
+    )  # fmt: skip
+    command = "pacs-lab " + shlex.join(sys.argv[1:])
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[loss]}"),
+               TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(f"training {name}", total=steps, loss="")
+
+        def on_step(step: int, total: int, loss_hu: float) -> None:
+            bar.update(task, completed=step, loss=f"L1 {loss_hu:.2f} HU")
+
+        try:
+            card = train_model(
+                data, output, name=name, version=version, mode=mode,  # type: ignore[arg-type]
+                architecture=architecture, arch_kwargs=json.loads(arch_kwargs),
+                context_slices=context_slices, modality=modality, description=description,
+                config=config, command=command, noise=noise, phantoms=phantoms,
+                noise_draws=noise_draws, noise_sigma_hu=noise_sigma_hu, on_step=on_step,
+                log=console.print, log_dir=tensorboard, noise_cache=noise_cache,
+                init_from=init_from,
+            )  # fmt: skip
+        except ValueError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from exc
+    console.print(f"wrote {card}")
+    console.print_json(card.read_text())
+
+
+@app.command()
+def evaluate(
+    data: Annotated[
+        Path | None, typer.Option(help="real CT (folder or .tar.xz); its last quarter is held out")
+    ] = None,
+    preset: Annotated[list[str] | None, typer.Option(help="network preset(s) to evaluate")] = None,
+    sr_preset: Annotated[list[str] | None, typer.Option(help="x2 SR preset(s) to evaluate")] = None,
+    output: Annotated[Path, typer.Option(help="report folder")] = Path("docs/evaluation"),
+    seed: Annotated[int, typer.Option()] = 7,
+    split: Annotated[
+        str, typer.Option(help="test (the report) or validation (for choosing recipes)")
+    ] = "test",
+    bias_draws: Annotated[
+        int, typer.Option(min=1, help="noise draws per phantom averaged for the HU bias")
+    ] = 8,
+    config: ConfigOption = None,
+) -> None:
+    """Evaluate presets against baselines on phantoms and held-out CT: CSV, Markdown, PNG."""
+    import shlex
+    import sys
+
+    from lab.evaluation import EvaluationConfig, run_evaluation
+
+    settings = _settings(config)
+    command = "pacs-lab " + shlex.join(sys.argv[1:])
+    try:
+        evaluation_config = EvaluationConfig(seed=seed, split=split, bias_draws=bias_draws)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    try:
+        report = run_evaluation(
+            settings, data, preset or [settings.preset], output, evaluation_config,
+            command, log=console.print, sr_presets=sr_preset or [],
+        )  # fmt: skip
+    except EnhancementError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"wrote {report}")
+
+
+@app.command()
+def compare(
+    data: Annotated[
+        Path,
+        typer.Option(help="real CT (folder or .tar.xz); its last quarter is held out", exists=True),
+    ],
+    architecture: Annotated[
+        list[str] | None,
+        typer.Option(help="architectures to compare (default: dncnn and the autoencoders)"),
+    ] = None,
+    steps: Annotated[int, typer.Option(min=1)] = 1500,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    patch: Annotated[int, typer.Option(min=16)] = 64,
+    learning_rate: Annotated[float, typer.Option()] = 1e-3,
+    seed: Annotated[int, typer.Option()] = 0,
+    noise: Annotated[str, typer.Option(help="image or projection")] = "projection",
+    phantoms: Annotated[int, typer.Option(min=0, help="training phantoms to add")] = 0,
+    noise_draws: Annotated[int, typer.Option(min=1)] = 2,
+    noise_sigma_hu: Annotated[float, typer.Option()] = 15.0,
+    work_dir: Annotated[Path, typer.Option(help="where the compared checkpoints are kept")] = Path(
+        "var/comparison"
+    ),
+    output: Annotated[Path, typer.Option(help="report folder")] = Path("docs/evaluation"),
+    noise_cache: Annotated[Path, typer.Option()] = Path("var/cache/noise-bank"),
+) -> None:
+    """Train architectures alike (the autoencoder family by default) and tabulate them."""
+    import shlex
+    import sys
+
+    from lab.comparison import AUTOENCODER_FAMILY, TrainingRecipe, compare_architectures
+    from models.train import TrainConfig
+
+    known = {c.architecture: c for c in AUTOENCODER_FAMILY}
+    wanted = architecture or list(known)
+    unknown = [a for a in wanted if a not in known]
+    if unknown:
+        console.print(f"[red]unknown architecture(s) {unknown}; choose from {list(known)}[/red]")
+        raise typer.Exit(2)
+    if noise not in ("image", "projection"):
+        console.print("[red]--noise must be image or projection[/red]")
+        raise typer.Exit(2)
+    recipe = TrainingRecipe(
+        TrainConfig(steps=steps, batch_size=batch_size, patch=patch,
+                    learning_rate=learning_rate, seed=seed),
+        noise=noise, phantoms=phantoms, noise_draws=noise_draws, noise_sigma_hu=noise_sigma_hu,
+    )  # fmt: skip
+    command = "pacs-lab " + shlex.join(sys.argv[1:])
+    try:
+        report = compare_architectures(
+            data, [known[a] for a in wanted], recipe, work_dir, output, command,
+            noise_cache=noise_cache, log=console.print,
+        )  # fmt: skip
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(f"wrote {report}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
