@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -129,6 +130,63 @@ def train(
             raise typer.Exit(2) from exc
     console.print(f"wrote {card}")
     console.print_json(card.read_text())
+
+
+@app.command("train-blind")
+def train_blind_command(
+    name: Annotated[str, typer.Option(help="model card name")],
+    architecture: Annotated[str, typer.Option(help="zoo architecture, e.g. resunet")],
+    data_dir: Annotated[
+        Path, typer.Option(help="folder holding the archives of lab/manifests/ct.json", exists=True)
+    ] = Path("../shared/data"),
+    arch_kwargs: Annotated[str, typer.Option(help="JSON constructor arguments")] = "{}",
+    version: Annotated[str, typer.Option()] = "0.1.0",
+    description: Annotated[str, typer.Option()] = "",
+    steps: Annotated[int, typer.Option(min=1)] = 10000,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    patch: Annotated[int, typer.Option(min=16)] = 96,
+    learning_rate: Annotated[float, typer.Option()] = 1e-3,
+    seed: Annotated[int, typer.Option()] = 0,
+    phantoms: Annotated[int, typer.Option(min=0, help="low-contrast phantoms to add")] = 12,
+    noise_draws: Annotated[int, typer.Option(min=1, help="fan-beam draws per slice")] = 6,
+    output: Annotated[Path, typer.Option(help="folder for the checkpoint")] = Path(
+        "models/weights"
+    ),
+    noise_cache: Annotated[
+        Path, typer.Option(help="folder keeping simulated noise between runs")
+    ] = Path("var/cache/noise-bank"),
+) -> None:
+    """Train a blind 2D CT denoiser on the manifest's training patients with fan-beam noise
+    of σ 8-110 HU (resumable: a stopped run continues from its last saved state)."""
+    import shlex
+    import sys
+
+    from lab.blind import train_blind
+    from models.train import TrainConfig
+
+    config = TrainConfig(
+        steps=steps, batch_size=batch_size, patch=patch, learning_rate=learning_rate, seed=seed,
+        sampling="slice", noise_scale=(0.8, 1.25),
+    )  # fmt: skip
+    command = "pacs-lab " + shlex.join(sys.argv[1:])
+    started = time.perf_counter()
+
+    def on_step(step: int, total: int, loss_hu: float) -> None:
+        if step % 250 == 0 or step == total:
+            elapsed = time.perf_counter() - started
+            console.print(f"step {step}/{total}  L1 {loss_hu:.2f} HU  {elapsed:.0f} s")
+
+    try:
+        card = train_blind(
+            data_dir, output, name=name, version=version, architecture=architecture,
+            arch_kwargs=json.loads(arch_kwargs), description=description, config=config,
+            command=command, phantoms=phantoms, draws=noise_draws, cache_dir=noise_cache,
+            on_step=on_step, log=console.print,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(f"wrote {card}")
 
 
 @app.command()

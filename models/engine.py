@@ -198,7 +198,13 @@ class NetworkEnhancer:
             raise ValueError(f"volume must be 3-D (z, y, x), got shape {volume.shape}")
         scale = self.card.scale_factor
         low, high = self.card.intensity_range(volume)
-        source = torch.from_numpy(self._normalise(volume, low, high))
+        valid_low, valid_high = self.card.output_range(volume)
+        # Pixels outside the range the network was trained on (padding at -2048 or -3024,
+        # metal above 3071 HU) are no tissue it knows: it sees them clamped to the range,
+        # and they come back exactly as they were sent (see ``_restore_out_of_range``).
+        source = torch.from_numpy(
+            self._normalise(np.clip(volume, valid_low, valid_high), low, high)
+        )
         depth, height, width = source.shape
         output = np.empty((depth, height * scale, width * scale), dtype=np.float32)
         with torch.inference_mode():
@@ -214,9 +220,28 @@ class NetworkEnhancer:
         if scale == 1 and self.strength < 1.0:
             original = volume.astype(np.float32)
             result = original + np.float32(self.strength) * (result - original)
-        np.clip(result, *self.card.output_range(volume), out=result)
+        np.clip(result, valid_low, valid_high, out=result)
+        _restore_out_of_range(volume, result, valid_low, valid_high, scale)
         new_spacing = (spacing_mm[0], spacing_mm[1] / scale, spacing_mm[2] / scale)
         return result, new_spacing
+
+
+def _restore_out_of_range(
+    volume: np.ndarray, result: np.ndarray, low: float, high: float, scale: int
+) -> None:
+    """Copy every input pixel outside [low, high] into ``result`` unchanged (in place).
+
+    On a finer grid (``scale`` > 1) each such pixel fills its ``scale`` x ``scale`` block,
+    so padding stays padding with the same value and extent.
+    """
+    outside = (volume < low) | (volume > high)
+    if not outside.any():
+        return
+    values = volume.astype(np.float32)
+    if scale > 1:
+        outside = outside.repeat(scale, axis=1).repeat(scale, axis=2)
+        values = values.repeat(scale, axis=1).repeat(scale, axis=2)
+    result[outside] = values[outside]
 
 
 def bicubic_upsample(volume: np.ndarray, scale: int) -> np.ndarray:

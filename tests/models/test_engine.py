@@ -46,15 +46,35 @@ def test_untrained_residual_network_is_exact_identity_in_hu() -> None:
     assert spacing == (2.5, 0.7, 0.7) and out.dtype == np.float32
 
 
-def test_output_is_clipped_to_the_valid_range() -> None:
-    kwargs = {"in_channels": 1, "features": 8, "depth": 3}
-    enhancer = NetworkEnhancer(
-        build_network("dncnn", **kwargs), _card("dncnn", kwargs), EngineOptions(device="cpu")
-    )
+def test_pixels_outside_the_trained_range_come_back_unchanged() -> None:
+    """Padding (-2048, -3024) and dense material above 3071 HU are returned exactly as
+    sent; every other pixel stays within the valid range."""
+    kwargs = {"in_channels": 3, "features": 8, "depth": 3}
+    network = _trained_like(build_network("dncnn", **kwargs))
+    enhancer = NetworkEnhancer(network, _card("dncnn", kwargs, 3), EngineOptions(device="cpu"))
     volume = _volume()
-    volume[0, 50, 50], volume[0, 60, 60] = -3000, 5000
+    volume[:, :, :6] = -3024.0  # GE padding outside the scan field
+    volume[1, :, -4:] = -2048.0
+    volume[2, 50:53, 50:53] = 3500.0  # metal
+    volume[3, 60, 60] = 5000.0
     out, _ = enhancer(volume, (1, 1, 1))
-    assert out.min() == -1024 and out.max() == 3071
+    outside = (volume < -1024) | (volume > 3071)
+    np.testing.assert_array_equal(out[outside], volume[outside])
+    inside = out[~outside]
+    assert inside.min() >= -1024 and inside.max() <= 3071
+    assert not np.array_equal(inside, volume[~outside])  # the network did change tissue
+
+
+def test_super_resolution_keeps_padding_blocks() -> None:
+    kwargs = {"in_channels": 1}
+    network = _trained_like(build_network("sr_light", **kwargs))
+    enhancer = NetworkEnhancer(network, _card("sr_light", kwargs, scale=2),
+                               EngineOptions(device="cpu"))  # fmt: skip
+    volume = _volume(depth=1, size=40)
+    volume[0, :, :5] = -2048.0
+    out, _ = enhancer(volume, (1, 1, 1))
+    np.testing.assert_array_equal(out[0, :, :10], -2048.0)
+    assert out[0, :, 10:].min() >= -1024
 
 
 @pytest.mark.parametrize(("architecture", "kwargs"), [
