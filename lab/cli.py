@@ -288,6 +288,95 @@ def compare(
     console.print(f"wrote {report}")
 
 
+@app.command("evaluate-ct")
+def evaluate_ct(
+    data_dir: Annotated[
+        Path, typer.Option(help="folder holding the archives of lab/manifests/ct.json", exists=True)
+    ] = Path("../shared/data"),
+    split: Annotated[str, typer.Option(help="test (the report) or validation")] = "test",
+    preset: Annotated[
+        list[str] | None, typer.Option(help="preset(s) to evaluate (default: the configured one)")
+    ] = None,
+    card: Annotated[
+        list[Path] | None,
+        typer.Option(help="candidate model card(s) (.json, weights beside it)", exists=True),
+    ] = None,
+    levels: Annotated[
+        list[float] | None, typer.Option(help="added noise σ in soft tissue, HU (20 40 70)")
+    ] = None,
+    phantoms: Annotated[int, typer.Option(min=0, help="low-contrast phantoms (seeds 9000+)")] = 6,
+    bias_draws: Annotated[
+        int, typer.Option(min=1, help="noise draws per phantom and level for the HU bias")
+    ] = 4,
+    max_slices_per_collection: Annotated[
+        int | None, typer.Option(min=1, help="subsample evenly for a quick run (default: all)")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    output: Annotated[Path, typer.Option(help="report folder (Markdown beside it)")] = Path(
+        "docs/evaluation/ct"
+    ),
+    bar_method: Annotated[
+        str | None, typer.Option(help="method the bar is checked for (default: the first model)")
+    ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="folder keeping simulated noise and NLM / BM3D outputs between runs"),
+    ] = Path("var/cache/ct-eval"),
+    config: ConfigOption = None,
+) -> None:
+    """Evaluate blind CT denoisers on held-out patients at three noise levels (TESTING noise),
+    with 95 % CIs per level and vendor/kernel group, phantoms and real low-dose slices."""
+    import shlex
+    import sys
+
+    from lab.ct_eval import LEVELS_HU, CtEvalConfig
+    from lab.ct_report import bar_checks, model_methods, run_ct_evaluation, write_ct_report
+    from models.checkpoint import CheckpointError
+    from models.engine import resolve_device
+
+    settings = _settings(config)
+    command = "pacs-lab " + shlex.join(sys.argv[1:])
+    try:
+        evaluation_config = CtEvalConfig(
+            data_dir=data_dir, split=split,  # type: ignore[arg-type]
+            levels_hu=tuple(levels or LEVELS_HU), phantoms=phantoms, bias_draws=bias_draws,
+            max_slices_per_collection=max_slices_per_collection, seed=seed, bar_method=bar_method,
+        )  # fmt: skip
+        presets = preset if preset is not None or card else [settings.preset]
+        models = model_methods(settings, presets or [], card or [])
+        result = run_ct_evaluation(
+            evaluation_config, models, command, log=console.print,
+            device=resolve_device(settings.device).type, cache_dir=cache,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    except EnhancementError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    report = write_ct_report(result, output)
+    checks = bar_checks(result)
+    met = bool(checks) and all(check.passed for check in checks)
+    console.print(f"wrote {report}; bar for {result.bar_method}: {'met' if met else 'missed'}")
+
+
+@app.command("validate-simulator")
+def validate_simulator_command(
+    data_dir: Annotated[
+        Path, typer.Option(help="folder holding the archives of lab/manifests/ct.json", exists=True)
+    ] = Path("../shared/data"),
+    output: Annotated[Path, typer.Option(help="folder for the JSON and the figure")] = Path(
+        "docs/evaluation/simulator"
+    ),
+) -> None:
+    """Check the fan-beam simulator against the real low-mAs slices: NPS texture and noise
+    level (see lab/validate_sim.py)."""
+    from lab.validate_sim import validate
+
+    summary = validate(data_dir, output)
+    console.print_json(json.dumps({k: v for k, v in summary.items() if k != "checks"}))
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
