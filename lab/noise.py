@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,8 +14,6 @@ import torch
 from scipy import ndimage
 
 from models.fanbeam import FanBeamGeometry, FanBeamSimulator, Kernel
-
-logger = logging.getLogger(__name__)
 
 _BANK_FORMAT = 1  # bump when the simulation changes, so cached banks are not reused
 

@@ -116,12 +116,13 @@ def check_slice(item: CtSlice, seed: int = 0) -> SliceCheck:
             best = (kernel, value, nps_sim, flat_sigma(noise, mask))
     assert best is not None
     kernel, fitted_f, fitted_nps, unit_sigma = best
+    measured_sigma = flat_sigma(image, mask)
     return SliceCheck(
         member=entry.member,
         scanner=entry.scanner,
         kernel=entry.kernel,
         exposure_mas=float(entry.exposure_mas),
-        sigma_hu=flat_sigma(image, mask),
+        sigma_hu=measured_sigma,
         f_av=measured_f,
         fitted_cutoff=kernel.cutoff,
         fitted_boost=kernel.boost,
@@ -129,7 +130,7 @@ def check_slice(item: CtSlice, seed: int = 0) -> SliceCheck:
         unit_sigma_hu=unit_sigma,
         frequencies=[float(f) for f in freq],
         nps=[float(v) for v in nps],
-        fitted_nps=[float(v) for v in fitted_nps * (flat_sigma(image, mask) / unit_sigma) ** 2],
+        fitted_nps=[float(v) for v in fitted_nps * (measured_sigma / unit_sigma) ** 2],
     )
 
 
