@@ -436,14 +436,18 @@ def _figures(result: CtEvalResult, out_dir: Path) -> list[str]:
 def _recipe_table(result: CtEvalResult) -> str:
     rows = []
     for recipe in (TRAINING, result.recipe):
-        g = recipe.geometry
+        geometries = recipe.geometries
         rows.append(
             {
                 "recipe": recipe.name,
-                "iso / detector (mm)": f"{g.source_to_iso_mm:g} / {g.source_to_detector_mm:g}",
-                "views": g.n_views,
-                "bowtie r / max (mm)": f"{g.bowtie_radius_mm:g} / {g.bowtie_max_mm:g}",
-                "kernel window": recipe.window,
+                "iso / detector (mm)": ", ".join(
+                    f"{g.source_to_iso_mm:g} / {g.source_to_detector_mm:g}" for g in geometries
+                ),
+                "views": ", ".join(str(g.n_views) for g in geometries),
+                "bowtie r / max (mm)": ", ".join(
+                    f"{g.bowtie_radius_mm:g} / {g.bowtie_max_mm:g}" for g in geometries
+                ),
+                "kernel window": ", ".join(recipe.windows),
                 "cutoff (× Nyquist)": "{:g}-{:g}".format(*recipe.cutoff_range),
                 "boost": "{:g}-{:g}".format(*recipe.boost_range),
                 "dose fraction": "{:g}-{:g}".format(*recipe.dose_range),

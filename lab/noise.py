@@ -20,20 +20,21 @@ _BANK_FORMAT = 1  # bump when the simulation changes, so cached banks are not re
 
 @dataclass(frozen=True)
 class NoiseRecipe:
-    """How noise is made: a scanner geometry, a kernel family, a dose and noise range.
+    """How noise is made: scanner geometries, kernel families, a dose and noise range.
 
-    Each draw picks a dose fraction (log-uniform in ``dose_range``) and a kernel (cutoff
-    uniform in ``cutoff_range``, boost uniform in ``boost_range``, of ``window``), draws
-    the fan-beam noise, and scales it so its σ in the slice's soft tissue is ``sigma_hu``
-    (log-uniform in ``sigma_range_hu``, or the given level). Scaling the noise is the same
-    as changing the flux I0 for quantum noise, so σ covers the clinical range whatever the
-    patient's size; the dose still sets the share of electronic noise, and the kernel the
-    texture.
+    Each slice is projected in one of ``geometries`` (chosen at random). Each draw picks a
+    dose fraction (log-uniform in ``dose_range``) and a kernel (a window of ``windows``,
+    cutoff uniform in ``cutoff_range``, boost uniform in ``boost_range`` where the window
+    has one), draws the fan-beam noise, and scales it so its σ in the slice's soft tissue
+    is ``sigma_hu`` (log-uniform in ``sigma_range_hu``, or the given level). Scaling the
+    noise is the same as changing the flux I0 for quantum noise, so σ covers the clinical
+    range whatever the patient's size; the dose still sets the share of electronic noise,
+    and the kernel the texture.
     """
 
     name: str
-    geometry: FanBeamGeometry
-    window: str = "cosine"
+    geometries: tuple[FanBeamGeometry, ...]
+    windows: tuple[str, ...] = ("cosine",)
     cutoff_range: tuple[float, float] = (0.45, 1.0)
     boost_range: tuple[float, float] = (0.0, 1.2)
     dose_range: tuple[float, float] = (0.05, 0.5)
@@ -41,11 +42,24 @@ class NoiseRecipe:
     electronic_noise_var: float = 20.0
     i0: float = 2.0e5
 
+    def __post_init__(self) -> None:
+        if not self.geometries or not self.windows:
+            raise ValueError("a recipe needs at least one geometry and one window")
+
+    def geometry(self, rng: np.random.Generator) -> FanBeamGeometry:
+        """A random geometry of this recipe."""
+        if len(self.geometries) == 1:  # no draw, so one-geometry noise stays as it was
+            return self.geometries[0]
+        return self.geometries[int(rng.integers(len(self.geometries)))]
+
     def kernel(self, rng: np.random.Generator) -> Kernel:
-        """A random kernel of this recipe's family."""
+        """A random kernel of this recipe's families."""
+        window = self.windows[0]
+        if len(self.windows) > 1:  # no draw for one window, so its noise stays as it was
+            window = self.windows[int(rng.integers(len(self.windows)))]
         cutoff = float(rng.uniform(*self.cutoff_range))
-        boost = float(rng.uniform(*self.boost_range)) if self.window == "cosine" else 0.0
-        return Kernel(cutoff=cutoff, boost=boost, window=self.window)
+        boost = float(rng.uniform(*self.boost_range)) if window != "butterworth" else 0.0
+        return Kernel(cutoff=cutoff, boost=boost, window=window)
 
     def dose(self, rng: np.random.Generator) -> float:
         """A random dose fraction, log-uniform."""
@@ -58,14 +72,28 @@ class NoiseRecipe:
         return float(np.exp(rng.uniform(low, high)))
 
 
-# Training: a GE-like geometry (541 / 949 mm) and cosine-windowed ramps from smooth to sharp.
-TRAINING = NoiseRecipe("training", FanBeamGeometry(541.0, 949.0, 720, 180.0, 150.0))
+GE_LIKE = FanBeamGeometry(541.0, 949.0, 720, 180.0, 150.0)
+PHILIPS_LIKE = FanBeamGeometry(570.0, 1040.0, 1200, 190.0, 140.0)
+SIEMENS_LIKE = FanBeamGeometry(595.0, 1085.6, 1152, 200.0, 120.0)
+
+# The first blind candidate's recipe: a GE-like geometry and cosine-windowed ramps from
+# smooth to sharp. Cosine windows leave almost no noise near the Nyquist frequency, which
+# real lung and bone kernels (and the testing recipe) have; kept to describe that candidate.
+TRAINING_V1 = NoiseRecipe("training-v1", (GE_LIKE,))
+# Training: GE-like and Philips-like geometries; cosine windows and Gaussian windows (no
+# hard cut-off, so sharp draws keep noise up to Nyquist), from smooth to sharp.
+TRAINING = NoiseRecipe(
+    "training",
+    (GE_LIKE, PHILIPS_LIKE),
+    windows=("cosine", "gaussian"),
+    cutoff_range=(0.35, 1.0),
+)
 # Testing: a Siemens-like geometry (595 / 1085.6 mm), another bowtie, more views, and
 # Butterworth windows: noise made differently from the training noise.
 TESTING = NoiseRecipe(
     "testing",
-    FanBeamGeometry(595.0, 1085.6, 1152, 200.0, 120.0),
-    window="butterworth",
+    (SIEMENS_LIKE,),
+    windows=("butterworth",),
     cutoff_range=(0.4, 0.9),
     boost_range=(0.0, 0.0),
     dose_range=(0.1, 0.3),
@@ -98,7 +126,7 @@ def simulate(
     sigmas_hu: Sequence[float | None],
     seed: int,
     device: str = "cpu",
-) -> tuple[np.ndarray, list[dict[str, float]]]:
+) -> tuple[np.ndarray, list[dict[str, float | str]]]:
     """Noise draws for one slice: (len(sigmas), y, x) float32 HU, and what each draw used.
 
     A ``None`` σ is drawn from the recipe's range. The slice is projected once.
@@ -106,20 +134,22 @@ def simulate(
     rng = np.random.default_rng(seed)
     generator = torch.Generator(device=device).manual_seed(int(rng.integers(2**62)))
     air = np.where(np.isfinite(image_hu), np.maximum(image_hu, -1024.0), -1024.0)
-    simulator = FanBeamSimulator(air, spacing_mm, recipe.geometry, device)
+    simulator = FanBeamSimulator(air, spacing_mm, recipe.geometry(rng), device)
     roi = soft_tissue_mask(air, simulator.fov_mask)
-    out = np.empty((len(sigmas_hu), *image_hu.shape), dtype=np.float32)
-    used = []
-    for index, wanted in enumerate(sigmas_hu):
-        kernel, dose = recipe.kernel(rng), recipe.dose(rng)
-        target = float(wanted) if wanted is not None else recipe.sigma(rng)
-        noise = simulator.extra_noise(
-            dose, recipe.i0, kernel, generator, recipe.electronic_noise_var
-        )
-        measured = float(noise[roi].std())
-        out[index] = noise * np.float32(target / measured)
+    kernels, doses, targets = [], [], []
+    for wanted in sigmas_hu:  # the same random draws, in the same order, as one at a time
+        kernels.append(recipe.kernel(rng))
+        doses.append(recipe.dose(rng))
+        targets.append(float(wanted) if wanted is not None else recipe.sigma(rng))
+    out = simulator.extra_noise_many(
+        doses, recipe.i0, kernels, generator, recipe.electronic_noise_var
+    )
+    used: list[dict[str, float | str]] = []
+    for index, (kernel, dose, target) in enumerate(zip(kernels, doses, targets, strict=True)):
+        out[index] *= np.float32(target / float(out[index][roi].std()))
         used.append({"sigma_hu": target, "dose_fraction": dose, "cutoff": kernel.cutoff,
-                     "boost": kernel.boost})  # fmt: skip
+                     "boost": kernel.boost, "window": kernel.window,
+                     "source_to_iso_mm": simulator.geometry.source_to_iso_mm})  # fmt: skip
     return out, used
 
 

@@ -26,12 +26,13 @@ import torch
 from scipy import ndimage
 
 from lab.data import CtSlice, load_slices, read_manifest
-from lab.noise import TRAINING, soft_tissue_mask
+from lab.noise import GE_LIKE, soft_tissue_mask
 from models.fanbeam import FanBeamSimulator, Kernel
 from models.simulation import noise_power_spectrum, nps_mean_frequency
 
 ROI = 24  # NPS ROI side, pixels (chest slices have little contiguous soft tissue)
-# The kernel family searched: cosine windows from smooth to sharp (lab.noise.TRAINING).
+# The kernel family searched: cosine windows from smooth to sharp, in the GE-like geometry
+# (lab.noise.TRAINING_V1, with which the simulator was checked).
 KERNELS: tuple[Kernel, ...] = tuple(
     [Kernel(c, 0.0) for c in (0.35, 0.45, 0.55, 0.65, 0.8, 1.0)]
     + [Kernel(1.0, b) for b in (0.6, 1.2)]
@@ -95,7 +96,7 @@ def check_slice(item: CtSlice, seed: int = 0) -> SliceCheck:
     if entry.exposure_mas is None:
         raise ValueError(f"{entry.member} has no Exposure")
     image = np.maximum(item.hu, np.float32(-1024.0))
-    simulator = FanBeamSimulator(image, item.spacing_mm, TRAINING.geometry)
+    simulator = FanBeamSimulator(image, item.spacing_mm, GE_LIKE)
     mask = soft_tissue_mask(image, simulator.fov_mask)
     # NPS ROIs: soft tissue and fat (-200..200 HU) away from edges, not only |HU| < 150.
     flat = ndimage.binary_erosion(np.abs(ndimage.uniform_filter(image, 5)) < 200, iterations=3)

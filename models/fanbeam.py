@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,24 +73,30 @@ class FanBeamGeometry:
         return np.minimum(np.where(t < r, inside, 2.0 * r), self.bowtie_max_mm)
 
 
+WINDOWS = ("cosine", "gaussian", "butterworth")
+
+
 @dataclass(frozen=True)
 class Kernel:
     """A reconstruction kernel: the ramp times an apodisation window.
 
     ``window="cosine"``: ``(1 + boost (f/fc)^2) * (1 + cos(pi f / fc)) / 2`` below ``fc``,
     0 above: ``cutoff`` 0.4-0.6 of Nyquist with no boost is smooth (soft-tissue kernels such
-    as B20f / SOFT), 1.0 with boost ~1 sharp (B60f / BONE). ``window="butterworth"``:
-    ``1 / (1 + (f / fc)^(2 order))``, another family (used to make test noise differ from
-    training noise).
+    as B20f / SOFT), 1.0 with boost ~1 sharp (B60f / BONE). ``window="gaussian"``:
+    ``(1 + boost (f/fc)^2) * 2^(-(f/fc)^2)``, half gain at ``fc`` and no hard cut-off, so a
+    high ``fc`` keeps noise up to the Nyquist frequency (lung and bone kernels).
+    ``window="butterworth"``: ``1 / (1 + (f / fc)^(2 order))``, another family (used to make
+    test noise differ from training noise).
 
     Parameters
     ----------
     cutoff : float
         ``fc`` as a fraction of the Nyquist frequency, in (0, 1].
     boost : float
-        High-frequency boost of the cosine window (>= 0), ignored by Butterworth.
+        High-frequency boost of the cosine and Gaussian windows (>= 0), ignored by
+        Butterworth.
     window : str
-        ``"cosine"`` or ``"butterworth"``.
+        ``"cosine"``, ``"gaussian"`` or ``"butterworth"``.
     order : int
         Butterworth order.
     """
@@ -104,8 +111,8 @@ class Kernel:
             raise ValueError(f"cutoff must be in (0, 1], got {self.cutoff}")
         if self.boost < 0:
             raise ValueError(f"boost must be >= 0, got {self.boost}")
-        if self.window not in ("cosine", "butterworth"):
-            raise ValueError(f"window must be 'cosine' or 'butterworth', got {self.window!r}")
+        if self.window not in WINDOWS:
+            raise ValueError(f"window must be one of {WINDOWS}, got {self.window!r}")
         if self.order < 1:
             raise ValueError(f"order must be >= 1, got {self.order}")
 
@@ -115,6 +122,8 @@ class Kernel:
         fc = self.cutoff
         if self.window == "butterworth":
             return 1.0 / (1.0 + (f / fc) ** (2 * self.order))
+        if self.window == "gaussian":
+            return np.exp2(-((f / fc) ** 2)) * (1.0 + self.boost * (f / fc) ** 2)
         cosine = np.where(f < fc, 0.5 * (1.0 + np.cos(np.pi * np.minimum(f / fc, 1.0))), 0.0)
         return cosine * (1.0 + self.boost * (f / fc) ** 2)
 
@@ -246,6 +255,49 @@ class FanBeamSimulator:
         detector with ``g(gamma) = (gamma / sin gamma)^2 h(gamma) / 2`` (h the windowed
         ramp), and back-project with ``1 / L^2`` (L the source-to-pixel distance).
         """
+        return self.reconstruct_many([sinogram], [kernel])[0]
+
+    def reconstruct_many(
+        self, sinograms: Sequence[torch.Tensor], kernels: Sequence[Kernel]
+    ) -> torch.Tensor:
+        """:meth:`reconstruct` of several sinograms, each with its kernel: (n, y, x) in 1/mm.
+
+        The back-projection's per-pixel geometry is computed once for all of them.
+        """
+        if len(sinograms) != len(kernels) or not sinograms:
+            raise ValueError("give one kernel per sinogram, and at least one sinogram")
+        filtered = torch.stack(
+            [self._filter(sino, kernel) for sino, kernel in zip(sinograms, kernels, strict=True)],
+            dim=1,
+        )  # (views, n, detectors)
+        n_det = len(self.gammas)
+        alpha = self.fan_step
+        image = torch.zeros((filtered.shape[1], self._x.numel()), device=self.device)
+        for start in range(0, len(self.betas), _VIEW_CHUNK):
+            beta = torch.from_numpy(self.betas[start : start + _VIEW_CHUNK]).to(
+                self.device, torch.float32
+            )
+            sx, sy = self._source(beta)
+            dx = self._x[None, :] - sx[:, None]
+            dy = self._y[None, :] - sy[:, None]
+            # Fan angle of each pixel relative to the central ray (pointing at the axis).
+            gamma = torch.atan2(dy, dx) - (beta[:, None] + math.pi)
+            gamma = torch.remainder(gamma + math.pi, 2 * math.pi) - math.pi
+            index = gamma / alpha + n_det // 2
+            grid_x = (2.0 * index + 1.0) / n_det - 1.0  # align_corners=False
+            rows = filtered[start : start + len(beta)]  # (chunk, n, detectors)
+            grid = torch.stack((grid_x, torch.zeros_like(grid_x)), dim=-1)[:, None]
+            values = F.grid_sample(
+                rows[:, :, None, :], grid, mode="bilinear", padding_mode="zeros",
+                align_corners=False,
+            )[:, :, 0]  # fmt: skip
+            image += (values / (dx * dx + dy * dy)[:, None]).sum(dim=0)
+        # d(beta) over the full turn; the 1/2 of the redundant 360-degree data is in g.
+        image *= 2.0 * math.pi / len(self.betas)
+        return image.reshape(-1, self.size, self.size)
+
+    def _filter(self, sinogram: torch.Tensor, kernel: Kernel) -> torch.Tensor:
+        """Cosine weighting and the fan-beam ramp convolution along the detector."""
         sino = torch.as_tensor(sinogram, device=self.device, dtype=torch.float32)
         expected = (len(self.betas), len(self.gammas))
         if tuple(sino.shape) != expected:
@@ -260,32 +312,9 @@ class FanBeamSimulator:
         # h_alpha(n) = h_1(n) / alpha^2; Q = alpha * sum R' g, g = 0.5 factor h_alpha.
         g = torch.from_numpy(0.5 * factor * h / alpha).to(self.device, torch.float32)
         weighted = sino * (r * torch.cos(torch.from_numpy(self.gammas).to(sino)))[None, :]
-        filtered = torch.fft.irfft(
+        return torch.fft.irfft(
             torch.fft.rfft(weighted, n=size, dim=-1) * torch.fft.rfft(g), n=size, dim=-1
         )[:, :n_det]
-        image = torch.zeros_like(self._x)
-        for start in range(0, len(self.betas), _VIEW_CHUNK):
-            beta = torch.from_numpy(self.betas[start : start + _VIEW_CHUNK]).to(
-                self.device, torch.float32
-            )
-            sx, sy = self._source(beta)
-            dx = self._x[None, :] - sx[:, None]
-            dy = self._y[None, :] - sy[:, None]
-            # Fan angle of each pixel relative to the central ray (pointing at the axis).
-            gamma = torch.atan2(dy, dx) - (beta[:, None] + math.pi)
-            gamma = torch.remainder(gamma + math.pi, 2 * math.pi) - math.pi
-            index = gamma / alpha + n_det // 2
-            grid_x = (2.0 * index + 1.0) / n_det - 1.0  # align_corners=False
-            rows = filtered[start : start + len(beta)]
-            grid = torch.stack((grid_x, torch.zeros_like(grid_x)), dim=-1)[:, None]
-            values = F.grid_sample(
-                rows[:, None, None, :], grid, mode="bilinear", padding_mode="zeros",
-                align_corners=False,
-            )[:, 0, 0]  # fmt: skip
-            image += (values / (dx * dx + dy * dy)).sum(dim=0)
-        # d(beta) over the full turn; the 1/2 of the redundant 360-degree data is in g.
-        image *= 2.0 * math.pi / len(self.betas)
-        return image.reshape(self.size, self.size)
 
     # -- noise -------------------------------------------------------------------------
 
@@ -327,8 +356,24 @@ class FanBeamSimulator:
     ) -> np.ndarray:
         """Image-domain noise (HU, float32) a dose of ``dose_fraction`` adds; 0 outside the
         field of view."""
-        sino = self.noise_sinogram(dose_fraction, i0, electronic_noise_var, generator)
-        image = self.reconstruct(sino, kernel) * (1000.0 / MU_WATER_PER_MM)
-        out = image.cpu().numpy().astype(np.float32)
-        out[~self.fov_mask] = 0.0
+        return self.extra_noise_many([dose_fraction], i0, [kernel], generator,
+                                     electronic_noise_var)[0]  # fmt: skip
+
+    def extra_noise_many(
+        self,
+        dose_fractions: Sequence[float],
+        i0: float,
+        kernels: Sequence[Kernel],
+        generator: torch.Generator,
+        electronic_noise_var: float = 20.0,
+    ) -> np.ndarray:
+        """:meth:`extra_noise` for several doses and kernels, (n, y, x): the same draws, in
+        the same order, as calling it once per pair, with one back-projection for all."""
+        sinos = [
+            self.noise_sinogram(dose, i0, electronic_noise_var, generator)
+            for dose in dose_fractions
+        ]
+        images = self.reconstruct_many(sinos, kernels) * (1000.0 / MU_WATER_PER_MM)
+        out = images.cpu().numpy().astype(np.float32)
+        out[:, ~self.fov_mask] = 0.0
         return out

@@ -44,7 +44,9 @@ from models.metrics import gaussian_baseline
 torch.set_num_threads(1)
 
 # The test recipe: TESTING's kernels and doses, a few views only (tiny images, fast).
-RECIPE: NoiseRecipe = dataclasses.replace(TESTING, geometry=FanBeamGeometry(541, 949, n_views=90))
+RECIPE: NoiseRecipe = dataclasses.replace(
+    TESTING, geometries=(FanBeamGeometry(541, 949, n_views=90),)
+)
 LEVELS = (20.0, 70.0)
 SPACING_MM = 3.5
 
@@ -253,7 +255,7 @@ def test_report_files_and_verdicts(result: CtEvalResult, tmp_path: Path) -> None
     for name in ("groups.csv", "phantoms.csv", "low_dose.csv"):
         assert (tmp_path / "ct" / name).stat().st_size > 0
     summary = json.loads((tmp_path / "ct" / "summary.json").read_text())
-    assert summary["bar_met"] is False and summary["recipe"]["window"] == "butterworth"
+    assert summary["bar_met"] is False and summary["recipe"]["windows"] == ["butterworth"]
     assert summary["command"] == "pacs-lab evaluate-ct --seed 0"
     figures = sorted(p.name for p in (tmp_path / "ct" / "figures").iterdir())
     assert figures == ["a-smooth-20hu.png", "a-smooth-70hu.png", "b-sharp-20hu.png",

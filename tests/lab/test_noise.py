@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from lab.noise import NoiseRecipe, noise_bank, simulate, soft_tissue_mask
+from lab.noise import TESTING, TRAINING, NoiseRecipe, noise_bank, simulate, soft_tissue_mask
 from models.fanbeam import FanBeamGeometry
 
-RECIPE = NoiseRecipe("tiny", FanBeamGeometry(541.0, 949.0, n_views=90))
+RECIPE = NoiseRecipe("tiny", (FanBeamGeometry(541.0, 949.0, n_views=90),))
 SPACING = 3.0
 
 
@@ -43,3 +44,24 @@ def test_the_bank_is_reproducible_and_cached(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a, b)
     other = noise_bank(images, spacings, RECIPE, 2, seed=1, log=logs.append)
     assert not np.array_equal(other[0], first[0])
+
+
+def test_a_mixed_recipe_draws_every_window_and_geometry() -> None:
+    mixed = NoiseRecipe(
+        "mixed",
+        (FanBeamGeometry(541.0, 949.0, n_views=90), FanBeamGeometry(570.0, 1040.0, n_views=90)),
+        windows=("cosine", "gaussian"),
+    )
+    windows, distances = set(), set()
+    for seed in range(6):
+        _, used = simulate(_body(64), SPACING, mixed, [20.0, 20.0], seed=seed)
+        windows |= {u["window"] for u in used}
+        distances |= {u["source_to_iso_mm"] for u in used}
+    assert windows == {"cosine", "gaussian"} and distances == {541.0, 570.0}
+
+
+def test_testing_noise_is_made_differently_from_training_noise() -> None:
+    assert not set(TESTING.windows) & set(TRAINING.windows)
+    assert not set(TESTING.geometries) & set(TRAINING.geometries)
+    with pytest.raises(ValueError, match="at least one"):
+        NoiseRecipe("empty", ())
