@@ -42,6 +42,6 @@ def test_corrupt_weights_stop_start_up_with_the_file_named(tmp_path: Path) -> No
     data = bytearray(damaged.read_bytes())
     data[len(data) // 2] ^= 0x01
     damaged.write_bytes(bytes(data))
-    result = _serve(tmp_path, models__weights_dir=str(weights))
+    result = _serve(tmp_path, preset="ct-denoise-legacy", models__weights_dir=str(weights))
     assert result.returncode == 1
     assert "corrupt" in result.stdout and "ct-denoise-dncnn-s.safetensors" in result.stdout
