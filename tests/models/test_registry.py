@@ -33,8 +33,14 @@ def _save(directory: Path, name: str, version: str = "1.0") -> Path:
 
 def test_shipped_presets_file_defines_the_documented_names() -> None:
     presets = load_presets(PRESETS_FILE)
-    networks = {"ct-denoise", "ct-denoise-fast", "ct-denoise-legacy", "ct-sr2x", "ct-diffusion",
-                "mr-denoise"}
+    networks = {
+        "ct-denoise",
+        "ct-denoise-fast",
+        "ct-denoise-legacy",
+        "ct-sr2x",
+        "ct-diffusion",
+        "mr-denoise",
+    }
     assert networks <= set(presets)
     assert {"gaussian", "anisotropic-diffusion", "identity"} <= set(presets)
     assert all(p.description for p in presets.values())
