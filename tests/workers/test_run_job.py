@@ -135,9 +135,11 @@ def test_denoiser_changes_pixels_but_keeps_geometry(ctx: WorkerContext) -> None:
     smooth = np.stack([d.pixel_array for d in derived]).astype(float)
     assert not np.array_equal(noisy, smooth)
     # Less noise: the high-frequency energy (neighbour differences) drops, while the mean
-    # value over the phantom is kept (no HU shift).
+    # value over the phantom is kept (no HU shift). The phantom, not the air around it:
+    # air noise below -1024 HU comes back exactly as sent, by design, so the air's mean moves.
+    phantom = noisy > noisy.min() + 500
     assert np.abs(np.diff(smooth, axis=2)).mean() < 0.9 * np.abs(np.diff(noisy, axis=2)).mean()
-    assert abs(smooth.mean() - noisy.mean()) < 2.0
+    assert abs(smooth[phantom].mean() - noisy[phantom].mean()) < 2.0
 
 
 def test_refused_instances_raise_dispatch_error_with_results_recorded(ctx: WorkerContext) -> None:
