@@ -76,10 +76,6 @@ GE_LIKE = FanBeamGeometry(541.0, 949.0, 720, 180.0, 150.0)
 PHILIPS_LIKE = FanBeamGeometry(570.0, 1040.0, 1200, 190.0, 140.0)
 SIEMENS_LIKE = FanBeamGeometry(595.0, 1085.6, 1152, 200.0, 120.0)
 
-# The first blind candidate's recipe: a GE-like geometry and cosine-windowed ramps from
-# smooth to sharp. Cosine windows leave almost no noise near the Nyquist frequency, which
-# real lung and bone kernels (and the testing recipe) have; kept to describe that candidate.
-TRAINING_V1 = NoiseRecipe("training-v1", (GE_LIKE,))
 # Training: GE-like and Philips-like geometries; cosine windows and Gaussian windows (no
 # hard cut-off, so sharp draws keep noise up to Nyquist), from smooth to sharp.
 TRAINING = NoiseRecipe(

@@ -32,7 +32,7 @@ from models.simulation import noise_power_spectrum, nps_mean_frequency
 
 ROI = 24  # NPS ROI side, pixels (chest slices have little contiguous soft tissue)
 # The kernel family searched: cosine windows from smooth to sharp, in the GE-like geometry
-# (lab.noise.TRAINING_V1, with which the simulator was checked).
+# (the first candidate's training recipe, with which the simulator was checked).
 KERNELS: tuple[Kernel, ...] = tuple(
     [Kernel(c, 0.0) for c in (0.35, 0.45, 0.55, 0.65, 0.8, 1.0)]
     + [Kernel(1.0, b) for b in (0.6, 1.2)]
