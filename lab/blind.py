@@ -1,10 +1,17 @@
 """`pacs-lab train-blind`: a blind CT denoiser on the manifest's training patients with
-fan-beam noise over the clinical range (no noise level is given at inference)."""
+fan-beam noise over the clinical range (no noise level is given at inference).
+
+The training images can be exported to one file (:func:`save_training_set`), so a machine
+without the data archives (a rented GPU, say) trains on exactly the same slices.
+"""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -14,8 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lab.data import MANIFEST, read_manifest, select
-from lab.data import load_slices as load_manifest_slices
+from lab import CT_MANIFEST as MANIFEST
 from lab.noise import TRAINING, noise_bank
 from models.checkpoint import ModelCard, save_checkpoint
 from models.networks import build_network
@@ -24,16 +30,42 @@ from models.train import StepCallback, TrainConfig, train
 
 # Training phantoms: seeds disjoint from every evaluation phantom (those use 9000+).
 PHANTOM_SEED = 5000
+_SET_FORMAT = 1
+# Steps timed (after as many warm-up steps) to fit a run into a time budget.
+_CALIBRATION_STEPS = 30
 
 
-def training_images(
-    data_dir: Path, phantoms: int, manifest: Path = MANIFEST
-) -> tuple[list[np.ndarray], list[float], list[str]]:
-    """The training split's normal-dose real slices and ``phantoms`` low-contrast phantoms:
-    images (HU, air below -1024 set to -1024), pixel spacings and names."""
+@dataclasses.dataclass(frozen=True)
+class TrainingSet:
+    """Training slices (HU, air at -1024), their pixel spacings and names, and the SHA-256
+    of the manifest they were selected by."""
+
+    images: list[np.ndarray]
+    spacings: list[float]
+    names: list[str]
+    manifest_sha256: str
+
+    @property
+    def phantoms(self) -> int:
+        return sum(name.startswith("phantom/") for name in self.names)
+
+    def describe(self) -> str:
+        real = len(self.names) - self.phantoms
+        collections = {n.split("/")[0] for n in self.names if not n.startswith("phantom/")}
+        return (
+            f"lab/manifests/ct.json (SHA-256 {self.manifest_sha256[:16]}…) split 'train', "
+            f"normal-dose slices only: {real} real slices of {len(collections)} collections; "
+            f"{self.phantoms} low-contrast phantoms (seeds {PHANTOM_SEED}+)"
+        )
+
+
+def training_images(data_dir: Path, phantoms: int, manifest: Path = MANIFEST) -> TrainingSet:
+    """The training split's normal-dose real slices and ``phantoms`` low-contrast phantoms."""
+    from lab.data import load_slices, read_manifest, select  # pydicom: only here
+
     entries = select(read_manifest(manifest), "train", low_dose=False)
     images, spacings, names = [], [], []
-    for item in load_manifest_slices(entries, data_dir):
+    for item in load_slices(entries, data_dir):
         images.append(np.maximum(item.hu, np.float32(-1024.0)))
         spacings.append(item.spacing_mm)
         names.append(f"{item.entry.collection}/{item.entry.member}")
@@ -44,11 +76,75 @@ def training_images(
         images.append(phantom.image.astype(np.float32))
         spacings.append(spacing)
         names.append(f"phantom/{PHANTOM_SEED + index}")
-    return images, spacings, names
+    sha = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    return TrainingSet(images, spacings, names, sha)
+
+
+def save_training_set(training_set: TrainingSet, path: Path) -> Path:
+    """Write the set to one compressed ``.npz``, bit for bit: integer-valued slices (as
+    most real CT is) as int16, the others as float32; both load as float32."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, Any] = {}
+    for index, image in enumerate(training_set.images):
+        pixels = image.astype(np.float32)
+        whole = pixels.astype(np.int16)
+        exact = np.array_equal(whole.astype(np.float32), pixels)
+        arrays[f"image_{index:04d}"] = whole if exact else pixels
+    header = {
+        "format": _SET_FORMAT,
+        "spacings": training_set.spacings,
+        "names": training_set.names,
+        "manifest_sha256": training_set.manifest_sha256,
+    }
+    with path.open("wb") as handle:
+        arrays["header"] = np.array(json.dumps(header))
+        np.savez_compressed(handle, **arrays)
+    return path
+
+
+def load_training_set(path: Path) -> TrainingSet:
+    """Read a set written by :func:`save_training_set`.
+
+    Raises
+    ------
+    ValueError
+        If the file is not such a set.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            header = json.loads(str(data["header"]))
+            if header.get("format") != _SET_FORMAT:
+                raise ValueError(f"{path}: training-set format {header.get('format')!r} is not "
+                                 f"{_SET_FORMAT}")  # fmt: skip
+            images = [
+                data[f"image_{i:04d}"].astype(np.float32) for i in range(len(header["names"]))
+            ]
+    except (OSError, KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a training set written by pacs-lab: {exc}") from exc
+    return TrainingSet(images, [float(s) for s in header["spacings"]], list(header["names"]),
+                       str(header["manifest_sha256"]))  # fmt: skip
+
+
+def _seconds_per_step(
+    network: torch.nn.Module, card: ModelCard, volumes: list[np.ndarray], config: TrainConfig,
+    bank: list[np.ndarray], device: str,
+) -> float:  # fmt: skip
+    """Wall seconds per training step on ``device``, timed on a throwaway copy."""
+    marks: dict[int, float] = {}
+
+    def mark(step: int, total: int, loss: float) -> None:
+        marks[step] = time.perf_counter()
+
+    trial = dataclasses.replace(config, steps=2 * _CALIBRATION_STEPS, save_every=10**9)
+    with tempfile.TemporaryDirectory() as scratch:
+        train(copy.deepcopy(network), card, volumes, trial, "denoise", Path(scratch), mark,
+              noise_bank=bank, device=device)  # fmt: skip
+    last = 2 * _CALIBRATION_STEPS
+    return (marks[last] - marks[_CALIBRATION_STEPS]) / _CALIBRATION_STEPS
 
 
 def train_blind(
-    data_dir: Path,
+    training_set: TrainingSet,
     output: Path,
     *,
     name: str,
@@ -58,22 +154,29 @@ def train_blind(
     description: str,
     config: TrainConfig,
     command: str,
-    phantoms: int = 12,
     draws: int = 6,
     cache_dir: Path | None = None,
     on_step: StepCallback | None = None,
     log: Callable[[str], None] = print,
+    device: str = "cpu",
+    time_budget_s: float | None = None,
 ) -> Path:
     """Train a 2D denoiser on fan-beam noise of σ 8-110 HU; write its card and weights.
 
     The noise bank holds ``draws`` fields per slice (recipe :data:`lab.noise.TRAINING`);
     each training patch takes one, scaled by a factor in ``config.noise_scale``.
+
+    With ``time_budget_s``, ``config.steps`` is replaced by as many steps as fit in the
+    budget (counted from this call, timed on a throwaway copy of the network after the noise
+    bank is ready), so the cosine schedule still runs to its end; the card records the steps,
+    and a run with that step count repeats it.
     """
+    started_call = time.monotonic()
     torch.manual_seed(config.seed)
-    images, spacings, names = training_images(data_dir, phantoms)
-    log(f"data: {len(images)} slices ({phantoms} phantoms)")
+    images, spacings, names = training_set.images, training_set.spacings, training_set.names
+    log(f"data: {len(images)} slices ({training_set.phantoms} phantoms)")
     started = time.perf_counter()
-    bank = noise_bank(images, spacings, TRAINING, draws, config.seed, cache_dir, log)
+    bank = noise_bank(images, spacings, TRAINING, draws, config.seed, cache_dir, log, device)
     log(f"noise bank ready in {time.perf_counter() - started:.0f} s")
     network = build_network(architecture, **arch_kwargs)
     card = ModelCard(
@@ -86,7 +189,19 @@ def train_blind(
         context_slices=1,
         description=description,
     )
-    manifest_sha = hashlib.sha256(MANIFEST.read_bytes()).hexdigest()
+    volumes = [image[None] for image in images]
+    stop_at = None
+    if time_budget_s is not None:
+        if device.startswith("cuda"):
+            torch.backends.cudnn.benchmark = True
+        per_step = _seconds_per_step(network, card, volumes, config, bank, device)
+        stop_at = started_call + time_budget_s
+        steps = int(0.92 * (stop_at - time.monotonic()) / per_step)
+        if steps < 1:
+            raise ValueError(f"a {time_budget_s:.0f} s budget leaves no time to train "
+                             f"({per_step:.3f} s per step)")  # fmt: skip
+        config = dataclasses.replace(config, steps=steps)
+        log(f"{per_step * 1000:.1f} ms per step: {steps} steps fit the budget")
     run_key = hashlib.sha256(
         json.dumps(
             [
@@ -96,36 +211,37 @@ def train_blind(
                 asdict(config),
                 asdict(TRAINING),
                 draws,
-                manifest_sha,
+                training_set.manifest_sha256,
             ],
             sort_keys=True,
             default=str,
         ).encode()
     ).hexdigest()
+    done = 0
+
+    def count(step: int, total: int, loss: float) -> None:
+        nonlocal done
+        done = step
+        if on_step is not None:
+            on_step(step, total, loss)
+
     started = time.perf_counter()
-    train(network, card, [image[None] for image in images], config, "denoise", output,
-          on_step, noise_bank=bank, run_key=run_key)  # fmt: skip
+    train(network, card, volumes, config, "denoise", output, count, noise_bank=bank,
+          run_key=run_key, device=device, stop_at=stop_at)  # fmt: skip
     seconds = time.perf_counter() - started
-    card = ModelCard(
-        **{
-            **asdict(card),
-            "training": {
-                "command": command,
-                "data": (
-                    f"lab/manifests/ct.json (SHA-256 {manifest_sha[:16]}…) split 'train', "
-                    f"normal-dose slices only: {len(images) - phantoms} real slices of "
-                    f"{len({n.split('/')[0] for n in names if not n.startswith('phantom')})} "
-                    f"collections; {phantoms} low-contrast phantoms (seeds {PHANTOM_SEED}+)"
-                ),
-                "noise": (
-                    f"fan-beam simulation (lab.noise.TRAINING: {asdict(TRAINING)}), "
-                    f"{draws} draws per slice, scaled by {config.noise_scale}"
-                ),
-                "config": asdict(config),
-                "seconds": round(seconds, 1),
-                "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
-                "torch": torch.__version__,
-            },
-        }
-    )
+    training: dict[str, Any] = {
+        "command": command,
+        "data": training_set.describe(),
+        "noise": (
+            f"fan-beam simulation (lab.noise.TRAINING: {asdict(TRAINING)}), "
+            f"{draws} draws per slice, scaled by {config.noise_scale}"
+        ),
+        "config": asdict(config),
+        "seconds": round(seconds, 1),
+        "device": "cpu" if not device.startswith("cuda") else torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+    }
+    if done < config.steps:
+        training["stopped_at_step"] = done  # time ran out before the schedule's end
+    card = ModelCard(**{**asdict(card), "training": training})
     return save_checkpoint(output, network, card)

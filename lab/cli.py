@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from pacs_node.errors import ConfigError, EnhancementError
-from pacs_node.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # the node's settings (pydantic) load only for commands that need them,
+    # so training runs on a machine that has PyTorch and typer but not the node's stack
+    from pacs_node.settings import Settings
 
 app = typer.Typer(
     help="PACS Enhancement Node research commands: train, evaluate and compare networks.",
@@ -27,6 +30,8 @@ ConfigOption = Annotated[
 
 
 def _settings(config: Path | None) -> Settings:
+    from pacs_node.settings import load_settings
+
     try:
         return load_settings(config)
     except ConfigError as exc:
@@ -132,23 +137,56 @@ def train(
     console.print_json(card.read_text())
 
 
+@app.command("export-training-set")
+def export_training_set(
+    output: Annotated[Path, typer.Argument(help=".npz file to write")],
+    data_dir: Annotated[
+        Path, typer.Option(help="folder holding the archives of lab/manifests/ct.json", exists=True)
+    ] = Path("../shared/data"),
+    phantoms: Annotated[int, typer.Option(min=0, help="low-contrast phantoms to add")] = 12,
+) -> None:
+    """Write the blind denoiser's training slices (the manifest's training patients, plus
+    phantoms) to one file, for `train-blind --training-set` on a machine without the data."""
+    from lab.blind import save_training_set, training_images
+
+    try:
+        written = save_training_set(training_images(data_dir, phantoms), output)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)")
+
+
 @app.command("train-blind")
 def train_blind_command(
     name: Annotated[str, typer.Option(help="model card name")],
     architecture: Annotated[str, typer.Option(help="zoo architecture, e.g. resunet")],
     data_dir: Annotated[
-        Path, typer.Option(help="folder holding the archives of lab/manifests/ct.json", exists=True)
+        Path, typer.Option(help="folder holding the archives of lab/manifests/ct.json")
     ] = Path("../shared/data"),
+    training_set: Annotated[
+        Path | None,
+        typer.Option(
+            help="train on a set from export-training-set instead of --data-dir",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
     arch_kwargs: Annotated[str, typer.Option(help="JSON constructor arguments")] = "{}",
     version: Annotated[str, typer.Option()] = "0.1.0",
     description: Annotated[str, typer.Option()] = "",
     steps: Annotated[int, typer.Option(min=1)] = 10000,
+    time_budget: Annotated[
+        float | None,
+        typer.Option(min=1, help="seconds: train as many steps as fit (replaces --steps)"),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     patch: Annotated[int, typer.Option(min=16)] = 96,
     learning_rate: Annotated[float, typer.Option()] = 1e-3,
     seed: Annotated[int, typer.Option()] = 0,
     phantoms: Annotated[int, typer.Option(min=0, help="low-contrast phantoms to add")] = 12,
     noise_draws: Annotated[int, typer.Option(min=1, help="fan-beam draws per slice")] = 6,
+    device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1 ...")] = "cpu",
     output: Annotated[Path, typer.Option(help="folder for the checkpoint")] = Path(
         "models/weights"
     ),
@@ -161,7 +199,7 @@ def train_blind_command(
     import shlex
     import sys
 
-    from lab.blind import train_blind
+    from lab.blind import load_training_set, train_blind, training_images
     from models.train import TrainConfig
 
     config = TrainConfig(
@@ -177,11 +215,18 @@ def train_blind_command(
             console.print(f"step {step}/{total}  L1 {loss_hu:.2f} HU  {elapsed:.0f} s")
 
     try:
+        if training_set is not None:
+            images = load_training_set(training_set)
+        elif not data_dir.is_dir():
+            raise FileNotFoundError(f"{data_dir} does not exist (give --data-dir or "
+                                    "--training-set)")  # fmt: skip
+        else:
+            images = training_images(data_dir, phantoms)
         card = train_blind(
-            data_dir, output, name=name, version=version, architecture=architecture,
+            images, output, name=name, version=version, architecture=architecture,
             arch_kwargs=json.loads(arch_kwargs), description=description, config=config,
-            command=command, phantoms=phantoms, draws=noise_draws, cache_dir=noise_cache,
-            on_step=on_step, log=console.print,
+            command=command, draws=noise_draws, cache_dir=noise_cache, on_step=on_step,
+            log=console.print, device=device, time_budget_s=time_budget,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[red]{exc}[/red]")
@@ -380,3 +425,7 @@ def validate_simulator_command(
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+if __name__ == "__main__":
+    main()

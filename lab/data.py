@@ -22,10 +22,12 @@ import numpy as np
 import pydicom
 from pydicom.pixels import apply_rescale
 
+from lab import CT_MANIFEST
+
 Split = Literal["train", "validation", "test"]
 SPLITS: tuple[Split, ...] = ("train", "validation", "test")
 
-MANIFEST = Path(__file__).resolve().parent / "manifests" / "ct.json"
+MANIFEST = CT_MANIFEST
 
 # Scanner models whose every patient is a test patient: the model never sees these
 # scanners (one GE and two Siemens models, smooth and standard kernels).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ def degrade_for_sr(images: torch.Tensor, scale: int = 2) -> torch.Tensor:
     """LR → VLR: Gaussian blur (sigma 0.5 px per scale step) then area downsampling."""
     sigma = 0.5 * scale
     radius = math.ceil(3 * sigma)
-    x = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     kernel = torch.exp(-(x**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
     channels = images.shape[1]
@@ -231,8 +232,15 @@ def train(
     noise_bank: Sequence[np.ndarray] | None = None,
     log_dir: Path | None = None,
     run_key: str = "",
+    device: str = "cpu",
+    stop_at: float | None = None,
 ) -> nn.Module:
-    """Train ``network`` in place and return it (in eval mode).
+    """Train ``network`` in place and return it (in eval mode, on the CPU).
+
+    Steps run on ``device`` (e.g. ``"cuda"``); patches are drawn on the CPU either way, so a
+    run draws the same patches and noise on any device. With ``stop_at`` (a
+    :func:`time.monotonic` value) the loop ends after the first step past it, keeping the
+    weights reached; ``on_step`` tells the caller how many steps ran.
 
     With ``log_dir``, the loss (modality units) and learning rate of every step are written
     as TensorBoard scalars there (needs the ``tensorboard`` package).
@@ -272,7 +280,7 @@ def train(
     start = 0
     state_path = _state_path(output, card)
     if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, weights_only=False, map_location=device)
         if state.get("run_key", "") != run_key:
             raise ValueError(
                 f"{state_path} holds the state of another training run (other arguments, "
@@ -286,18 +294,23 @@ def train(
         start = int(state["step"])
         logger.info("resuming %s at step %d", card.name, start)
     writer = _summary_writer(log_dir) if log_dir is not None else None
-    network.train()
+    network.to(device).train()
     for step in range(start, config.steps):
         pair = mode == "noise2noise"
         clean_np, bank_noise = sampler.sample(config.batch_size, draws=2 if pair else 1)
-        clean = torch.from_numpy(clean_np)
+        clean = torch.from_numpy(clean_np).to(device)
         if mode == "super_resolution":
             # MSE, not L1: the residual over bicubic is small next to the noise of the
             # acquired slices, and L1's sign-like gradients left the network at bicubic
             # (1500 steps, no gain); MSE learns the deblurring in a few hundred steps.
             loss = F.mse_loss(network(degrade_for_sr(clean, card.scale_factor)), clean)
         else:
-            noises = _noise(clean_np, bank_noise, 2 if pair else 1, config, generator, high - low)
+            noises = [
+                field.to(device)
+                for field in _noise(
+                    clean_np, bank_noise, 2 if pair else 1, config, generator, high - low
+                )
+            ]
             inputs = clean + noises[0]
             half = clean.shape[1] // 2
             if mode == "diffusion":
@@ -335,7 +348,10 @@ def train(
                 },
                 state_path,
             )
+        if stop_at is not None and time.monotonic() > stop_at:
+            logger.warning("%s: time is up after step %d of %d", card.name, step + 1, config.steps)
+            break
     if writer is not None:
         writer.close()
     state_path.unlink(missing_ok=True)
-    return network.eval()
+    return network.to("cpu").eval()

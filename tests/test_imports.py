@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ENTRY_POINTS = {"pacs_node.cli", "lab.cli", "workers.app", "workers.tasks"}
+ENTRY_POINTS = {"pacs_node.cli", "lab.cli", "lab.gpu_ladder", "workers.app", "workers.tasks"}
 PACKAGES = ("pacs_node", "workers", "models", "lab")
 
 

@@ -1,0 +1,116 @@
+"""The blind denoiser's training: exported training sets, time budgets, the GPU driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lab.blind import TrainingSet, load_training_set, save_training_set
+from models.checkpoint import ModelCard, load_checkpoint
+from models.networks import build_network
+from models.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _body(size: int, hu: float, seed: int) -> np.ndarray:
+    offsets = np.arange(size) - (size - 1) / 2
+    yy, xx = np.meshgrid(offsets, offsets, indexing="ij")
+    image = np.full((size, size), -1024.0, dtype=np.float32)
+    image[(xx / (0.4 * size)) ** 2 + (yy / (0.3 * size)) ** 2 < 1] = hu
+    rng = np.random.default_rng(seed)
+    image[size // 2 - 4 : size // 2 + 4, size // 2 - 4 : size // 2 + 4] += rng.integers(1, 90)
+    return image
+
+
+def _set(path: Path) -> TrainingSet:
+    fractional = _body(96, 40.0, 2)
+    fractional[40, 40] = 12.25  # not an integer: must stay float32
+    training_set = TrainingSet(
+        [_body(96, 40.0, 1), fractional], [3.0, 2.9], ["pancreas/a.dcm", "phantom/5000"], "ab" * 32
+    )
+    save_training_set(training_set, path)
+    return training_set
+
+
+def test_a_training_set_round_trips_bit_for_bit(tmp_path: Path) -> None:
+    written = _set(tmp_path / "set.npz")
+    loaded = load_training_set(tmp_path / "set.npz")
+    assert loaded.names == written.names
+    assert loaded.spacings == written.spacings
+    assert loaded.manifest_sha256 == written.manifest_sha256
+    for before, after in zip(written.images, loaded.images, strict=True):
+        assert after.dtype == np.float32
+        np.testing.assert_array_equal(after, before)
+    with np.load(tmp_path / "set.npz") as raw:  # integer slices are stored compactly
+        assert raw["image_0000"].dtype == np.int16
+        assert raw["image_0001"].dtype == np.float32
+    assert loaded.phantoms == 1
+    assert "1 real slices of 1 collections; 1 low-contrast phantoms" in loaded.describe()
+
+
+def test_a_file_that_is_not_a_training_set_is_refused(tmp_path: Path) -> None:
+    np.savez(tmp_path / "other.npz", values=np.zeros(3))
+    with pytest.raises(ValueError, match="not a training set"):
+        load_training_set(tmp_path / "other.npz")
+
+
+def test_training_stops_at_its_deadline_with_weights_on_the_cpu(tmp_path: Path) -> None:
+    network = build_network("resunet", in_channels=1, features=4, depth=2)
+    card = ModelCard("t", "0.0.1", "denoise", "CT", "resunet",
+                     {"in_channels": 1, "features": 4, "depth": 2})  # fmt: skip
+    before = [p.detach().clone() for p in network.parameters()]
+    steps: list[int] = []
+    trained = train(network, card, [_body(64, 40.0, 3)[None]], TrainConfig(steps=50, patch=32,
+                    batch_size=2), "denoise", tmp_path, lambda s, t, loss: steps.append(s),
+                    device="cpu", stop_at=time.monotonic() - 1.0)  # fmt: skip
+    assert steps == [1]  # one step, then the deadline (already past) ends the run
+    assert all(p.device.type == "cpu" for p in trained.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, trained.parameters(), strict=True))
+
+
+# On a lent GPU machine there is PyTorch but not the node's stack: the driver must not need it.
+_WITHOUT_NODE_STACK = """
+import runpy, sys
+for name in ("pydicom", "pydantic", "pydantic_settings", "typer", "click", "rich", "celery",
+             "sqlalchemy", "pynetdicom", "highdicom", "fastapi"):
+    sys.modules[name] = None
+sys.argv = ["lab.gpu_ladder", *sys.argv[1:]]
+runpy.run_module("lab.gpu_ladder", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_the_gpu_driver_trains_within_its_budget_without_the_node_stack(tmp_path: Path) -> None:
+    _set(tmp_path / "set.npz")
+    runner = tmp_path / "runner.py"
+    runner.write_text(_WITHOUT_NODE_STACK)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(runner), str(tmp_path / "set.npz"), str(tmp_path / "out"),
+         "--budget", "25", "--device", "cpu", "--features", "4", "--draws", "2",
+         "--batch-size", "2", "--patch", "32", "--noise-cache", str(tmp_path / "bank")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert time.monotonic() - started < 90  # the budget (25 s) plus start-up, not the steps
+    card_path = tmp_path / "out" / "ct-denoise-resunet-f4.json"
+    network, card = load_checkpoint(card_path)
+    config = card.training["config"]
+    assert config["steps"] >= 1 and config["batch_size"] == 2 and config["patch"] == 32
+    assert card.training["device"] == "cpu"
+    assert card.training["command"].startswith("python -m lab.gpu_ladder ")
+    assert "1 real slices" in card.training["data"]
+    assert card.arch_kwargs == {"in_channels": 1, "features": 4, "depth": 4}
+    log = (tmp_path / "out" / "ct-denoise-resunet-f4.log").read_text()
+    assert "steps fit the budget" in log
+    assert json.loads(card_path.read_text())["weights_sha256"] == card.weights_sha256
+    assert sum(p.numel() for p in network.parameters()) > 0
