@@ -22,7 +22,8 @@ class ModelInfo:
 
     ``weights_sha256`` identifies the exact weights (or, for a classical filter, its
     parameters): the node derives the equipment's DeviceUID from it, so any change of
-    weights gives a new DeviceUID.
+    weights gives a new DeviceUID. ``strength`` is the share of the model's change that the
+    enhancer applies (1: all of it); with the weights it decides the derived series' UIDs.
     """
 
     name: str
@@ -32,6 +33,7 @@ class ModelInfo:
     description: str
     weights_sha256: str
     scale_factor: int = 1
+    strength: float = 1.0
 
 
 class Enhancer(Protocol):

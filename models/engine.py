@@ -7,6 +7,7 @@ seams; a GPU out-of-memory error halves the batch, then the tile, and tries agai
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -106,8 +107,10 @@ class NetworkEnhancer:
 
     @property
     def info(self) -> ModelInfo:
-        """The card's provenance summary."""
-        return self.card.info
+        """The card's provenance summary, with the strength this enhancer applies (a
+        super-resolution result is never blended, so its strength is 1)."""
+        applied = self.strength if self.card.scale_factor == 1 else 1.0
+        return dataclasses.replace(self.card.info, strength=applied)
 
     # -- normalisation -----------------------------------------------------------
 

@@ -53,6 +53,7 @@ def derivation_info(
             f"Enhanced by {derived.manufacturer} {__version__}, preset {preset}: "
             f"{model.description}; model {model.name} {model.version}, "
             f"sha256 {model.weights_sha256[:16]}"
+            + (f"; strength {model.strength:.0%}" if model.strength < 1.0 else "")
         )[:1024],
         derivation_code=derivation_code_for_task(model.task),
         series_description_template=derived.series_description_template,
@@ -60,6 +61,7 @@ def derivation_info(
         manufacturer=derived.manufacturer,
         equipment_model_name=derived.equipment_model_name,
         software_versions=__version__,
+        strength=model.strength,
     )
 
 

@@ -185,7 +185,8 @@ class DerivationInfo:
     model_version : str
         Model version; part of the derived UIDs and of the DeviceUID.
     weights_sha256 : str
-        Hex SHA-256 (64 characters) of the weights; part of the DeviceUID.
+        Hex SHA-256 (64 characters) of the weights; part of the derived UIDs and of the
+        DeviceUID.
     description : str
         Derivation Description (0008,2111), ST, at most 1024 characters.
     derivation_code : tuple of str
@@ -204,6 +205,8 @@ class DerivationInfo:
         Manufacturer's Model Name (0008,1090) of the node.
     software_versions : str
         Software Versions (0018,1020) of the node.
+    strength : float
+        The share of the model's change applied (1: all of it); part of the derived UIDs.
     """
 
     preset: str
@@ -217,6 +220,7 @@ class DerivationInfo:
     manufacturer: str
     equipment_model_name: str
     software_versions: str
+    strength: float = 1.0
 
     def __post_init__(self) -> None:
         """Check every field against its DICOM value representation."""
@@ -229,6 +233,8 @@ class DerivationInfo:
             raise ValueError(
                 f"weights_sha256 must be 64 hexadecimal digits, got {self.weights_sha256!r}"
             )
+        if not 0.0 <= self.strength <= 1.0:
+            raise ValueError(f"strength must be within [0, 1], got {self.strength}")
         self._check_derivation_code()
         try:
             self.series_description_template.format(**dict.fromkeys(_TEMPLATE_FIELDS, "x"))
@@ -599,7 +605,14 @@ def build_derived_series(
     scale = _check_sources(sources, values)
 
     first = sources[0]
-    series_uid = derived_series_uid(first.SeriesInstanceUID, info.preset, info.model_version)
+    series_uid = derived_series_uid(
+        first.SeriesInstanceUID,
+        [str(source.SOPInstanceUID) for source in sources],
+        info.preset,
+        f"{info.strength:g}",
+        info.model_version,
+        info.weights_sha256,
+    )
     equipment_uid = device_uid(info.model_name, info.model_version, info.weights_sha256)
     description = _series_description(first, info)
     date, time, date_time = _da(now), _tm(now), _dt(now)
@@ -628,8 +641,9 @@ def build_derived_series(
     equipment.SoftwareVersions = info.software_versions
     equipment.DeviceUID = equipment_uid
     equipment.ContributionDateTime = date_time
+    strength = f", strength {info.strength:.0%}" if info.strength < 1.0 else ""
     equipment.ContributionDescription = (
-        f"{info.model_name} {info.model_version}, preset {info.preset}"
+        f"{info.model_name} {info.model_version}, preset {info.preset}{strength}"
     )[:_ST_MAX]
 
     derived: list[FileDataset] = []
@@ -638,7 +652,7 @@ def build_derived_series(
         ds = _copy_header(source, scale)
 
         # SOP Common (PS3.3 C.12.1): same SOP class, new instance.
-        ds.SOPInstanceUID = derived_sop_uid(source.SOPInstanceUID, info.preset, info.model_version)
+        ds.SOPInstanceUID = derived_sop_uid(series_uid, source.SOPInstanceUID)
         ds.InstanceCreationDate = date
         ds.InstanceCreationTime = time
         contributing = [

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 
 from pydicom.uid import UID
 
@@ -33,45 +35,58 @@ def _uid_from_parts(kind: str, *parts: str) -> UID:
     return UID(f"2.25.{uuid.uuid5(_NAMESPACE, name).int}")
 
 
-def derived_series_uid(source_series_uid: str, preset: str, model_version: str) -> UID:
+def derived_series_uid(
+    source_series_uid: str,
+    source_sop_uids: Sequence[str],
+    preset: str,
+    strength: str,
+    model_version: str,
+    weights_sha256: str,
+) -> UID:
     """Return the SeriesInstanceUID of the derived series made from a source series.
 
     Parameters
     ----------
     source_series_uid : str
         SeriesInstanceUID (0020,000E) of the source series.
+    source_sop_uids : sequence of str
+        SOPInstanceUIDs of the instances the series was made from (order does not matter).
     preset : str
         Name of the enhancement preset.
-    model_version : str
-        Version of the model that produced the pixels.
+    strength : str
+        The share of the model's change applied, as text (e.g. ``"0.75"``).
+    model_version, weights_sha256 : str
+        Version and SHA-256 of the weights that produced the pixels.
 
     Returns
     -------
     pydicom.uid.UID
-        The same UID for the same inputs, so re-processing a series replaces its earlier
-        result in the PACS instead of adding a duplicate series.
+        The same UID for a re-run on the same inputs with the same preset, strength and
+        weights, so it replaces its earlier result in the PACS; any other run, whose pixels
+        may differ, gets another UID.
     """
-    return _uid_from_parts("derived-series", source_series_uid, preset, model_version)
+    inputs = hashlib.sha256("\n".join(sorted(source_sop_uids)).encode("ascii")).hexdigest()
+    return _uid_from_parts("derived-series", source_series_uid, inputs, preset, strength,
+                           model_version, weights_sha256)  # fmt: skip
 
 
-def derived_sop_uid(source_sop_uid: str, preset: str, model_version: str) -> UID:
+def derived_sop_uid(derived_series_uid: str, source_sop_uid: str) -> UID:
     """Return the SOPInstanceUID of the derived instance made from a source instance.
 
     Parameters
     ----------
+    derived_series_uid : str
+        The derived series' UID (:func:`derived_series_uid`), which holds everything else
+        the pixels depend on.
     source_sop_uid : str
         SOPInstanceUID (0008,0018) of the source instance.
-    preset : str
-        Name of the enhancement preset.
-    model_version : str
-        Version of the model that produced the pixels.
 
     Returns
     -------
     pydicom.uid.UID
         The same UID for the same inputs; any changed input gives a different UID.
     """
-    return _uid_from_parts("derived-instance", source_sop_uid, preset, model_version)
+    return _uid_from_parts("derived-instance", derived_series_uid, source_sop_uid)
 
 
 def device_uid(model_name: str, model_version: str, weights_sha256: str) -> UID:

@@ -186,16 +186,39 @@ def test_geometry_and_display_kept(sources: list[FileDataset]) -> None:
 def test_new_deterministic_uids(sources: list[FileDataset]) -> None:
     first = build(sources)
     second = build(sources)
-    series_uid = derived_series_uid(sources[0].SeriesInstanceUID, "ct-denoise", "1.2.0")
+    series_uid = derived_series_uid(
+        sources[0].SeriesInstanceUID,
+        [str(src.SOPInstanceUID) for src in sources],
+        "ct-denoise",
+        "1",
+        "1.2.0",
+        "0123456789abcdef" * 4,
+    )
     assert {ds.SeriesInstanceUID for ds in first} == {series_uid}
     assert series_uid != sources[0].SeriesInstanceUID
     for out, again, src in zip(first, second, sources, strict=True):
-        assert out.SOPInstanceUID == derived_sop_uid(src.SOPInstanceUID, "ct-denoise", "1.2.0")
+        assert out.SOPInstanceUID == derived_sop_uid(series_uid, src.SOPInstanceUID)
         assert out.SOPInstanceUID == again.SOPInstanceUID
         assert out.SOPInstanceUID != src.SOPInstanceUID
-    other = build(sources, preset="ct-sharp")
-    assert other[0].SeriesInstanceUID != series_uid
-    assert other[0].SOPInstanceUID != first[0].SOPInstanceUID
+    # Anything that can change the pixels gives new UIDs: the preset, the strength, the
+    # weights, the set of inputs.
+    for other in (
+        build(sources, preset="ct-sharp"),
+        build(sources, strength=0.75),
+        build(sources, weights_sha256="f" * 64),
+        build(sources[:-1]),
+    ):
+        assert other[0].SeriesInstanceUID != series_uid
+        assert other[0].SOPInstanceUID != first[0].SOPInstanceUID
+
+
+def test_a_blended_series_names_its_strength(sources: list[FileDataset]) -> None:
+    item = build(sources, strength=0.75)[0].ContributingEquipmentSequence[-1]
+    assert item.ContributionDescription.endswith("preset ct-denoise, strength 75%")
+    assert (
+        "strength"
+        not in build(sources)[0].ContributingEquipmentSequence[-1].ContributionDescription
+    )
 
 
 def test_image_type_derived_secondary(sources: list[FileDataset]) -> None:
@@ -430,6 +453,7 @@ def test_derivation_code_is_in_cid_7203() -> None:
     ("changes", "message"),
     [
         ({"weights_sha256": "abc"}, "weights_sha256 must be 64 hexadecimal digits"),
+        ({"strength": 1.5}, "strength must be within"),
         ({"derivation_code": ("999999", "DCM", "Smoothing")}, "not in CID 7203"),
         ({"derivation_code": ("113087", "DCM", "Denoising")}, "means 'Smoothing'"),
         ({"description": "x" * 1025}, "description must be at most 1024 characters"),

@@ -11,12 +11,17 @@ SERIES = "1.2.840.113619.2.55.3.1234.5678"
 SOP = "1.2.840.113619.2.55.3.1234.5678.9"
 
 
+SOPS = [SOP, SOP + "0", SOP + "1"]
+SHA = "a" * 64
+RUN = (SERIES, SOPS, "ct-denoise", "1", "1.0.0", SHA)
+
+
 @pytest.mark.parametrize(
     "uid",
     [
-        derived_series_uid(SERIES, "ct-denoise", "1.0.0"),
-        derived_sop_uid(SOP, "ct-denoise", "1.0.0"),
-        device_uid("unet", "1.0.0", "a" * 64),
+        derived_series_uid(*RUN),
+        derived_sop_uid(derived_series_uid(*RUN), SOP),
+        device_uid("unet", "1.0.0", SHA),
     ],
 )
 def test_uids_are_valid_2_25_uids(uid: UID) -> None:
@@ -28,27 +33,37 @@ def test_uids_are_valid_2_25_uids(uid: UID) -> None:
     assert int(uid.removeprefix("2.25.")) < 2**128
 
 
-def test_same_inputs_give_same_uid() -> None:
-    assert derived_series_uid(SERIES, "p", "1") == derived_series_uid(SERIES, "p", "1")
-    assert derived_sop_uid(SOP, "p", "1") == derived_sop_uid(SOP, "p", "1")
+def test_a_rerun_of_the_same_inputs_preset_strength_and_weights_reuses_the_uids() -> None:
+    assert derived_series_uid(*RUN) == derived_series_uid(*RUN)
+    # The order the instances arrived in does not matter.
+    assert derived_series_uid(SERIES, SOPS[::-1], *RUN[2:]) == derived_series_uid(*RUN)
+    series = derived_series_uid(*RUN)
+    assert derived_sop_uid(series, SOP) == derived_sop_uid(series, SOP)
     assert device_uid("m", "1", "ab") == device_uid("m", "1", "ab")
 
 
 @pytest.mark.parametrize(
-    ("a", "b"),
+    "changed",
     [
-        ((SERIES, "p", "1"), (SERIES + ".1", "p", "1")),
-        ((SERIES, "p", "1"), (SERIES, "q", "1")),
-        ((SERIES, "p", "1"), (SERIES, "p", "2")),
-        # Boundaries between parts matter: no collision by concatenation.
-        ((SERIES, "ab", "c"), (SERIES, "a", "bc")),
+        (SERIES + ".1", SOPS, "ct-denoise", "1", "1.0.0", SHA),  # another source series
+        (SERIES, SOPS[:2], "ct-denoise", "1", "1.0.0", SHA),  # fewer inputs
+        (SERIES, SOPS, "ct-denoise-fast", "1", "1.0.0", SHA),  # another preset
+        (SERIES, SOPS, "ct-denoise", "0.5", "1.0.0", SHA),  # another strength
+        (SERIES, SOPS, "ct-denoise", "1", "1.0.1", SHA),  # another version
+        (SERIES, SOPS, "ct-denoise", "1", "1.0.0", "b" * 64),  # other weights
+        (SERIES, SOPS, "ct-denois", "e1", "1.0.0", SHA),  # no collision by concatenation
     ],
 )
-def test_any_change_gives_another_series_uid(
-    a: tuple[str, str, str], b: tuple[str, str, str]
-) -> None:
-    assert derived_series_uid(*a) != derived_series_uid(*b)
-    assert derived_sop_uid(*a) != derived_sop_uid(*b)
+def test_anything_else_gives_other_series_and_instance_uids(changed: tuple) -> None:
+    assert derived_series_uid(*changed) != derived_series_uid(*RUN)
+    assert derived_sop_uid(derived_series_uid(*changed), SOP) != derived_sop_uid(
+        derived_series_uid(*RUN), SOP
+    )
+
+
+def test_instances_of_one_series_get_distinct_uids() -> None:
+    series = derived_series_uid(*RUN)
+    assert len({derived_sop_uid(series, sop) for sop in SOPS}) == len(SOPS)
 
 
 @pytest.mark.parametrize(
@@ -62,13 +77,13 @@ def test_any_change_gives_another_device_uid(changed: tuple[str, str, str]) -> N
 def test_kinds_do_not_collide() -> None:
     # The same strings used as a series, an instance or a device give different UIDs.
     uids = {
-        derived_series_uid("x", "y", "z"),
-        derived_sop_uid("x", "y", "z"),
+        derived_sop_uid("x", "y"),
         device_uid("x", "y", "z"),
+        derived_series_uid("x", [], "y", "z", "w", "v"),
     }
     assert len(uids) == 3
 
 
 def test_non_string_input_is_rejected() -> None:
     with pytest.raises(TypeError, match="must be str"):
-        derived_series_uid(SERIES, "p", 1)  # type: ignore[arg-type]
+        derived_series_uid(SERIES, SOPS, "p", 1, "1", SHA)  # type: ignore[arg-type]
