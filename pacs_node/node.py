@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections.abc
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -30,6 +33,25 @@ from pacs_node.settings import REPO_ROOT, Settings
 from pacs_node.storage import InstanceStore
 
 logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1  # prctl(2) option, <linux/prctl.h>
+
+
+def _die_with_parent() -> collections.abc.Callable[[], None] | None:
+    """A ``preexec_fn`` that makes a child get SIGTERM when this process dies (Linux
+    ``PR_SET_PDEATHSIG``), so a node killed with SIGKILL leaves no worker behind; None
+    where the kernel has no such option."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    parent = os.getpid()
+
+    def preexec() -> None:  # runs in the child between fork and exec: no locks, no logging
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the node died before the option was set
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def worker_command(settings: Settings, hostname: str) -> list[str]:
@@ -73,9 +95,13 @@ class EmbeddedWorker:
 
     def _spawn(self) -> None:
         with open(self._log_path, "ab") as log:
+            # The parent-death signal fires when the thread that started the child ends:
+            # the main thread (first start) or the supervisor (restarts), both of which
+            # live as long as the node.
             self._process = subprocess.Popen(
-                self._command, env=self._env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
-            )
+                self._command, env=self._env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT, preexec_fn=_die_with_parent(),
+            )  # fmt: skip
         logger.info("embedded worker started (pid %d, log %s)", self._process.pid, self._log_path)
 
     def _supervise(self) -> None:
