@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
+from pacs_node.admission import DiskGuard
 from pacs_node.db.repository import JobRepository, ReceivedInstance, Route
 from pacs_node.dicom.validation import is_image_storage, missing_identifiers, pixel_data_problem
 from pacs_node.errors import EnhancementError
@@ -86,11 +87,13 @@ class Receiver:
         repository: JobRepository,
         routing: Routing,
         metrics: ReceiverMetrics | None = None,
+        disk: DiskGuard | None = None,
     ) -> None:
         self.store = store
         self.repository = repository
         self.routing = routing
         self.metrics = metrics
+        self.disk = disk
 
     def count(self, protocol: str, result: IngestResult) -> IngestResult:
         """Count ``result`` in the receiver metrics and return it."""
@@ -145,6 +148,10 @@ class Receiver:
             if self.repository.find_instance(uid):
                 logger.info("%s: instance %s is a duplicate, already stored", origin.source, uid)
                 return IngestResult(SUCCESS, duplicate=True)
+            full = self.disk.refusal() if self.disk is not None else None
+            if full is not None:
+                logger.warning("%s: instance %s refused: %s", origin.source, uid, full)
+                return IngestResult(OUT_OF_RESOURCES, full)
             path = self.store.received_path(uid)
             self.store.write_atomic(path, encoded)
             outcome = self.repository.record_instance(

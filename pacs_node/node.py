@@ -17,6 +17,7 @@ from pathlib import Path
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from pacs_node.admission import DiskGuard
 from pacs_node.api.app import Readiness, create_app
 from pacs_node.completion import CompletionMonitor
 from pacs_node.db import migrate
@@ -153,7 +154,10 @@ def serve(settings: Settings) -> None:
     if worker is not None:
         worker.start()
     registry = CollectorRegistry()
-    receiver = Receiver(store, repository, routing, ReceiverMetrics(registry))
+    disk = DiskGuard(
+        settings.data_dir, settings.admission.max_used_percent, settings.admission.min_free_gib
+    )
+    receiver = Receiver(store, repository, routing, ReceiverMetrics(registry), disk)
     scp = start_scp(settings, receiver)
     monitor = CompletionMonitor(
         repository,

@@ -156,6 +156,14 @@ class RetentionSettings(_Section):
         return self
 
 
+class AdmissionSettings(_Section):
+    """Disk admission: instances are refused while the data directory's disk is past the
+    watermark (C-STORE 0xA700, STOW-RS 507)."""
+
+    max_used_percent: float = Field(default=90.0, gt=0, le=100)
+    min_free_gib: float = Field(default=5.0, ge=0)
+
+
 class Settings(BaseSettings):
     """Every setting of the node; see ``configs/default.yaml`` for the documented defaults."""
 
@@ -188,6 +196,7 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     worker: WorkerSettings = WorkerSettings()
     retention: RetentionSettings = RetentionSettings()
+    admission: AdmissionSettings = AdmissionSettings()
 
     @field_validator("destination", mode="before")
     @classmethod

@@ -32,6 +32,7 @@ from pacs_node.db.repository import JobRepository
 from pacs_node.ingest import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
     IngestResult,
     Origin,
     Receiver,
@@ -201,6 +202,10 @@ def create_dicomweb_router(
     async def stow(request: Request, study: str | None) -> Response:
         if receiver is None:
             raise HTTPException(503, "this node does not accept STOW-RS")
+        full = receiver.disk.refusal() if receiver.disk is not None else None
+        if full is not None:  # refused before the body is read: nothing is half-stored
+            receiver.count("STOW-RS", IngestResult(OUT_OF_RESOURCES, full))
+            raise HTTPException(507, full)
         content_type = parse_content_type(request.headers.get("content-type", ""))
         if content_type.media_type != "multipart/related":
             raise HTTPException(415, f'expected multipart/related; type="{DICOM}"')

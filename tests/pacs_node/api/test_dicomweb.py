@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from requests.exceptions import HTTPError
 from sqlalchemy import Engine
 
+from pacs_node.admission import DiskGuard
 from pacs_node.api.app import create_app
 from pacs_node.api.multipart import build_related, parse_content_type, split_related
 from pacs_node.db.repository import JobRepository
@@ -38,6 +39,7 @@ class Server:
     url: str
     repository: JobRepository
     store: InstanceStore
+    disk: DiskGuard
 
     @property
     def client(self) -> DICOMwebClient:
@@ -49,7 +51,8 @@ def server(tmp_path: Path, repository: JobRepository, engine: Engine) -> Iterato
     store = InstanceStore(tmp_path / "data")
     registry = CollectorRegistry()
     routing = Routing.simple("ENHANCE", "ct-denoise")
-    receiver = Receiver(store, repository, routing, ReceiverMetrics(registry))
+    disk = DiskGuard(tmp_path, max_used_percent=100.0, min_free_gib=0.0)  # never full
+    receiver = Receiver(store, repository, routing, ReceiverMetrics(registry), disk)
     port = free_port()
     app = create_app(repository, engine, receiver, registry=registry)
     http = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
@@ -58,7 +61,7 @@ def server(tmp_path: Path, repository: JobRepository, engine: Engine) -> Iterato
     deadline = time.monotonic() + 10
     while not http.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    yield Server(f"http://127.0.0.1:{port}", repository, store)
+    yield Server(f"http://127.0.0.1:{port}", repository, store, disk)
     http.should_exit = True
     thread.join(timeout=10)
 
@@ -98,6 +101,22 @@ def test_stow_stores_durably_and_declares_the_series_complete(
     assert len(again.ReferencedSOPSequence) == 3
     job = server.repository.get_job(job_id)
     assert job is not None and job.instance_count == 3
+
+
+def test_stow_answers_507_while_the_disk_is_past_its_watermark(
+    server: Server, tmp_path: Path
+) -> None:
+    series = make_ct_series(tmp_path / "in", n_slices=2, rows=32, cols=32)
+    server.disk.min_free_bytes = 2**63  # more free space than any disk has: "full"
+    response = _stow_raw(server.url, [_encoded(ds) for ds in series])
+    assert response.status_code == 507
+    assert "watermark" in response.json()["detail"]
+    assert server.repository.list_jobs() == []
+    assert not any(p.is_file() for p in server.store.root.rglob("*"))
+    server.disk.min_free_bytes = 0  # space is back
+    assert _stow_raw(server.url, [_encoded(ds) for ds in series]).status_code == 200
+    [job] = server.repository.list_jobs()
+    assert job.instance_count == 2
 
 
 def test_stow_reports_each_failure_with_its_reason(server: Server, tmp_path: Path) -> None:

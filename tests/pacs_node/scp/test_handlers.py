@@ -13,6 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBase
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, SecondaryCaptureImageStorage, Verification
 
+from pacs_node.admission import DiskGuard
 from pacs_node.db.models import JobStatus
 from pacs_node.db.repository import JobRepository
 from pacs_node.ingest import Receiver
@@ -29,15 +30,17 @@ class Node:
     port: int
     store: InstanceStore
     repository: JobRepository
+    disk: DiskGuard
 
 
 @pytest.fixture()
 def node(tmp_path: Path, repository: JobRepository) -> Iterator[Node]:
     settings = Settings(ae_title="ENHANCE", port=free_port(), data_dir=tmp_path)
     store = InstanceStore(tmp_path)
-    context = Receiver(store, repository, Routing.simple("ENHANCE", "ct-denoise"))
+    disk = DiskGuard(tmp_path, max_used_percent=100.0, min_free_gib=0.0)  # never full
+    context = Receiver(store, repository, Routing.simple("ENHANCE", "ct-denoise"), disk=disk)
     server = start_scp(settings, context)
-    yield Node(settings.port, store, repository)
+    yield Node(settings.port, store, repository, disk)
     server.shutdown()
 
 
@@ -78,6 +81,22 @@ def test_store_is_durable_and_recorded_before_success(node: Node) -> None:
         assert stored.SOPInstanceUID == ds.SOPInstanceUID
         assert stored.PixelData == ds.PixelData
         assert str(ds.SOPInstanceUID) not in str(path)
+
+
+def test_a_disk_past_its_watermark_refuses_instances_until_space_returns(node: Node) -> None:
+    first, second = make_ct_series(None, n_slices=2, rows=32, cols=32)
+    node.disk.min_free_bytes = 2**63  # more free space than any disk has: "full"
+    assoc = _associate(node.port)
+    status = assoc.send_c_store(first)  # type: ignore[attr-defined]
+    assoc.release()  # type: ignore[attr-defined]
+    assert int(status.Status) == 0xA700  # Out of Resources
+    assert "watermark" in str(status.ErrorComment)
+    assert node.repository.list_jobs() == []
+    assert not any(p.is_file() for p in node.store.root.rglob("*"))  # no file left behind
+    node.disk.min_free_bytes = 0  # space is back: accepted again, no restart
+    assert _store(node.port, [first, second]) == [0, 0]
+    [job] = node.repository.list_jobs()
+    assert job.instance_count == 2
 
 
 def test_duplicate_is_acknowledged_but_not_stored_twice(node: Node) -> None:
