@@ -27,6 +27,10 @@ class CompletionMonitor:
     with the reason when the series is not enhanceable, else QUEUED. QUEUED jobs not yet
     in the broker are published; if the broker is down they stay and are retried, so an
     accepted series is never lost. Jobs left in RECEIVING by a restart are picked up too.
+
+    It is also the reconciler: a running job whose worker stopped renewing its lease is
+    queued again (or FAILED after ``max_attempts``), and a QUEUED job no worker took for
+    ``requeue_after_s`` is published again, in case the broker lost its message.
     """
 
     def __init__(
@@ -37,6 +41,8 @@ class CompletionMonitor:
         interval_s: float,
         own_manufacturer: str,
         preset_modalities: Mapping[str, str] | None = None,
+        max_attempts: int = 3,
+        requeue_after_s: float = 600.0,
     ) -> None:
         self._repository = repository
         self._dispatcher = dispatcher
@@ -44,6 +50,8 @@ class CompletionMonitor:
         self._interval_s = interval_s
         self._own_manufacturer = own_manufacturer
         self._preset_modalities = dict(preset_modalities or {})
+        self._max_attempts = max_attempts
+        self._requeue_after = timedelta(seconds=requeue_after_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -70,7 +78,9 @@ class CompletionMonitor:
         return reason
 
     def run_once(self) -> None:
-        """Close every quiet series and publish every undispatched job."""
+        """Close every quiet series, take back jobs whose worker's lease expired, mark jobs
+        that waited too long in the queue for publishing again, and publish every
+        undispatched job."""
         for job_id in self._repository.due_receiving_jobs(self._quiet_for):
             reason = self._skip_reason(job_id)
             status = self._repository.close_receiving(job_id, self._quiet_for, reason)
@@ -78,6 +88,10 @@ class CompletionMonitor:
                 logger.info("job %d skipped: %s", job_id, reason)
             elif status is JobStatus.QUEUED:
                 logger.info("job %d queued", job_id)
+        for job_id, status in self._repository.reclaim_expired(self._max_attempts):
+            logger.warning("job %d: its worker's lease expired; now %s", job_id, status.value)
+        for job_id in self._repository.redispatch_stale(self._requeue_after):
+            logger.warning("job %d: no worker took it in time; publishing it again", job_id)
         work = [(job_id, ENHANCE_TASK) for job_id in self._repository.undispatched_jobs()]
         work += [(job_id, FORWARD_TASK) for job_id in self._repository.undispatched_forwards()]
         for job_id, task in work:

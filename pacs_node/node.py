@@ -166,6 +166,8 @@ def serve(settings: Settings) -> None:
         settings.monitor_interval_s,
         own_manufacturer=settings.derived.manufacturer,
         preset_modalities={name: p.modality for name, p in enhancers.presets.items()},
+        max_attempts=settings.worker.max_attempts,
+        requeue_after_s=settings.worker.requeue_after_s,
     )
     monitor.start()
     retention = Retention(repository.session_factory, settings.data_dir, settings.retention)

@@ -137,6 +137,12 @@ class WorkerSettings(_Section):
     # A worker on another host sets the node's HTTP address: it then fetches inputs by
     # WADO-RS instead of reading the node's data directory (none is shared).
     node_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    # A running job is leased to its worker, which renews the lease with its heartbeat
+    # (every 10 s); the node takes back a job whose lease expired (worker killed or hung)
+    # and queues it again, or fails it once max_attempts are used.
+    lease_s: float = Field(default=60.0, ge=5)
+    # A QUEUED job no worker took for this long is published again (a lost broker message).
+    requeue_after_s: float = Field(default=600.0, gt=0)
 
 
 class RetentionSettings(_Section):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -180,7 +181,9 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobStatus | None:
     marks the job FAILED with its reason.
     """
     repo = ctx.repository
-    if not repo.claim(job_id, worker=ctx.name):
+    if not repo.claim(
+        job_id, worker=ctx.name, lease=timedelta(seconds=ctx.settings.worker.lease_s)
+    ):
         logger.info("job %d is not QUEUED; nothing to do", job_id)
         return None
     job = repo.get_job(job_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import timedelta
 from functools import cache
 
 from celery import Task
@@ -36,13 +37,16 @@ HEARTBEAT_S = 10.0
 
 @worker_ready.connect
 def _start_heartbeat(**_kwargs: object) -> None:
-    """Write this worker's heartbeat row every HEARTBEAT_S seconds (read by /api/ready)."""
+    """Write this worker's heartbeat row every HEARTBEAT_S seconds (read by /api/ready) and
+    renew the leases of the jobs it runs (taken back by the node once they expire)."""
     ctx = _context()
+    lease = timedelta(seconds=ctx.settings.worker.lease_s)
 
     def beat() -> None:
         while True:
             try:
                 ctx.repository.beat(ctx.name)
+                ctx.repository.renew_leases(ctx.name, lease)
             except Exception:  # a database hiccup must not kill the heartbeat
                 logger.exception("heartbeat failed")
             time.sleep(HEARTBEAT_S)

@@ -147,6 +147,10 @@ class Job(Base):
     # Set when the sender declared the series complete (end of a STOW-RS request): the job
     # closes without waiting for the quiet period, unless instances arrive after it.
     complete_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The worker running the job (RUNNING, SENDING) and until when its claim holds; the
+    # worker renews it while it runs, and the node's reconciler takes back an expired one.
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     series: Mapped[Series] = relationship(back_populates="jobs")
     events: Mapped[list[JobEvent]] = relationship(

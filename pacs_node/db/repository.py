@@ -23,6 +23,9 @@ from pacs_node.db.models import (
     utcnow,
 )
 
+# Statuses in which a worker holds the job (and its lease).
+_LEASED = (JobStatus.RUNNING, JobStatus.SENDING)
+
 
 @dataclass(frozen=True)
 class ReceivedInstance:
@@ -418,8 +421,13 @@ class JobRepository:
 
     # -- the worker ------------------------------------------------------------------
 
-    def claim(self, job_id: int, worker: str = "worker") -> bool:
-        """Atomically move QUEUED → RUNNING; False if the job is not QUEUED (a duplicate task)."""
+    def claim(self, job_id: int, worker: str = "worker", lease: timedelta | None = None) -> bool:
+        """Atomically move QUEUED → RUNNING; False if the job is not QUEUED (a duplicate task).
+
+        With ``lease``, ``worker`` holds the job until now + ``lease``; it renews the lease
+        while it runs (:meth:`renew_leases`), and :meth:`reclaim_expired` takes back the job
+        of a worker that stopped renewing.
+        """
         now = utcnow()
         with self._sessions.begin() as session:
             result = session.execute(
@@ -430,6 +438,8 @@ class JobRepository:
                     attempts=Job.attempts + 1,
                     started_at=func.coalesce(Job.started_at, now),
                     updated_at=now,
+                    lease_owner=worker,
+                    lease_expires_at=now + lease if lease is not None else None,
                 )
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -444,6 +454,95 @@ class JobRepository:
                 )
             )
             return True
+
+    def renew_leases(self, worker: str, lease: timedelta) -> int:
+        """Extend the leases ``worker`` holds on running jobs to now + ``lease``; how many."""
+        with self._sessions.begin() as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.lease_owner == worker, Job.status.in_(_LEASED))
+                .values(lease_expires_at=utcnow() + lease)
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def reclaim_expired(self, max_attempts: int) -> list[tuple[int, JobStatus]]:
+        """Take back every running job whose lease expired (its worker died or hung).
+
+        A job with attempts left goes back to QUEUED, undispatched, so the completion
+        monitor publishes it again; one that has used ``max_attempts`` becomes FAILED
+        (``worker_lost``) with the reason. Each change is conditional on the lease being
+        unchanged, so a worker renewing at that moment keeps its job.
+        """
+        now = utcnow()
+        changed: list[tuple[int, JobStatus]] = []
+        with self._sessions() as session:
+            expired = session.execute(
+                select(Job.id, Job.lease_owner, Job.lease_expires_at, Job.attempts).where(
+                    Job.status.in_(_LEASED), Job.lease_expires_at < now
+                )
+            ).all()
+        for job_id, owner, expires, attempts in expired:
+            lost = f"worker {owner} stopped renewing its lease (expired {expires:%H:%M:%S} UTC)"
+            if attempts >= max_attempts:
+                status = JobStatus.FAILED
+                message = f"{lost}; attempt {attempts} of {max_attempts}, giving up"
+                values: dict[str, object] = {
+                    "error_code": "worker_lost", "error_message": message, "finished_at": now,
+                }  # fmt: skip
+            else:
+                status = JobStatus.QUEUED
+                message = f"{lost}; queued again (attempt {attempts} of {max_attempts} used)"
+                values = {"dispatched_at": None}
+            with self._sessions.begin() as session:
+                result = session.execute(
+                    update(Job)
+                    .where(
+                        Job.id == job_id,
+                        Job.status.in_(_LEASED),
+                        Job.lease_owner == owner,
+                        Job.lease_expires_at == expires,
+                    )
+                    .values(
+                        status=status,
+                        updated_at=now,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        **values,
+                    )
+                )
+                if result.rowcount != 1:  # type: ignore[attr-defined]
+                    continue  # renewed or finished meanwhile
+                session.add(JobEvent(job_id=job_id, status=status, message=message,
+                                     actor="reconciler"))  # fmt: skip
+            changed.append((job_id, status))
+        return changed
+
+    def redispatch_stale(self, older_than: timedelta) -> list[int]:
+        """QUEUED jobs no worker took for ``older_than`` since they were queued: their broker
+        message may be lost (a broker restarted without its data). They are marked
+        undispatched, so the completion monitor publishes them again; a second message
+        for a job that is still queued is harmless, since only one claim can succeed."""
+        now = utcnow()
+        with self._sessions.begin() as session:
+            stale = list(
+                session.scalars(
+                    select(Job.id).where(
+                        Job.status == JobStatus.QUEUED,
+                        Job.dispatched_at.is_not(None),
+                        Job.updated_at < now - older_than,
+                    )
+                )
+            )
+            for job_id in stale:
+                session.execute(
+                    update(Job).where(Job.id == job_id).values(dispatched_at=None, updated_at=now)
+                )
+                session.add(JobEvent(
+                    job_id=job_id, status=JobStatus.QUEUED, actor="reconciler",
+                    message=f"no worker took the job in {older_than.total_seconds():.0f} s; "
+                    "published again",
+                ))  # fmt: skip
+            return stale
 
     def transition(
         self,

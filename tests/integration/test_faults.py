@@ -1,0 +1,120 @@
+"""Fault injection against real processes (PostgreSQL, Redis, separately started Celery
+workers): the node resumes by itself and processes each series once."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.helpers.synthetic import make_ct_series
+from tests.integration.node import NodeProcess
+from tests.integration.peers import CaptureSCP, storescu
+from tests.integration.test_e2e_production import _start_worker, _wait_for_status, redis_url
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.production,
+    pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk not installed"),
+]
+
+__all__ = ["redis_url"]  # the fixture, shared with the production end-to-end test
+
+
+def _stop(workers: list[subprocess.Popen[bytes]]) -> None:
+    for worker in workers:
+        if worker.poll() is None:
+            worker.terminate()
+    for worker in workers:
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+def test_a_worker_killed_mid_job_is_replaced_and_the_job_finishes_once(
+    tmp_path: Path, postgres_url: str, redis_url: str
+) -> None:
+    queue = f"pacs_node_test_{uuid.uuid4().hex[:8]}"
+    # The diffusion preset is slow enough on a CPU (about 1 s per slice here) to be
+    # caught while it runs.
+    make_ct_series(tmp_path / "in", n_slices=16, rows=192, cols=192, series_number=7)
+    workers: list[subprocess.Popen[bytes]] = []
+    with (
+        CaptureSCP("PACS") as pacs,
+        NodeProcess(
+            tmp_path / "node", database_url=postgres_url, broker_url=redis_url,
+            worker__queue=queue, worker__lease_s="5", preset="ct-diffusion",
+            destination=f"PACS@127.0.0.1:{pacs.port}",
+        ) as node,
+    ):  # fmt: skip
+        try:
+            assert storescu(tmp_path / "in", node.port, "ENHANCE", scan_dir=True).returncode == 0
+            _wait_for_status(node, "QUEUED", 1)
+            first = _start_worker(node, "doomed", tmp_path)
+            workers.append(first)
+            _wait_for_status(node, "RUNNING", 1, timeout_s=120)
+            first.send_signal(signal.SIGKILL)  # no warm shutdown, no lease released
+            first.wait(timeout=10)
+            workers.append(_start_worker(node, "rescuer", tmp_path))
+            [job] = node.wait_until_finished(1, timeout_s=240)
+            detail = node.job(job["id"])
+            assert detail["status"] == "DONE", detail
+            assert detail["attempts"] == 2
+            running = [e["message"] for e in detail["events"] if e["status"] == "RUNNING"]
+            assert len(running) == 2 and running[0].split()[-1] != running[1].split()[-1]
+            lost = [e["message"] for e in detail["events"] if e["actor"] == "reconciler"]
+            assert any("stopped renewing its lease" in m for m in lost), detail["events"]
+            # The destination holds the one derived series, each instance once.
+            derived = pacs.wait_for(16, timeout_s=60)
+            time.sleep(2)  # anything sent twice would arrive now
+            assert len(pacs.datasets) == 16
+            assert {ds.SeriesInstanceUID for ds in derived} == {
+                detail["output_series_instance_uid"]
+            }
+            assert len({ds.SOPInstanceUID for ds in pacs.datasets}) == 16
+        finally:
+            _stop(workers)
+            redis.Redis.from_url(redis_url).delete(queue)
+
+
+def test_a_job_whose_broker_message_was_lost_still_runs_once(
+    tmp_path: Path, postgres_url: str, redis_url: str
+) -> None:
+    queue = f"pacs_node_test_{uuid.uuid4().hex[:8]}"
+    make_ct_series(tmp_path / "in", n_slices=4, rows=64, cols=64, series_number=8)
+    workers: list[subprocess.Popen[bytes]] = []
+    broker = redis.Redis.from_url(redis_url)
+    with (
+        CaptureSCP("PACS") as pacs,
+        NodeProcess(
+            tmp_path / "node", database_url=postgres_url, broker_url=redis_url,
+            worker__queue=queue, worker__requeue_after_s="4", preset="gaussian",
+            destination=f"PACS@127.0.0.1:{pacs.port}",
+        ) as node,
+    ):  # fmt: skip
+        try:
+            assert storescu(tmp_path / "in", node.port, "ENHANCE", scan_dir=True).returncode == 0
+            _wait_for_status(node, "QUEUED", 1)
+            deadline = time.monotonic() + 30
+            while broker.llen(queue) == 0 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert broker.llen(queue) == 1
+            broker.delete(queue)  # the broker restarts without its data
+            workers.append(_start_worker(node, "late", tmp_path))
+            [job] = node.wait_until_finished(1, timeout_s=120)
+            detail = node.job(job["id"])
+            assert detail["status"] == "DONE" and detail["attempts"] == 1, detail
+            assert any("published again" in e["message"] for e in detail["events"])
+            pacs.wait_for(4, timeout_s=30)
+            time.sleep(2)
+            assert len(pacs.datasets) == 4
+        finally:
+            _stop(workers)
+            broker.delete(queue)
