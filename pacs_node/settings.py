@@ -143,6 +143,10 @@ class WorkerSettings(_Section):
     lease_s: float = Field(default=60.0, ge=5)
     # A QUEUED job no worker took for this long is published again (a lost broker message).
     requeue_after_s: float = Field(default=600.0, gt=0)
+    # A job's time limit: base + per slice x instances; past it the task ends FAILED
+    # (time_limit), and 5 minutes later its lease is let go even if the task is stuck.
+    time_limit_base_s: float = Field(default=600.0, gt=0)
+    time_limit_per_slice_s: float = Field(default=20.0, ge=0)
 
 
 class RetentionSettings(_Section):

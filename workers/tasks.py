@@ -17,6 +17,7 @@ from pacs_node.errors import DispatchError, EnhancementError
 from workers.app import app, settings
 from workers.context import WorkerContext
 from workers.job import forward_job, run_job
+from workers.limits import Deadlines, TimeLimitExceeded, soft_limit_s
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def _check_preset(**_kwargs: object) -> None:
 
 
 HEARTBEAT_S = 10.0
+DEADLINES = Deadlines()
 
 
 @worker_ready.connect
@@ -46,7 +48,8 @@ def _start_heartbeat(**_kwargs: object) -> None:
         while True:
             try:
                 ctx.repository.beat(ctx.name)
-                ctx.repository.renew_leases(ctx.name, lease)
+                # A job past its hard limit keeps no lease: the node takes it back.
+                ctx.repository.renew_leases(ctx.name, lease, DEADLINES.overdue())
             except Exception:  # a database hiccup must not kill the heartbeat
                 logger.exception("heartbeat failed")
             time.sleep(HEARTBEAT_S)
@@ -59,8 +62,16 @@ def enhance_series(self: Task, job_id: int) -> str | None:
     """Run job ``job_id``; retry transient send failures with back-off, else mark FAILED."""
     ctx = _context()
     repo = ctx.repository
+    job = repo.get_job(job_id)
+    soft = soft_limit_s(ctx.settings.worker, job.instance_count if job is not None else 0)
     try:
-        status = run_job(job_id, ctx)
+        with DEADLINES.limit(job_id, soft):
+            status = run_job(job_id, ctx)
+    except TimeLimitExceeded as exc:
+        job = repo.get_job(job_id)
+        if job is not None and not job.status.finished:  # not if it ended as the alarm rang
+            repo.transition(job_id, JobStatus.FAILED, str(exc), error_code=exc.code)
+        return JobStatus.FAILED.value
     except DispatchError as exc:
         job = repo.get_job(job_id)
         attempts = job.attempts if job else ctx.settings.worker.max_attempts

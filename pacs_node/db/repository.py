@@ -455,12 +455,17 @@ class JobRepository:
             )
             return True
 
-    def renew_leases(self, worker: str, lease: timedelta) -> int:
-        """Extend the leases ``worker`` holds on running jobs to now + ``lease``; how many."""
+    def renew_leases(self, worker: str, lease: timedelta, except_jobs: Sequence[int] = ()) -> int:
+        """Extend the leases ``worker`` holds on running jobs to now + ``lease``, except
+        on ``except_jobs`` (past their hard time limit); how many."""
         with self._sessions.begin() as session:
             result = session.execute(
                 update(Job)
-                .where(Job.lease_owner == worker, Job.status.in_(_LEASED))
+                .where(
+                    Job.lease_owner == worker,
+                    Job.status.in_(_LEASED),
+                    Job.id.not_in(list(except_jobs)),
+                )
                 .values(lease_expires_at=utcnow() + lease)
             )
             return int(result.rowcount)  # type: ignore[attr-defined]

@@ -118,3 +118,28 @@ def test_a_job_whose_broker_message_was_lost_still_runs_once(
         finally:
             _stop(workers)
             broker.delete(queue)
+
+
+def test_a_job_past_its_time_limit_fails_with_the_reason_and_the_node_goes_on(
+    tmp_path: Path,
+) -> None:
+    make_ct_series(tmp_path / "slow", n_slices=8, rows=192, cols=192, series_number=3)
+    make_ct_series(tmp_path / "next", n_slices=2, rows=32, cols=32, series_number=4)
+    with (
+        CaptureSCP("PACS") as pacs,
+        NodeProcess(
+            tmp_path / "node", preset="ct-diffusion", worker__time_limit_base_s="1",
+            worker__time_limit_per_slice_s="0", destination=f"PACS@127.0.0.1:{pacs.port}",
+        ) as node,
+    ):  # fmt: skip
+        assert storescu(tmp_path / "slow", node.port, "ENHANCE", scan_dir=True).returncode == 0
+        [job] = node.wait_until_finished(1, timeout_s=120)
+        detail = node.job(job["id"])
+        assert detail["status"] == "FAILED" and detail["error_code"] == "time_limit", detail
+        assert "exceeded its time limit of 1 s" in detail["error_message"]
+        assert pacs.datasets == []  # nothing half-done was sent
+        # The worker lives on: the next series is taken (and fails on time as well, the
+        # limit being 1 s, which shows the worker still runs jobs).
+        assert storescu(tmp_path / "next", node.port, "ENHANCE", scan_dir=True).returncode == 0
+        jobs = node.wait_until_finished(2, timeout_s=120)
+        assert len(jobs) == 2

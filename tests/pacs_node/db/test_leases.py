@@ -46,6 +46,8 @@ def test_a_renewed_or_unexpired_lease_keeps_its_job(repository: JobRepository) -
     assert repository.claim(other, "w1", lease=EXPIRED)
     assert repository.renew_leases("w1", timedelta(minutes=5)) == 2  # both jobs of w1
     assert repository.renew_leases("w2", timedelta(minutes=5)) == 0
+    # A job past its hard time limit is left to expire.
+    assert repository.renew_leases("w1", timedelta(minutes=5), except_jobs=[other]) == 1
     assert repository.reclaim_expired(max_attempts=3) == []
     repository.transition(other, JobStatus.DONE, "stored")
     assert repository.renew_leases("w1", timedelta(minutes=5)) == 1  # finished jobs: no lease
