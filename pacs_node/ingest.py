@@ -119,6 +119,16 @@ class Receiver:
         """Check, store and record one instance (see :meth:`_accept`), counted in the metrics."""
         return self.count(origin.protocol, self._accept(ds, encoded, transfer_syntax_uid, origin))
 
+    def _forget_unrecorded(self, uid: str) -> None:
+        """Remove the file of a refused instance, once the database confirms that no row
+        holds it (a concurrent copy of the same instance may have been recorded); while the
+        database cannot say, the file stays, and the auditor would report it."""
+        try:
+            if uid and not self.repository.find_instance(uid):
+                self.store.received_path(uid).unlink(missing_ok=True)
+        except Exception:  # noqa: BLE001 - the database is still down: keep the file
+            logger.warning("instance %s: file kept until the database can be asked", uid)
+
     def _accept(
         self, ds: Dataset, encoded: bytes, transfer_syntax_uid: str, origin: Origin
     ) -> IngestResult:
@@ -179,9 +189,11 @@ class Receiver:
             )
         except EnhancementError as exc:
             logger.error("%s: instance %s: storage failed: %s", origin.source, uid, exc)
+            self._forget_unrecorded(uid)
             return IngestResult(OUT_OF_RESOURCES, str(exc))
         except Exception as exc:  # edge: database or disk failure → out of resources
             logger.exception("%s: instance %s could not be recorded", origin.source, uid)
+            self._forget_unrecorded(uid)
             return IngestResult(
                 OUT_OF_RESOURCES, f"could not record instance: {type(exc).__name__}"
             )
