@@ -221,6 +221,34 @@ def jobs_show(
         console.print(f"  Outputs: {len(job.outputs)} derived instances, {sent_ok} acknowledged")
 
 
+@app.command()
+def audit(
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+    in_progress: Annotated[
+        bool, typer.Option(help="allow jobs still in progress (a busy node)")
+    ] = False,
+) -> None:
+    """Check the node's invariants: every instance in one finished job, outputs complete,
+    leases held, reasons recorded, no orphan files. Exit status 1 when one is broken."""
+    from pacs_node.audit import audit as run_audit
+    from pacs_node.storage import InstanceStore
+
+    settings = _settings(config)
+    findings = run_audit(
+        _sessions(settings), InstanceStore(settings.data_dir), settled=not in_progress
+    )
+    if as_json:
+        typer.echo(json.dumps([f.as_dict() for f in findings]))
+    elif findings:
+        for finding in findings:
+            console.print(f"[red]invariant {finding.invariant}:[/red] {finding.detail}")
+    else:
+        console.print("every invariant holds")
+    if findings:
+        raise typer.Exit(1)
+
+
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None) -> None:
     """Create or migrate the job database to the newest schema."""

@@ -3,6 +3,7 @@ workers): the node resumes by itself and processes each series once."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,12 @@ pytestmark = [
 ]
 
 __all__ = ["redis_url"]  # the fixture, shared with the production end-to-end test
+
+
+def _assert_invariants(node: NodeProcess) -> None:
+    """The auditor (`pacs-node audit`) finds no broken invariant once the node settled."""
+    result = node.cli("audit", "--json", check=False)
+    assert result.returncode == 0 and json.loads(result.stdout) == [], result.stdout
 
 
 def _stop(workers: list[subprocess.Popen[bytes]]) -> None:
@@ -79,6 +86,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_finishes_once(
                 detail["output_series_instance_uid"]
             }
             assert len({ds.SOPInstanceUID for ds in pacs.datasets}) == 16
+            _assert_invariants(node)
         finally:
             _stop(workers)
             redis.Redis.from_url(redis_url).delete(queue)
@@ -115,6 +123,7 @@ def test_a_job_whose_broker_message_was_lost_still_runs_once(
             pacs.wait_for(4, timeout_s=30)
             time.sleep(2)
             assert len(pacs.datasets) == 4
+            _assert_invariants(node)
         finally:
             _stop(workers)
             broker.delete(queue)
@@ -143,3 +152,4 @@ def test_a_job_past_its_time_limit_fails_with_the_reason_and_the_node_goes_on(
         assert storescu(tmp_path / "next", node.port, "ENHANCE", scan_dir=True).returncode == 0
         jobs = node.wait_until_finished(2, timeout_s=120)
         assert len(jobs) == 2
+        _assert_invariants(node)

@@ -1,0 +1,96 @@
+"""The invariants auditor: checks the job database against the files on disk.
+
+Run by `pacs-node audit` and after every fault-injection test. Each finding names the
+invariant it breaks (docs/architecture.md):
+
+2. every accepted instance belongs to a job, and once the node has settled that job is
+   finished (DONE, FAILED or SKIPPED);
+3. a DONE job's outputs are one derived instance per input, each with a distinct UID;
+4. a running job has a lease with an owner;
+5. no orphan files (a file under the data directory that no row names, a leftover
+   temporary file) and no dangling rows (an unfinished job's file missing);
+6. a FAILED job carries its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from pacs_node.db.models import Instance, Job, JobOutput, JobStatus
+from pacs_node.storage import InstanceStore
+
+__all__ = ["Finding", "audit"]
+
+_WORKING = (JobStatus.RUNNING, JobStatus.SENDING)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One broken invariant."""
+
+    invariant: int
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"invariant": self.invariant, "detail": self.detail}
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p) for p in folder.rglob("*") if p.is_file()} if folder.is_dir() else set()
+
+
+def audit(sessions: Any, store: InstanceStore, *, settled: bool = True) -> list[Finding]:
+    """Every broken invariant found; ``settled``: no job should still be in progress."""
+    with sessions() as session:
+        jobs = {row.id: row for row in session.execute(
+            select(Job.id, Job.status, Job.lease_owner, Job.lease_expires_at, Job.error_message)
+        )}  # fmt: skip
+        instances = session.execute(
+            select(Instance.sop_instance_uid, Instance.path, Instance.job_id)
+        ).all()
+        outputs = session.execute(
+            select(
+                JobOutput.job_id,
+                JobOutput.sop_instance_uid,
+                JobOutput.source_sop_instance_uid,
+                JobOutput.path,
+            )
+        ).all()
+    findings: list[Finding] = []
+    inputs: dict[int, set[str]] = {}
+    for uid, path, job_id in instances:
+        if job_id is None or job_id not in jobs:
+            findings.append(Finding(2, f"instance {uid} belongs to no job"))
+            continue
+        inputs.setdefault(job_id, set()).add(uid)
+        if not jobs[job_id].status.finished and not Path(path).is_file():
+            findings.append(Finding(5, f"instance {uid} of unfinished job {job_id}: "
+                                       f"{path} is missing"))  # fmt: skip
+    for job_id, job in jobs.items():
+        if settled and not job.status.finished:
+            findings.append(Finding(2, f"job {job_id} is still {job.status.value}"))
+        if job.status in _WORKING and (job.lease_owner is None or job.lease_expires_at is None):
+            findings.append(Finding(4, f"job {job_id} is {job.status.value} without a lease"))
+        if job.status is JobStatus.FAILED and not job.error_message:
+            findings.append(Finding(6, f"job {job_id} FAILED without a reason"))
+    by_job: dict[int, list[tuple[str, str]]] = {}
+    for job_id, uid, source, _path in outputs:
+        by_job.setdefault(job_id, []).append((uid, source))
+    for job_id, job in jobs.items():
+        if job.status is not JobStatus.DONE:
+            continue
+        made = by_job.get(job_id, [])
+        derived = [uid for uid, _ in made]
+        if len(set(derived)) != len(derived):
+            findings.append(Finding(3, f"job {job_id} has a derived UID twice"))
+        if {source for _, source in made} != inputs.get(job_id, set()):
+            findings.append(Finding(3, f"job {job_id}: {len(made)} outputs for "
+                                       f"{len(inputs.get(job_id, set()))} inputs"))  # fmt: skip
+    known = {path for _, path, _ in instances} | {path for *_, path in outputs}
+    for path in sorted((_files(store.received_dir) | _files(store.derived_dir)) - known):
+        findings.append(Finding(5, f"orphan file {path}"))
+    return findings
