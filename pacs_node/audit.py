@@ -5,7 +5,8 @@ invariant it breaks (docs/architecture.md):
 
 2. every accepted instance belongs to a job, and once the node has settled that job is
    finished (DONE, FAILED or SKIPPED);
-3. a DONE job's outputs are one derived instance per input, each with a distinct UID;
+3. a DONE job has a derived instance for every instance it received, each with a distinct
+   UID (unless retention removed its files);
 4. a running job has a lease with an owner;
 5. no orphan files (a file under the data directory that no row names, a leftover
    temporary file) and no dangling rows (an unfinished job's file missing);
@@ -20,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from pacs_node.db.models import Instance, Job, JobOutput, JobStatus
+from pacs_node.db.models import Instance, Job, JobEvent, JobOutput, JobStatus
 from pacs_node.storage import InstanceStore
 
 __all__ = ["Finding", "audit"]
@@ -47,11 +48,18 @@ def audit(sessions: Any, store: InstanceStore, *, settled: bool = True) -> list[
     """Every broken invariant found; ``settled``: no job should still be in progress."""
     with sessions() as session:
         jobs = {row.id: row for row in session.execute(
-            select(Job.id, Job.status, Job.lease_owner, Job.lease_expires_at, Job.error_message)
+            select(Job.id, Job.series_id, Job.status, Job.lease_owner, Job.lease_expires_at,
+                   Job.error_message)
         )}  # fmt: skip
         instances = session.execute(
-            select(Instance.sop_instance_uid, Instance.path, Instance.job_id)
+            select(Instance.sop_instance_uid, Instance.path, Instance.job_id, Instance.series_id)
         ).all()
+        # Jobs whose files retention removed: their outputs are gone on purpose.
+        trimmed = set(
+            session.scalars(
+                select(JobEvent.job_id).where(JobEvent.message.startswith("retention:"))
+            )
+        )
         outputs = session.execute(
             select(
                 JobOutput.job_id,
@@ -62,9 +70,12 @@ def audit(sessions: Any, store: InstanceStore, *, settled: bool = True) -> list[
         ).all()
     findings: list[Finding] = []
     inputs: dict[int, set[str]] = {}
-    for uid, path, job_id in instances:
+    series_with_jobs = {job.series_id for job in jobs.values()}
+    for uid, path, job_id, series_id in instances:
         if job_id is None or job_id not in jobs:
-            findings.append(Finding(2, f"instance {uid} belongs to no job"))
+            # The job that received it was deleted; another job of its series still has it.
+            if series_id not in series_with_jobs:
+                findings.append(Finding(2, f"instance {uid} belongs to no job"))
             continue
         inputs.setdefault(job_id, set()).add(uid)
         if not jobs[job_id].status.finished and not Path(path).is_file():
@@ -81,16 +92,19 @@ def audit(sessions: Any, store: InstanceStore, *, settled: bool = True) -> list[
     for job_id, uid, source, _path in outputs:
         by_job.setdefault(job_id, []).append((uid, source))
     for job_id, job in jobs.items():
-        if job.status is not JobStatus.DONE:
+        if job.status is not JobStatus.DONE or job_id in trimmed:
             continue
         made = by_job.get(job_id, [])
         derived = [uid for uid, _ in made]
         if len(set(derived)) != len(derived):
             findings.append(Finding(3, f"job {job_id} has a derived UID twice"))
-        if {source for _, source in made} != inputs.get(job_id, set()):
-            findings.append(Finding(3, f"job {job_id}: {len(made)} outputs for "
-                                       f"{len(inputs.get(job_id, set()))} inputs"))  # fmt: skip
-    known = {path for _, path, _ in instances} | {path for *_, path in outputs}
+        # A job processes its whole series; at least the instances it received must have
+        # an output (a re-run job received none of its own).
+        missing = inputs.get(job_id, set()) - {source for _, source in made}
+        if missing:
+            findings.append(Finding(3, f"job {job_id}: no output for {len(missing)} of its "
+                                       f"{len(inputs[job_id])} instances"))  # fmt: skip
+    known = {path for _, path, _, _ in instances} | {path for *_, path in outputs}
     for path in sorted((_files(store.received_dir) | _files(store.derived_dir)) - known):
         findings.append(Finding(5, f"orphan file {path}"))
     return findings

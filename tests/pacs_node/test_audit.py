@@ -50,4 +50,4 @@ def test_a_sound_node_passes_and_each_fault_is_named(
 
     repository.replace_outputs(done, "2.25.9", [])  # a DONE job without its outputs
     details = [f.detail for f in audit(sessions, store, settled=False) if f.invariant == 3]
-    assert details == [f"job {done}: 0 outputs for 1 inputs"]
+    assert details == [f"job {done}: no output for 1 of its 1 instances"]
