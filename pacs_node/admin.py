@@ -4,6 +4,7 @@ written to the job's audit trail with who did it."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import secrets
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pacs_node.db.models import (
     Job,
     JobEvent,
     JobStatus,
+    JobTombstone,
     Series,
     utcnow,
 )
@@ -36,6 +38,22 @@ TOKEN_PREFIX = "pn_"
 def token_digest(token: str) -> str:
     """SHA-256 of a token, the only form the database keeps."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _tombstone(job: Job, actor: str) -> JobTombstone:
+    """The record a deleted job leaves: its identity, outcome and whole audit trail."""
+    trail = [
+        {"at": e.at.isoformat(), "status": e.status.value, "message": e.message, "actor": e.actor}
+        for e in job.events
+    ]
+    return JobTombstone(
+        job_id=job.id, study_instance_uid=job.series.study_instance_uid,
+        series_instance_uid=job.series.series_instance_uid, status=job.status.value,
+        preset=job.preset, instance_count=job.instance_count, error_code=job.error_code,
+        error_message=job.error_message,
+        output_series_instance_uid=job.output_series_instance_uid, created_at=job.created_at,
+        finished_at=job.finished_at, deleted_by=actor[:64], events=json.dumps(trail),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -225,7 +243,11 @@ class JobAdmin:
         """Delete a finished job with its derived files, and the received series when no
         other job uses it. Returns the files removed (missing ones are ignored)."""
         with self._sessions.begin() as session:
-            job = session.get(Job, job_id, options=[selectinload(Job.outputs)])
+            job = session.get(
+                Job, job_id,
+                options=[selectinload(Job.outputs), selectinload(Job.events),
+                         selectinload(Job.series)],
+            )  # fmt: skip
             if job is None:
                 raise ActionError(f"job {job_id} not found", missing=True)
             if not job.status.finished:
@@ -234,6 +256,7 @@ class JobAdmin:
                 )
             files = [Path(o.path) for o in job.outputs]
             series_id = job.series_id
+            session.add(_tombstone(job, actor))
             others = session.scalar(
                 select(Job.id).where(Job.series_id == series_id, Job.id != job_id).limit(1)
             )

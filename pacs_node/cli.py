@@ -186,10 +186,25 @@ def jobs_show(
 ) -> None:
     """Show one job with its event trail and send results."""
     settings = _settings(config)
-    job = _repository(settings).get_job(job_id)
+    repository = _repository(settings)
+    job = repository.get_job(job_id)
     if job is None:
-        console.print(f"[red]job {job_id} not found[/red]")
-        raise typer.Exit(1)
+        tombstone = repository.tombstone(job_id)
+        if tombstone is None:
+            console.print(f"[red]job {job_id} not found[/red]")
+            raise typer.Exit(1)
+        if as_json:
+            typer.echo(json.dumps({"deleted": tombstone}, default=_json_default, indent=2))
+            return
+        deleted, by, was = (
+            _time(tombstone["deleted_at"]),
+            tombstone["deleted_by"],
+            tombstone["status"],
+        )
+        console.print(f"[bold]Job {job_id}[/bold]  deleted {deleted} by {by} (was {was}); trail:")
+        for event in tombstone["events"]:
+            console.print(f"  {event['at']}  {event['status']:<9} {event['message']}")
+        return
     if as_json:
         typer.echo(json.dumps(asdict(job), default=_json_default, indent=2))
         return

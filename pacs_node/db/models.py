@@ -218,3 +218,28 @@ class WorkerHeartbeat(Base):
 
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class JobTombstone(Base):
+    """What is left of a deleted job (by an admin or by retention): who deleted it, when,
+    and its whole audit trail, so the record of what was done to a study outlives its
+    data."""
+
+    __tablename__ = "job_tombstones"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(Integer, index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    status: Mapped[str] = mapped_column(String(16))
+    preset: Mapped[str | None] = mapped_column(String(64))
+    instance_count: Mapped[int] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    output_series_instance_uid: Mapped[str | None] = mapped_column(UID)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    deleted_by: Mapped[str] = mapped_column(String(64))
+    # JSON list of the job's events: {"at", "status", "message", "actor"}.
+    events: Mapped[str] = mapped_column(Text)

@@ -18,6 +18,7 @@ from pacs_node.db.models import (
     JobEvent,
     JobOutput,
     JobStatus,
+    JobTombstone,
     Series,
     WorkerHeartbeat,
     utcnow,
@@ -575,6 +576,19 @@ class JobRepository:
             status = session.scalar(select(Job.status).where(Job.id == job_id))
             if status is not None:
                 session.add(JobEvent(job_id=job_id, status=status, message=message))
+
+    def tombstone(self, job_id: int) -> dict[str, Any] | None:
+        """What a deleted job left (who deleted it, when, its audit trail), or None."""
+        with self._sessions() as session:
+            row = session.scalars(
+                select(JobTombstone).where(JobTombstone.job_id == job_id)
+                .order_by(JobTombstone.id.desc()).limit(1)
+            ).first()  # fmt: skip
+            if row is None:
+                return None
+            values = {c.name: getattr(row, c.name) for c in JobTombstone.__table__.columns}
+            values["events"] = json.loads(row.events)
+            return values
 
     def job_inputs(self, job_id: int) -> list[InputView]:
         """The stored instances of the job's series (all of them, across receive sessions)."""

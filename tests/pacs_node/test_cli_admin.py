@@ -52,4 +52,10 @@ def test_tokens_and_job_actions_from_the_command_line(tmp_path: Path) -> None:
     deleted = json.loads(_cli(env, "jobs", "delete", str(job_id), "--json").stdout)
     assert deleted == {"job": job_id, "deleted_files": 0}
     assert repository.get_job(job_id) is None
+    # Its trail outlives it: `jobs show` reads the tombstone.
+    shown = json.loads(_cli(env, "jobs", "show", str(job_id), "--json").stdout)["deleted"]
+    assert shown["deleted_by"].startswith("cli:") and shown["status"] == "FAILED"
+    assert [e["status"] for e in shown["events"]][:1] == ["RECEIVING"]
+    assert "cancel" in " ".join(e["message"] for e in shown["events"]).lower()
+    assert "trail:" in _cli(env, "jobs", "show", str(job_id)).stdout
     assert _cli(env, "jobs", "delete", "999").returncode == 1

@@ -70,6 +70,12 @@ def test_watermark_removes_oldest_finished_jobs_until_the_target(
     assert repository.get_job(oldest) is None and repository.get_job(middle) is None
     assert repository.get_job(newest) is not None
     assert repository.get_job(waiting) is not None and wait_in.exists()
+    # The deleted jobs leave their audit trail behind.
+    tombstone = repository.tombstone(oldest)
+    assert tombstone is not None and tombstone["deleted_by"] == "retention"
+    assert tombstone["status"] == "FAILED" and tombstone["series_instance_uid"] == "2.1"
+    assert [e["status"] for e in tombstone["events"]] == ["RECEIVING"]
+    assert repository.tombstone(newest) is None
     # Nothing finished left to remove: it says so and keeps the unfinished job's data.
     full = Retention(repository.session_factory, tmp_path, RetentionSettings(), lambda _: 99.0)
     report = full.run_once()
