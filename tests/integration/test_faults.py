@@ -153,3 +153,38 @@ def test_a_job_past_its_time_limit_fails_with_the_reason_and_the_node_goes_on(
         jobs = node.wait_until_finished(2, timeout_s=120)
         assert len(jobs) == 2
         _assert_invariants(node)
+
+
+def test_serve_killed_mid_series_then_restarted_completes_the_series_once(
+    tmp_path: Path,
+) -> None:
+    sources = make_ct_series(tmp_path / "in", n_slices=10, rows=64, cols=64, series_number=5)
+    first_half, second_half = tmp_path / "a", tmp_path / "b"
+    for folder, part in ((first_half, sources[:5]), (second_half, sources[5:])):
+        folder.mkdir()
+        for ds in part:
+            ds.save_as(folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+    with CaptureSCP("PACS") as pacs:
+        node = NodeProcess(tmp_path / "node", preset="gaussian", series_timeout_s="3",
+                           destination=f"PACS@127.0.0.1:{pacs.port}")  # fmt: skip
+        node.start()
+        try:
+            assert storescu(first_half, node.port, "ENHANCE", scan_dir=True).returncode == 0
+            assert node._process is not None
+            node._process.send_signal(signal.SIGKILL)  # mid-series, no shutdown at all
+            node._process.wait(timeout=10)
+            (node.data_dir / "node.ready").unlink(missing_ok=True)
+            node.start()  # same data directory and ports
+            assert storescu(second_half, node.port, "ENHANCE", scan_dir=True).returncode == 0
+            [job] = node.wait_until_finished(1, timeout_s=120)
+            detail = node.job(job["id"])
+            assert detail["status"] == "DONE" and detail["instance_count"] == 10, detail
+            derived = pacs.wait_for(10, timeout_s=30)
+            time.sleep(2)
+            assert len(pacs.datasets) == 10  # one derived series, each instance once
+            assert {ds.SeriesInstanceUID for ds in derived} == {
+                detail["output_series_instance_uid"]
+            }
+            _assert_invariants(node)
+        finally:
+            node.stop()
