@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from datetime import timedelta
@@ -57,9 +58,18 @@ def _start_heartbeat(**_kwargs: object) -> None:
     threading.Thread(target=beat, name="heartbeat", daemon=True).start()
 
 
+def backoff_s(base_s: float, attempts: int, rng: random.Random | None = None) -> float:
+    """Exponential back-off with jitter: ``base × 2^(attempts-1)``, ±25 %, so nodes and
+    workers that failed together do not all retry at the same moment."""
+    jitter = (rng or random).uniform(0.75, 1.25)
+    return float(base_s * 2 ** max(attempts - 1, 0) * jitter)
+
+
 @app.task(name="workers.enhance_series", bind=True, max_retries=None)
 def enhance_series(self: Task, job_id: int) -> str | None:
-    """Run job ``job_id``; retry transient send failures with back-off, else mark FAILED."""
+    """Run job ``job_id``; a transient send failure puts it back in the queue with its next
+    attempt scheduled in the database (exponential back-off with jitter), and after
+    ``worker.max_attempts`` it is FAILED (the dead letter, retried by an admin)."""
     ctx = _context()
     repo = ctx.repository
     job = repo.get_job(job_id)
@@ -80,9 +90,10 @@ def enhance_series(self: Task, job_id: int) -> str | None:
                 job_id, JobStatus.FAILED, f"{exc} (after {attempts} attempts)", error_code=exc.code
             )
             return JobStatus.FAILED.value
-        delay = ctx.settings.worker.retry_backoff_s * attempts
-        repo.transition(job_id, JobStatus.QUEUED, f"{exc}; retry {attempts + 1} in {delay:.0f} s")
-        raise self.retry(countdown=delay, exc=exc) from exc
+        delay = backoff_s(ctx.settings.worker.retry_backoff_s, attempts)
+        repo.schedule_retry(job_id, timedelta(seconds=delay),
+                            f"{exc}; retry {attempts + 1} in {delay:.0f} s")  # fmt: skip
+        return JobStatus.QUEUED.value
     except EnhancementError as exc:
         repo.transition(job_id, JobStatus.FAILED, str(exc), error_code=exc.code)
         return JobStatus.FAILED.value

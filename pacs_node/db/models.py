@@ -151,6 +151,9 @@ class Job(Base):
     # worker renews it while it runs, and the node's reconciler takes back an expired one.
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A QUEUED job waiting to retry its sends is not published before this time (back-off
+    # kept in the database, so it survives restarts of the node, workers and broker).
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     series: Mapped[Series] = relationship(back_populates="jobs")
     events: Mapped[list[JobEvent]] = relationship(

@@ -380,11 +380,16 @@ class JobRepository:
             return new_status
 
     def undispatched_jobs(self) -> list[int]:
-        """QUEUED jobs whose task has not been handed to the broker yet."""
+        """QUEUED jobs whose task has not been handed to the broker yet (those waiting for
+        a retry only once their time has come)."""
         with self._sessions() as session:
             rows = session.scalars(
                 select(Job.id)
-                .where(Job.status == JobStatus.QUEUED, Job.dispatched_at.is_(None))
+                .where(
+                    Job.status == JobStatus.QUEUED,
+                    Job.dispatched_at.is_(None),
+                    or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= utcnow()),
+                )
                 .order_by(Job.id)
             )
             return list(rows)
@@ -522,6 +527,19 @@ class JobRepository:
                                      actor="reconciler"))  # fmt: skip
             changed.append((job_id, status))
         return changed
+
+    def schedule_retry(self, job_id: int, delay: timedelta, message: str) -> None:
+        """Put the job back in the queue to run again after ``delay`` (its sends failed
+        for a reason that may pass); the completion monitor publishes it when it is due."""
+        now = utcnow()
+        with self._sessions.begin() as session:
+            session.execute(
+                update(Job).where(Job.id == job_id).values(
+                    status=JobStatus.QUEUED, updated_at=now, dispatched_at=None,
+                    next_attempt_at=now + delay, lease_owner=None, lease_expires_at=None,
+                )
+            )  # fmt: skip
+            session.add(JobEvent(job_id=job_id, status=JobStatus.QUEUED, message=message))
 
     def redispatch_stale(self, older_than: timedelta) -> list[int]:
         """QUEUED jobs no worker took for ``older_than`` since they were queued: their broker

@@ -66,3 +66,15 @@ def test_a_queued_job_nobody_took_is_published_again(repository: JobRepository) 
     assert repository.claim(running, "w1", lease=timedelta(minutes=5))
     time.sleep(0.05)
     assert running not in repository.redispatch_stale(timedelta(milliseconds=10))
+
+
+def test_a_scheduled_retry_is_published_only_when_due(repository: JobRepository) -> None:
+    job_id = _queued(repository)
+    assert repository.claim(job_id, "w1", lease=timedelta(minutes=5))
+    repository.schedule_retry(job_id, timedelta(minutes=10), "PACS down; retry 2 in 600 s")
+    job = repository.get_job(job_id)
+    assert job is not None and job.status is JobStatus.QUEUED
+    assert repository.undispatched_jobs() == []  # not before its time
+    assert repository.redispatch_stale(timedelta(0)) == []  # not mistaken for a lost message
+    repository.schedule_retry(job_id, timedelta(seconds=-1), "due now")
+    assert repository.undispatched_jobs() == [job_id]
