@@ -180,7 +180,10 @@ class NetworkEnhancer:
                 self._tile_size = max(32, min(self._tile_size, max(height, width)) // 2)
                 logger.warning("out of memory (%s); tile size now %d", exc, self._tile_size)
                 return self._run_batch(batch)
-            raise
+            raise torch.OutOfMemoryError(
+                f"out of memory at one slice in tiles of {self._tile_size} pixels, the "
+                f"smallest the engine tries: {exc}"
+            ) from exc
 
     def _context_stack(self, volume: torch.Tensor, index: int) -> torch.Tensor:
         """(C, H, W): the slice and its neighbours, edge slices repeated (2.5D input)."""

@@ -235,3 +235,26 @@ def test_a_requeued_job_whose_instances_were_all_stored_sends_nothing(ctx: Worke
         assert len(pacs.statuses) == 2  # nothing sent twice
     job = ctx.repository.get_job(job_id)
     assert job is not None and job.events[-1].message.startswith("all 2 instances stored")
+
+
+def test_a_model_out_of_memory_even_at_the_smallest_batch_fails_with_the_reason(
+    tmp_path: Path, db_url: str
+) -> None:
+    # A memory budget of a few pixels: the engine halves the batch, then the tiles, down
+    # to its floor, and the out-of-memory error that remains fails the job with its reason.
+    settings = Settings(data_dir=tmp_path, database_url=db_url,
+                        models={"max_batch_pixels": 16, "batch_size": 4})  # fmt: skip
+    ctx = WorkerContext.from_settings(settings)
+    job_id = _queue(ctx, make_ct_series(None, n_slices=3, rows=64, cols=64), preset="ct-denoise")
+    assert run_job(job_id, ctx) is JobStatus.FAILED
+    job = ctx.repository.get_job(job_id)
+    assert job is not None and job.error_code == "model_error"
+    assert "memory" in (job.error_message or "").lower()
+
+
+def test_a_model_fits_after_smaller_batches_and_tiles(tmp_path: Path, db_url: str) -> None:
+    settings = Settings(data_dir=tmp_path, database_url=db_url,
+                        models={"max_batch_pixels": 2 * 48 * 48, "batch_size": 4})  # fmt: skip
+    ctx = WorkerContext.from_settings(settings)
+    job_id = _queue(ctx, make_ct_series(None, n_slices=3, rows=64, cols=64), preset="ct-denoise")
+    assert run_job(job_id, ctx) is JobStatus.DONE
