@@ -181,9 +181,8 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobStatus | None:
     marks the job FAILED with its reason.
     """
     repo = ctx.repository
-    if not repo.claim(
-        job_id, worker=ctx.name, lease=timedelta(seconds=ctx.settings.worker.lease_s)
-    ):
+    me = ctx.name  # transitions below hold only while this worker holds the job's lease
+    if not repo.claim(job_id, worker=me, lease=timedelta(seconds=ctx.settings.worker.lease_s)):
         logger.info("job %d is not QUEUED; nothing to do", job_id)
         return None
     job = repo.get_job(job_id)
@@ -192,7 +191,7 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobStatus | None:
         pending = _pending_outputs(ctx, job)
         paths = pending if pending is not None else _enhance_and_write(ctx, job)
     except (InvalidSeriesError, ModelError) as exc:
-        repo.transition(job_id, JobStatus.FAILED, str(exc), error_code=exc.code)
+        repo.transition(job_id, JobStatus.FAILED, str(exc), error_code=exc.code, owner=me)
         logger.warning("job %d failed: %s", job_id, exc)
         return JobStatus.FAILED
     # Destinations were chosen by the receiving node's routing rule when the job was
@@ -200,19 +199,24 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobStatus | None:
     try:
         destinations = [_DESTINATION.validate_python(d) for d in job.destinations]
     except (ValidationError, ValueError) as exc:
-        repo.transition(job_id, JobStatus.FAILED, str(exc), error_code="destination")
+        repo.transition(job_id, JobStatus.FAILED, str(exc), error_code="destination", owner=me)
         return JobStatus.FAILED
     if not destinations:
         repo.transition(
-            job_id, JobStatus.DONE, "no destination configured; derived series kept on the node"
-        )
+            job_id, JobStatus.DONE, "no destination configured; derived series kept on the node",
+            owner=me,
+        )  # fmt: skip
         return JobStatus.DONE
     names = ", ".join(str(d) for d in destinations)
     total = len(job.outputs) or len(paths)
     if not paths:  # every instance was acknowledged before an interruption
-        repo.transition(job_id, JobStatus.DONE, f"all {total} instances stored by {names}")
+        repo.transition(
+            job_id, JobStatus.DONE, f"all {total} instances stored by {names}", owner=me
+        )
         return JobStatus.DONE
-    repo.transition(job_id, JobStatus.SENDING, f"sending {len(paths)} instances to {names}")
+    repo.transition(
+        job_id, JobStatus.SENDING, f"sending {len(paths)} instances to {names}", owner=me
+    )
     results = _send_everywhere(ctx, destinations, paths)
     repo.record_send_results(job_id, [(r.sop_instance_uid, r.status, r.message) for r in results])
     failed = [r for r in results if not r.ok]
@@ -223,5 +227,5 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobStatus | None:
             f"{len(failed)} of {len(results)} instances not stored by every destination "
             f"(first: {status} {first.message})"
         )
-    repo.transition(job_id, JobStatus.DONE, f"all {total} instances stored by {names}")
+    repo.transition(job_id, JobStatus.DONE, f"all {total} instances stored by {names}", owner=me)
     return JobStatus.DONE

@@ -13,6 +13,7 @@ from celery import Task
 from celery.signals import worker_init, worker_ready
 
 from pacs_node.db.models import JobStatus
+from pacs_node.db.repository import LeaseLost
 from pacs_node.enhancers import EnhancerCache
 from pacs_node.errors import DispatchError, EnhancementError
 from workers.app import app, settings
@@ -53,7 +54,8 @@ def _start_heartbeat(**_kwargs: object) -> None:
                 ctx.repository.renew_leases(ctx.name, lease, DEADLINES.overdue())
             except Exception:  # a database hiccup must not kill the heartbeat
                 logger.exception("heartbeat failed")
-            time.sleep(HEARTBEAT_S)
+            # Renew well within the lease, so a live worker never loses its job.
+            time.sleep(min(HEARTBEAT_S, ctx.settings.worker.lease_s / 3))
 
     threading.Thread(target=beat, name="heartbeat", daemon=True).start()
 
@@ -71,31 +73,41 @@ def enhance_series(self: Task, job_id: int) -> str | None:
     attempt scheduled in the database (exponential back-off with jitter), and after
     ``worker.max_attempts`` it is FAILED (the dead letter, retried by an admin)."""
     ctx = _context()
-    repo = ctx.repository
+    try:
+        return _enhance(ctx, job_id)
+    except LeaseLost as exc:  # taken back by the node; another worker has it now
+        logger.warning("job %d: %s; leaving it to its new worker", job_id, exc)
+        return None
+
+
+def _enhance(ctx: WorkerContext, job_id: int) -> str | None:
+    """The task's body; every change to the job holds only while this worker holds it."""
+    repo, me = ctx.repository, ctx.name
     job = repo.get_job(job_id)
     soft = soft_limit_s(ctx.settings.worker, job.instance_count if job is not None else 0)
     try:
         with DEADLINES.limit(job_id, soft):
             status = run_job(job_id, ctx)
+    except LeaseLost:
+        raise
     except TimeLimitExceeded as exc:
         job = repo.get_job(job_id)
         if job is not None and not job.status.finished:  # not if it ended as the alarm rang
-            repo.transition(job_id, JobStatus.FAILED, str(exc), error_code=exc.code)
+            repo.transition(job_id, JobStatus.FAILED, str(exc), error_code=exc.code, owner=me)
         return JobStatus.FAILED.value
     except DispatchError as exc:
         job = repo.get_job(job_id)
         attempts = job.attempts if job else ctx.settings.worker.max_attempts
         if attempts >= ctx.settings.worker.max_attempts:
-            repo.transition(
-                job_id, JobStatus.FAILED, f"{exc} (after {attempts} attempts)", error_code=exc.code
-            )
+            repo.transition(job_id, JobStatus.FAILED, f"{exc} (after {attempts} attempts)",
+                            error_code=exc.code, owner=me)  # fmt: skip
             return JobStatus.FAILED.value
         delay = backoff_s(ctx.settings.worker.retry_backoff_s, attempts)
         repo.schedule_retry(job_id, timedelta(seconds=delay),
-                            f"{exc}; retry {attempts + 1} in {delay:.0f} s")  # fmt: skip
+                            f"{exc}; retry {attempts + 1} in {delay:.0f} s", owner=me)  # fmt: skip
         return JobStatus.QUEUED.value
     except EnhancementError as exc:
-        repo.transition(job_id, JobStatus.FAILED, str(exc), error_code=exc.code)
+        repo.transition(job_id, JobStatus.FAILED, str(exc), error_code=exc.code, owner=me)
         return JobStatus.FAILED.value
     except Exception as exc:  # edge: an unexpected error still ends the job
         logger.exception("job %d failed unexpectedly", job_id)
@@ -104,6 +116,7 @@ def enhance_series(self: Task, job_id: int) -> str | None:
             JobStatus.FAILED,
             f"internal error: {type(exc).__name__}: {exc}",
             error_code="internal_error",
+            owner=me,
         )
         return JobStatus.FAILED.value
     return status.value if status else None

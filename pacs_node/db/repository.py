@@ -23,6 +23,15 @@ from pacs_node.db.models import (
     WorkerHeartbeat,
     utcnow,
 )
+from pacs_node.errors import EnhancementError
+
+
+class LeaseLost(EnhancementError):
+    """A worker acted on a job it no longer holds (its lease expired and the job was taken
+    back); nothing was changed."""
+
+    code = "lease_lost"
+
 
 # Statuses in which a worker holds the job (and its lease).
 _LEASED = (JobStatus.RUNNING, JobStatus.SENDING)
@@ -528,17 +537,25 @@ class JobRepository:
             changed.append((job_id, status))
         return changed
 
-    def schedule_retry(self, job_id: int, delay: timedelta, message: str) -> None:
+    def schedule_retry(
+        self, job_id: int, delay: timedelta, message: str, owner: str | None = None
+    ) -> None:
         """Put the job back in the queue to run again after ``delay`` (its sends failed
-        for a reason that may pass); the completion monitor publishes it when it is due."""
+        for a reason that may pass); the completion monitor publishes it when it is due.
+        With ``owner``, only while that worker holds the job (else :class:`LeaseLost`)."""
         now = utcnow()
+        where = [Job.id == job_id]
+        if owner is not None:
+            where += [Job.lease_owner == owner, Job.status.in_(_LEASED)]
         with self._sessions.begin() as session:
-            session.execute(
-                update(Job).where(Job.id == job_id).values(
+            result = session.execute(
+                update(Job).where(*where).values(
                     status=JobStatus.QUEUED, updated_at=now, dispatched_at=None,
                     next_attempt_at=now + delay, lease_owner=None, lease_expires_at=None,
                 )
             )  # fmt: skip
+            if owner is not None and result.rowcount != 1:  # type: ignore[attr-defined]
+                raise LeaseLost(f"job {job_id} is no longer held by {owner}")
             session.add(JobEvent(job_id=job_id, status=JobStatus.QUEUED, message=message))
 
     def redispatch_stale(self, older_than: timedelta) -> list[int]:
@@ -576,16 +593,31 @@ class JobRepository:
         *,
         error_code: str | None = None,
         actor: str = "node",
+        owner: str | None = None,
     ) -> None:
-        """Set the job's status and append the event, in one transaction."""
+        """Set the job's status and append the event, in one transaction.
+
+        With ``owner`` (a worker), only while that worker still holds the job's lease: a
+        worker whose job was taken back (its lease expired) cannot send or finish it.
+
+        Raises
+        ------
+        LeaseLost
+            If ``owner`` no longer holds the job.
+        """
         now = utcnow()
         values: dict[str, object] = {"status": status, "updated_at": now}
         if status is JobStatus.FAILED:
             values.update(error_code=error_code or "error", error_message=message)
         if status.finished:
             values["finished_at"] = now
+        where = [Job.id == job_id]
+        if owner is not None:
+            where += [Job.lease_owner == owner, Job.status.in_(_LEASED)]
         with self._sessions.begin() as session:
-            session.execute(update(Job).where(Job.id == job_id).values(**values))
+            result = session.execute(update(Job).where(*where).values(**values))
+            if owner is not None and result.rowcount != 1:  # type: ignore[attr-defined]
+                raise LeaseLost(f"job {job_id} is no longer held by {owner}")
             session.add(JobEvent(job_id=job_id, status=status, message=message, actor=actor))
 
     def add_event(self, job_id: int, message: str) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
+import pytest
+
 from pacs_node.db.models import JobStatus
-from pacs_node.db.repository import JobRepository, Route
+from pacs_node.db.repository import JobRepository, LeaseLost, Route
 from tests.pacs_node.db.test_repository import _instance
 
 EXPIRED = timedelta(seconds=-1)  # a lease that has already run out
@@ -78,3 +80,25 @@ def test_a_scheduled_retry_is_published_only_when_due(repository: JobRepository)
     assert repository.redispatch_stale(timedelta(0)) == []  # not mistaken for a lost message
     repository.schedule_retry(job_id, timedelta(seconds=-1), "due now")
     assert repository.undispatched_jobs() == [job_id]
+
+
+def test_a_worker_whose_job_was_taken_back_cannot_send_or_finish_it(
+    repository: JobRepository,
+) -> None:
+    job_id = _queued(repository)
+    assert repository.claim(job_id, "w1", lease=EXPIRED)
+    assert repository.reclaim_expired(max_attempts=3) == [(job_id, JobStatus.QUEUED)]
+    assert repository.claim(job_id, "w2", lease=timedelta(minutes=5))
+    for act in (
+        lambda: repository.transition(job_id, JobStatus.SENDING, "sending", owner="w1"),
+        lambda: repository.transition(job_id, JobStatus.DONE, "stored", owner="w1"),
+        lambda: repository.schedule_retry(job_id, timedelta(seconds=1), "retry", owner="w1"),
+    ):
+        with pytest.raises(LeaseLost, match="no longer held by w1"):
+            act()
+    job = repository.get_job(job_id)
+    assert job is not None and job.status is JobStatus.RUNNING  # untouched
+    repository.transition(job_id, JobStatus.SENDING, "sending", owner="w2")
+    repository.transition(job_id, JobStatus.DONE, "stored", owner="w2")
+    job = repository.get_job(job_id)
+    assert job is not None and job.status is JobStatus.DONE
