@@ -37,6 +37,14 @@ class LeaseLost(EnhancementError):
 _LEASED = (JobStatus.RUNNING, JobStatus.SENDING)
 
 
+def _held_by(job_id: int, owner: str | None) -> list[ColumnElement[bool]]:
+    """The job's row, and with ``owner`` only while that worker holds its lease."""
+    where: list[ColumnElement[bool]] = [Job.id == job_id]
+    if owner is not None:
+        where += [Job.lease_owner == owner, Job.status.in_(_LEASED)]
+    return where
+
+
 @dataclass(frozen=True)
 class ReceivedInstance:
     """What the receiver knows of one instance it has just written to disk."""
@@ -544,9 +552,7 @@ class JobRepository:
         for a reason that may pass); the completion monitor publishes it when it is due.
         With ``owner``, only while that worker holds the job (else :class:`LeaseLost`)."""
         now = utcnow()
-        where = [Job.id == job_id]
-        if owner is not None:
-            where += [Job.lease_owner == owner, Job.status.in_(_LEASED)]
+        where = _held_by(job_id, owner)
         with self._sessions.begin() as session:
             result = session.execute(
                 update(Job).where(*where).values(
@@ -611,9 +617,7 @@ class JobRepository:
             values.update(error_code=error_code or "error", error_message=message)
         if status.finished:
             values["finished_at"] = now
-        where = [Job.id == job_id]
-        if owner is not None:
-            where += [Job.lease_owner == owner, Job.status.in_(_LEASED)]
+        where = _held_by(job_id, owner)
         with self._sessions.begin() as session:
             result = session.execute(update(Job).where(*where).values(**values))
             if owner is not None and result.rowcount != 1:  # type: ignore[attr-defined]
