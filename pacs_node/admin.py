@@ -178,6 +178,9 @@ class JobAdmin:
                 raise ActionError(f"job {job_id} is {job.status.value}, not FAILED{hint}")
             job.status, job.error_code, job.error_message = JobStatus.QUEUED, None, None
             job.dispatched_at, job.finished_at, job.updated_at = None, None, utcnow()
+            # Due at once, and no longer held by the worker that ran it (which, if alive,
+            # can no longer send or finish it).
+            job.next_attempt_at = job.lease_owner = job.lease_expires_at = None
             session.add(JobEvent(job_id=job_id, status=JobStatus.QUEUED,
                                  message=f"retry requested by {actor}", actor=actor))  # fmt: skip
 

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from pacs_node.admin import JobAdmin
 from pacs_node.db.models import JobStatus
 from pacs_node.db.repository import JobRepository, LeaseLost, Route
 from tests.pacs_node.db.test_repository import _instance
@@ -102,3 +103,16 @@ def test_a_worker_whose_job_was_taken_back_cannot_send_or_finish_it(
     repository.transition(job_id, JobStatus.DONE, "stored", owner="w2")
     job = repository.get_job(job_id)
     assert job is not None and job.status is JobStatus.DONE
+
+
+def test_an_admin_retry_takes_the_job_from_its_worker_and_makes_it_due(
+    repository: JobRepository,
+) -> None:
+    job_id = _queued(repository)
+    assert repository.claim(job_id, "w1", lease=timedelta(minutes=5))
+    JobAdmin(repository.session_factory).retry(job_id, "cli:admin", force=True)
+    assert repository.undispatched_jobs() == [job_id]
+    with pytest.raises(LeaseLost):  # the old worker, if alive, cannot finish it any more
+        repository.transition(job_id, JobStatus.DONE, "stored", owner="w1")
+    assert repository.claim(job_id, "w2", lease=timedelta(minutes=5))
+    repository.transition(job_id, JobStatus.DONE, "stored", owner="w2")
