@@ -70,3 +70,17 @@ def engine(db_url: str) -> Iterator[Engine]:
 @pytest.fixture()
 def repository(engine: Engine) -> JobRepository:
     return JobRepository(make_session_factory(engine))
+
+
+@pytest.fixture()
+def redis_url() -> Iterator[str]:
+    """The test Redis (the production-mode broker), or a skip when it is not running."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError:
+        pytest.skip(f"Redis not reachable at {REDIS_URL} (make test starts it)")
+    yield REDIS_URL
+    client.close()

@@ -119,6 +119,11 @@ class NodeProcess:
     def job(self, job_id: int) -> dict[str, Any]:
         return dict(json.loads(self.cli("jobs", "show", str(job_id), "--json").stdout))
 
+    def assert_invariants(self) -> None:
+        """The auditor (`pacs-node audit`) finds no broken invariant once the node settled."""
+        result = self.cli("audit", "--json", check=False)
+        assert result.returncode == 0 and json.loads(result.stdout) == [], result.stdout
+
     def wait_until_finished(self, count: int, timeout_s: float = 120.0) -> list[dict[str, Any]]:
         """Wait until at least ``count`` jobs exist and all of them are finished."""
         deadline = time.monotonic() + timeout_s
@@ -130,3 +135,27 @@ class NodeProcess:
             assert self.running, f"node exited:\n{self.log()}"
             time.sleep(0.5)
         raise TimeoutError(f"jobs not finished in {timeout_s} s: {jobs}\n{self.log()}")
+
+
+def start_worker(node: NodeProcess, name: str, cwd: Path) -> subprocess.Popen[bytes]:
+    """A Celery worker started alone (`celery -A workers.app worker`), like one on
+    another host, logging to ``<data_dir>/<name>.log``."""
+    log = open(node.data_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+    command = [
+        str(BIN / "celery"), "-A", "workers.app", "worker", "--pool", "solo", "--loglevel", "INFO",
+        "--queues", node.env["PACS_NODE_WORKER__QUEUE"], "--hostname", f"{name}@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+    # The worker is started from another directory, like a worker on another host.
+    return subprocess.Popen(command, env=node.env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_for_status(node: NodeProcess, status: str, count: int, timeout_s: float = 60) -> None:
+    """Wait until the node has ``count`` jobs, all in ``status``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        jobs = node.jobs()
+        if len(jobs) == count and all(j["status"] == status for j in jobs):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"jobs not all {status}: {node.jobs()}")

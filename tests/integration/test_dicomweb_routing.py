@@ -29,7 +29,6 @@ from tests.integration.peers import (
     orthanc_binary,
     storescu,
 )
-from tests.integration.test_e2e_production import redis_url  # noqa: F401 - fixture
 
 pytestmark = [
     pytest.mark.integration,
@@ -184,7 +183,7 @@ def test_stow_in_is_complete_at_once_and_stow_out_reaches_orthanc(tmp_path: Path
 def test_a_worker_without_the_nodes_disk_fetches_inputs_by_wado(
     tmp_path: Path,
     postgres_url: str,
-    redis_url: str,  # noqa: F811 - fixture
+    redis_url: str,
 ) -> None:
     queue = f"pacs_node_test_{uuid.uuid4().hex[:8]}"
     make_ct_series(tmp_path / "in", n_slices=5, rows=48, cols=48)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -15,10 +13,9 @@ import pytest
 import redis
 from pydicom.filebase import DicomBytesIO
 
-from tests.conftest import REDIS_URL
 from tests.helpers.synthetic import make_ct_series
 from tests.integration.checks import assert_derived_series
-from tests.integration.node import BIN, NodeProcess
+from tests.integration.node import NodeProcess, start_worker, wait_for_status
 from tests.integration.peers import OrthancPeer, orthanc_binary, storescu
 
 pytestmark = [
@@ -27,38 +24,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk not installed"),
     pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc not installed"),
 ]
-
-
-@pytest.fixture()
-def redis_url() -> Iterator[str]:
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
-    try:
-        client.ping()
-    except redis.RedisError:
-        pytest.skip(f"Redis not reachable at {REDIS_URL} (make test starts it)")
-    yield REDIS_URL
-    client.close()
-
-
-def _start_worker(node: NodeProcess, name: str, cwd: Path) -> subprocess.Popen[bytes]:
-    log = open(node.data_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-    command = [
-        str(BIN / "celery"), "-A", "workers.app", "worker", "--pool", "solo", "--loglevel", "INFO",
-        "--queues", node.env["PACS_NODE_WORKER__QUEUE"], "--hostname", f"{name}@%h",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
-    ]  # fmt: skip
-    # The worker is started from another directory, like a worker on another host.
-    return subprocess.Popen(command, env=node.env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-
-
-def _wait_for_status(node: NodeProcess, status: str, count: int, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        jobs = node.jobs()
-        if len(jobs) == count and all(j["status"] == status for j in jobs):
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"jobs not all {status}: {node.jobs()}")
 
 
 def test_separate_workers_on_redis_and_postgresql(
@@ -85,8 +50,8 @@ def test_separate_workers_on_redis_and_postgresql(
                     storescu(tmp_path / folder, node.port, "ENHANCE", scan_dir=True).returncode == 0
                 )
             # Without workers the jobs wait, durably, in the queue.
-            _wait_for_status(node, "QUEUED", 2)
-            workers = [_start_worker(node, f"w{i}", tmp_path) for i in (1, 2)]
+            wait_for_status(node, "QUEUED", 2)
+            workers = [start_worker(node, f"w{i}", tmp_path) for i in (1, 2)]
             jobs = node.wait_until_finished(2, timeout_s=120)
             assert sorted(j["status"] for j in jobs) == ["DONE", "DONE"], node.log()
             derived = {}

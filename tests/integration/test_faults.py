@@ -3,7 +3,6 @@ workers): the node resumes by itself and processes each series once."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
@@ -15,23 +14,14 @@ import pytest
 import redis
 
 from tests.helpers.synthetic import make_ct_series
-from tests.integration.node import NodeProcess
+from tests.integration.node import NodeProcess, start_worker, wait_for_status
 from tests.integration.peers import CaptureSCP, storescu
-from tests.integration.test_e2e_production import _start_worker, _wait_for_status, redis_url
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.production,
     pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk not installed"),
 ]
-
-__all__ = ["redis_url"]  # the fixture, shared with the production end-to-end test
-
-
-def _assert_invariants(node: NodeProcess) -> None:
-    """The auditor (`pacs-node audit`) finds no broken invariant once the node settled."""
-    result = node.cli("audit", "--json", check=False)
-    assert result.returncode == 0 and json.loads(result.stdout) == [], result.stdout
 
 
 def _stop(workers: list[subprocess.Popen[bytes]]) -> None:
@@ -63,13 +53,13 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_finishes_once(
     ):  # fmt: skip
         try:
             assert storescu(tmp_path / "in", node.port, "ENHANCE", scan_dir=True).returncode == 0
-            _wait_for_status(node, "QUEUED", 1)
-            first = _start_worker(node, "doomed", tmp_path)
+            wait_for_status(node, "QUEUED", 1)
+            first = start_worker(node, "doomed", tmp_path)
             workers.append(first)
-            _wait_for_status(node, "RUNNING", 1, timeout_s=120)
+            wait_for_status(node, "RUNNING", 1, timeout_s=120)
             first.send_signal(signal.SIGKILL)  # no warm shutdown, no lease released
             first.wait(timeout=10)
-            workers.append(_start_worker(node, "rescuer", tmp_path))
+            workers.append(start_worker(node, "rescuer", tmp_path))
             [job] = node.wait_until_finished(1, timeout_s=240)
             detail = node.job(job["id"])
             assert detail["status"] == "DONE", detail
@@ -87,7 +77,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_finishes_once(
                 detail["output_series_instance_uid"]
             }
             assert len({ds.SOPInstanceUID for ds in pacs.datasets}) == 16
-            _assert_invariants(node)
+            node.assert_invariants()
         finally:
             _stop(workers)
             redis.Redis.from_url(redis_url).delete(queue)
@@ -110,13 +100,13 @@ def test_a_job_whose_broker_message_was_lost_still_runs_once(
     ):  # fmt: skip
         try:
             assert storescu(tmp_path / "in", node.port, "ENHANCE", scan_dir=True).returncode == 0
-            _wait_for_status(node, "QUEUED", 1)
+            wait_for_status(node, "QUEUED", 1)
             deadline = time.monotonic() + 30
             while broker.llen(queue) == 0 and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert broker.llen(queue) == 1
             broker.delete(queue)  # the broker restarts without its data
-            workers.append(_start_worker(node, "late", tmp_path))
+            workers.append(start_worker(node, "late", tmp_path))
             [job] = node.wait_until_finished(1, timeout_s=120)
             detail = node.job(job["id"])
             assert detail["status"] == "DONE" and detail["attempts"] == 1, detail
@@ -124,7 +114,7 @@ def test_a_job_whose_broker_message_was_lost_still_runs_once(
             pacs.wait_for(4, timeout_s=30)
             time.sleep(2)
             assert len(pacs.datasets) == 4
-            _assert_invariants(node)
+            node.assert_invariants()
         finally:
             _stop(workers)
             broker.delete(queue)
@@ -153,7 +143,7 @@ def test_a_job_past_its_time_limit_fails_with_the_reason_and_the_node_goes_on(
         assert storescu(tmp_path / "next", node.port, "ENHANCE", scan_dir=True).returncode == 0
         jobs = node.wait_until_finished(2, timeout_s=120)
         assert len(jobs) == 2
-        _assert_invariants(node)
+        node.assert_invariants()
 
 
 def test_serve_killed_mid_series_then_restarted_completes_the_series_once(
@@ -188,6 +178,6 @@ def test_serve_killed_mid_series_then_restarted_completes_the_series_once(
             assert {ds.SeriesInstanceUID for ds in derived} == {
                 detail["output_series_instance_uid"]
             }
-            _assert_invariants(node)
+            node.assert_invariants()
         finally:
             node.stop()

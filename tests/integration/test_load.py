@@ -14,7 +14,6 @@ from tests.helpers.load import Tally, cstore, run_all, stow
 from tests.helpers.synthetic import make_ct_series
 from tests.integration.node import NodeProcess
 from tests.integration.peers import CaptureSCP
-from tests.integration.test_faults import _assert_invariants
 
 pytestmark = [
     pytest.mark.integration,
@@ -47,5 +46,5 @@ def test_eight_associations_and_stow_requests_at_once(tmp_path: Path) -> None:
         time.sleep(2)
         assert len(pacs.datasets) == 840
         assert len({ds.SOPInstanceUID for ds in pacs.datasets}) == 840
-        _assert_invariants(node)
+        node.assert_invariants()
     print(f"840 instances stored in {stored_s:.1f} s")
