@@ -16,11 +16,11 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from pacs_node.db import lifecycle
 from pacs_node.db.models import (
     ApiToken,
     Instance,
     Job,
-    JobEvent,
     JobStatus,
     JobTombstone,
     Series,
@@ -30,14 +30,24 @@ from pacs_node.errors import ActionError
 
 logger = logging.getLogger(__name__)
 
-Role = Literal["admin", "viewer"]
-ROLES: tuple[str, ...] = ("admin", "viewer")
+Role = Literal["admin", "viewer", "worker"]
+# worker: a Celery worker on another host, which uploads its jobs' derived series.
+ROLES: tuple[str, ...] = ("admin", "viewer", "worker")
 TOKEN_PREFIX = "pn_"
 
 
 def token_digest(token: str) -> str:
     """SHA-256 of a token, the only form the database keeps."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _skip_reason(job: Job) -> str:
+    """Why the job's series was skipped, from its audit trail."""
+    marker = "; skipped: "
+    for event in reversed(job.events):
+        if event.status is JobStatus.SKIPPED and marker in event.message:
+            return event.message.split(marker, 1)[1]
+    return "skipped"
 
 
 def _tombstone(job: Job, actor: str) -> JobTombstone:
@@ -68,6 +78,11 @@ class Principal:
     def is_admin(self) -> bool:
         """Admins may act and see configuration."""
         return self.role == "admin"
+
+    @property
+    def uploads_outputs(self) -> bool:
+        """Workers on other hosts (and admins) may upload a running job's derived series."""
+        return self.role in ("admin", "worker")
 
     @property
     def sees_patient(self) -> bool:
@@ -165,8 +180,9 @@ class JobAdmin:
             raise ActionError(f"job {job_id} not found", missing=True)
         return job
 
-    def retry(self, job_id: int, actor: str, force: bool = False) -> None:
-        """FAILED → QUEUED (published again by the completion monitor).
+    def retry(self, job_id: int, actor: str, force: bool = False) -> JobStatus:
+        """FAILED → QUEUED (published again by the completion monitor); a skipped series
+        whose untouched forward failed goes back to SKIPPED, to be forwarded again.
 
         With ``force``, also a job left RUNNING or SENDING by a worker that died.
         """
@@ -176,13 +192,21 @@ class JobAdmin:
             if job.status not in allowed:
                 hint = "" if force else " (use force for a job stuck RUNNING or SENDING)"
                 raise ActionError(f"job {job_id} is {job.status.value}, not FAILED{hint}")
-            job.status, job.error_code, job.error_message = JobStatus.QUEUED, None, None
-            job.dispatched_at, job.finished_at, job.updated_at = None, None, utcnow()
-            # Due at once, and no longer held by the worker that ran it (which, if alive,
-            # can no longer send or finish it).
-            job.next_attempt_at = job.lease_owner = job.lease_expires_at = None
-            session.add(JobEvent(job_id=job_id, status=JobStatus.QUEUED,
-                                 message=f"retry requested by {actor}", actor=actor))  # fmt: skip
+            # Due at once, with a fresh attempt count, and no longer held by the worker
+            # that ran it (which, if alive, can no longer send or finish it).
+            values: dict[str, object] = {
+                "dispatched_at": None, "next_attempt_at": None, "attempts": 0,
+                "lease_owner": None, "lease_expires_at": None,
+            }  # fmt: skip
+            message = f"retry requested by {actor}"
+            if job.error_code == "forward_failed":
+                values.update(error_code="skipped", error_message=_skip_reason(job))
+                status, message = JobStatus.SKIPPED, message + "; forwarding again"
+            else:
+                status = JobStatus.QUEUED
+            lifecycle.move(session, job_id, status, message, actor=actor, expect=[job.status],
+                           values=values)  # fmt: skip
+            return status
 
     def cancel(self, job_id: int, actor: str) -> None:
         """RECEIVING or QUEUED → FAILED ("cancelled"); a running job cannot be stopped."""
@@ -193,12 +217,8 @@ class JobAdmin:
                     f"job {job_id} is {job.status.value}; only RECEIVING or QUEUED jobs "
                     "can be cancelled"
                 )
-            now = utcnow()
-            job.status, job.error_code = JobStatus.FAILED, "cancelled"
-            job.error_message = f"cancelled by {actor}"
-            job.finished_at = job.updated_at = now
-            session.add(JobEvent(job_id=job_id, status=JobStatus.FAILED,
-                                 message=f"cancelled by {actor}", actor=actor))  # fmt: skip
+            lifecycle.move(session, job_id, JobStatus.FAILED, f"cancelled by {actor}",
+                           actor=actor, error_code="cancelled", expect=[job.status])  # fmt: skip
 
     def rerun(
         self, job_id: int, actor: str, preset: str | None = None, strength: str | None = None
@@ -222,25 +242,11 @@ class JobAdmin:
                 called_ae_title=job.called_ae_title, instance_count=job.instance_count,
                 attempts=0, created_at=now, updated_at=now, last_instance_at=job.last_instance_at,
             )  # fmt: skip
-            session.add(new)
-            session.flush()
-            session.add(
-                JobEvent(
-                    job_id=new.id,
-                    status=JobStatus.QUEUED,
-                    actor=actor,
-                    message=f"re-run of job {job_id} with preset {chosen} by {actor}",
-                )
-            )
-            session.add(
-                JobEvent(
-                    job_id=job_id,
-                    status=job.status,
-                    actor=actor,
-                    message=f"re-run as job {new.id} with preset {chosen} by {actor}",
-                )
-            )
-            return new.id  # fmt: skip
+            lifecycle.start(session, new, f"re-run of job {job_id} with preset {chosen} by {actor}",
+                            actor)  # fmt: skip
+            again = f"re-run as job {new.id} with preset {chosen} by {actor}"
+            lifecycle.note(session, job_id, again, actor)
+            return new.id
 
     def delete(self, job_id: int, actor: str) -> list[Path]:
         """Delete a finished job with its derived files, and the received series when no

@@ -26,7 +26,7 @@ models_app = typer.Typer(help="Enhancement models and presets.", no_args_is_help
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
 rules_app = typer.Typer(help="Routing rules.", no_args_is_help=True)
-tokens_app = typer.Typer(help="API tokens (admin and viewer roles).", no_args_is_help=True)
+tokens_app = typer.Typer(help="API tokens (admin, viewer and worker roles).", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(models_app, name="models")
 app.add_typer(rules_app, name="rules")
@@ -495,12 +495,13 @@ def jobs_retry(
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Queue a FAILED job again (the node publishes it within a second)."""
+    """Queue a FAILED job again (the node publishes it within a second); a skipped series
+    whose forward failed is forwarded again."""
     from pacs_node.admin import JobAdmin
 
     admin = JobAdmin(_sessions(_settings(config)))
-    _act(lambda: admin.retry(job_id, _actor(), force=force), as_json,
-         {"job": job_id, "status": "QUEUED"}, "job {job} queued again")  # fmt: skip
+    _act(lambda: admin.retry(job_id, _actor(), force=force).value, as_json,
+         {"job": job_id, "status": _RESULT}, "job {job} is {status} again")  # fmt: skip
 
 
 @jobs_app.command("cancel")
@@ -545,7 +546,7 @@ def jobs_delete(job_id: int, config: ConfigOption = None, as_json: JsonOption = 
 @tokens_app.command("create")
 def tokens_create(
     name: str,
-    role: Annotated[str, typer.Option(help="admin or viewer")] = "viewer",
+    role: Annotated[str, typer.Option(help="admin, viewer or worker")] = "viewer",
     show_patient: Annotated[
         bool, typer.Option(help="let a viewer see patient identifiers")
     ] = False,

@@ -16,7 +16,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pacs_node.admin import JobAdmin
-from pacs_node.db.models import Instance, Job, JobEvent, JobOutput, JobStatus, utcnow
+from pacs_node.db import lifecycle
+from pacs_node.db.models import Instance, Job, JobOutput, JobStatus, utcnow
 from pacs_node.settings import RetentionSettings
 
 logger = logging.getLogger(__name__)
@@ -91,9 +92,8 @@ class Retention:
                     continue
                 paths += [o.path for o in outputs]
                 session.execute(delete(JobOutput).where(JobOutput.job_id == job.id))
-                session.add(JobEvent(job_id=job.id, status=job.status, actor=ACTOR,
-                                     message=f"retention: {len(outputs)} derived files removed "
-                                     f"after {days:g} days"))  # fmt: skip
+                lifecycle.note(session, job.id, f"retention: {len(outputs)} derived files "
+                               f"removed after {days:g} days", ACTOR)  # fmt: skip
         return _unlink(paths)
 
     def _expire_received(self, days: float) -> int:
@@ -115,9 +115,8 @@ class Retention:
                     continue
                 paths += [i.path for i in instances]
                 session.execute(delete(Instance).where(Instance.series_id == job.series_id))
-                session.add(JobEvent(job_id=job.id, status=job.status, actor=ACTOR,
-                                     message=f"retention: {len(instances)} received files "
-                                     f"removed after {days:g} days"))  # fmt: skip
+                lifecycle.note(session, job.id, f"retention: {len(instances)} received files "
+                               f"removed after {days:g} days", ACTOR)  # fmt: skip
         return _unlink(paths)
 
     def _finished_ids(self, days: float | None) -> list[int]:

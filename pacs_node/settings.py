@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -137,6 +138,10 @@ class WorkerSettings(_Section):
     # A worker on another host sets the node's HTTP address: it then fetches inputs by
     # WADO-RS instead of reading the node's data directory (none is shared).
     node_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    # Such a worker uploads each derived series back to the node, with a token of role
+    # ``worker`` (`pacs-node tokens create NAME --role worker`); a secret, so set it only
+    # in the environment: PACS_NODE_WORKER__NODE_TOKEN.
+    node_token: SecretStr | None = None
     # A running job is leased to its worker, which renews the lease with its heartbeat
     # (every 10 s); the node takes back a job whose lease expired (worker killed or hung)
     # and queues it again, or fails it once max_attempts are used.
@@ -147,6 +152,15 @@ class WorkerSettings(_Section):
     # (time_limit), and 5 minutes later its lease is let go even if the task is stuck.
     time_limit_base_s: float = Field(default=600.0, gt=0)
     time_limit_per_slice_s: float = Field(default=20.0, ge=0)
+
+    @model_validator(mode="after")
+    def _token_for_the_node(self) -> WorkerSettings:
+        if self.node_url and self.node_token is None:
+            raise ValueError(
+                "worker.node_url needs worker.node_token (PACS_NODE_WORKER__NODE_TOKEN), a "
+                "token of role worker, to upload derived series back to the node"
+            )
+        return self
 
 
 class RetentionSettings(_Section):

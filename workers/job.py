@@ -18,6 +18,7 @@ from pacs_node.scu import SendResult, acknowledged, send_c_store, send_stow
 from pacs_node.settings import CStoreDestination
 from pacs_node.wado import fetch_series_instances
 from workers.context import WorkerContext
+from workers.upload import upload_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +48,21 @@ def _enhance_and_write(ctx: WorkerContext, job: JobView) -> list[Path]:
         ctx.repository.used_series_numbers(job.study_instance_uid),
     )
     series_uid = result.series_instance_uid
-    outputs: list[tuple[str, str, str]] = []
     paths: list[Path] = []
-    for ds, source_uid in zip(result.datasets, result.sources, strict=True):
+    for ds in result.datasets:
         path = ctx.store.derived_path(series_uid, str(ds.SOPInstanceUID))
         ctx.store.write_dataset(path, ds)
-        outputs.append((str(ds.SOPInstanceUID), source_uid, str(path)))
         paths.append(path)
-    ctx.repository.replace_outputs(job.id, series_uid, outputs)
+    sop_uids = [str(ds.SOPInstanceUID) for ds in result.datasets]
+    stored = [str(p) for p in paths]
+    worker = ctx.settings.worker
+    if worker.node_url:  # another host: the node keeps the series it serves and retains
+        assert worker.node_token is not None  # required with node_url by the settings
+        stored = upload_outputs(worker.node_url, worker.node_token.get_secret_value(), job.id,
+                                list(zip(sop_uids, paths, strict=True)))  # fmt: skip
+    ctx.repository.replace_outputs(
+        job.id, series_uid, zip(sop_uids, result.sources, stored, strict=True)
+    )
     ctx.repository.add_event(
         job.id,
         f"{result.model.name} {result.model.version} enhanced {len(paths)} slices in "
@@ -63,13 +71,37 @@ def _enhance_and_write(ctx: WorkerContext, job: JobView) -> list[Path]:
     return paths
 
 
+def _local_output(ctx: WorkerContext, series_uid: str, sop_uid: str) -> Path:
+    return ctx.store.derived_path(series_uid, sop_uid)
+
+
+def _drop_local_copies(ctx: WorkerContext, job: JobView) -> None:
+    """On another host, once the job is DONE: its fetched inputs and derived files (the
+    node keeps both)."""
+    if not ctx.settings.worker.node_url:
+        return
+    job = ctx.repository.get_job(job.id) or job
+    paths = [ctx.store.received_path(i.sop_instance_uid) for i in ctx.repository.job_inputs(job.id)]
+    if job.output_series_instance_uid is not None:
+        paths += [_local_output(ctx, job.output_series_instance_uid, o.sop_instance_uid)
+                  for o in job.outputs]  # fmt: skip
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
 def _pending_outputs(ctx: WorkerContext, job: JobView) -> list[Path] | None:
     """On a retry: the derived files of an earlier attempt that the destination has not
     acknowledged yet, so a failed send repeats neither the model nor the stored instances.
     None when there is no complete earlier output (then the series is enhanced anew)."""
-    if not job.outputs or not all(Path(o.path).is_file() for o in job.outputs):
+    if not job.outputs or job.output_series_instance_uid is None:
         return None
-    pending = [Path(o.path) for o in job.outputs if not acknowledged(o.send_status)]
+    # This worker's own copies: the node's files, or on another host its local ones.
+    series_uid = job.output_series_instance_uid
+    local = {o.sop_instance_uid: _local_output(ctx, series_uid, o.sop_instance_uid)
+             for o in job.outputs}  # fmt: skip
+    if not all(path.is_file() for path in local.values()):
+        return None
+    pending = [local[o.sop_instance_uid] for o in job.outputs if not acknowledged(o.send_status)]
     ctx.repository.add_event(
         job.id, f"reusing derived series {job.output_series_instance_uid}; {len(pending)} to send"
     )
@@ -138,8 +170,9 @@ def _send_everywhere(
 def forward_job(job_id: int, ctx: WorkerContext) -> bool:
     """Send a SKIPPED job's received instances untouched to its destinations.
 
-    The job stays SKIPPED; the outcome is a line of its audit trail. Returns False when
-    there is nothing to do (not SKIPPED) or the destinations are unusable.
+    The job stays SKIPPED, the outcome a line of its audit trail. Returns False when there
+    is nothing to do (not SKIPPED), or when the destinations or the series are unusable
+    (then the job is FAILED with the reason, as a forward that cannot succeed).
 
     Raises
     ------
@@ -153,12 +186,12 @@ def forward_job(job_id: int, ctx: WorkerContext) -> bool:
     try:
         destinations = [_DESTINATION.validate_python(d) for d in job.destinations]
     except (ValidationError, ValueError) as exc:
-        repo.add_event(job_id, f"not forwarded: {exc}")
+        repo.forward_failed(job_id, str(exc), None, ctx.settings.worker.max_attempts)
         return False
     try:
         paths = _input_paths(ctx, job)
     except InvalidSeriesError as exc:
-        repo.add_event(job_id, f"not forwarded: {exc}")
+        repo.forward_failed(job_id, str(exc), None, ctx.settings.worker.max_attempts)
         return False
     results = _send_everywhere(ctx, destinations, paths)
     failed = [r for r in results if not r.ok]
@@ -206,6 +239,7 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobStatus | None:
             job_id, JobStatus.DONE, "no destination configured; derived series kept on the node",
             owner=me,
         )  # fmt: skip
+        _drop_local_copies(ctx, job)
         return JobStatus.DONE
     names = ", ".join(str(d) for d in destinations)
     total = len(job.outputs) or len(paths)
@@ -213,6 +247,7 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobStatus | None:
         repo.transition(
             job_id, JobStatus.DONE, f"all {total} instances stored by {names}", owner=me
         )
+        _drop_local_copies(ctx, job)
         return JobStatus.DONE
     repo.transition(
         job_id, JobStatus.SENDING, f"sending {len(paths)} instances to {names}", owner=me
@@ -228,4 +263,5 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobStatus | None:
             f"(first: {status} {first.message})"
         )
     repo.transition(job_id, JobStatus.DONE, f"all {total} instances stored by {names}", owner=me)
+    _drop_local_copies(ctx, job)
     return JobStatus.DONE

@@ -124,19 +124,20 @@ def _enhance(ctx: WorkerContext, job_id: int) -> str | None:
 
 @app.task(name="workers.forward_series", bind=True, max_retries=None)
 def forward_series(self: Task, job_id: int) -> bool:
-    """Send a SKIPPED series untouched to its rule's destinations, retrying transient
-    failures like enhancement sends; the outcome is written to the job's audit trail."""
+    """Send a SKIPPED series untouched to its rule's destinations. A transient failure is
+    retried like enhancement sends (back-off scheduled in the database); after
+    ``worker.max_attempts``, or at once for a lasting error, the job is FAILED with the
+    reason (an admin's retry forwards it again)."""
     ctx = _context()
+    worker = ctx.settings.worker
     try:
         return forward_job(job_id, ctx)
     except DispatchError as exc:
-        attempt = self.request.retries + 1
-        if attempt >= ctx.settings.worker.max_attempts:
-            ctx.repository.add_event(job_id, f"not forwarded: {exc} (after {attempt} attempts)")
-            return False
-        delay = ctx.settings.worker.retry_backoff_s * attempt
-        ctx.repository.add_event(job_id, f"{exc}; forwarding retry {attempt + 1} in {delay:.0f} s")
-        raise self.retry(countdown=delay, exc=exc) from exc
+        job = ctx.repository.get_job(job_id)
+        delay = backoff_s(worker.retry_backoff_s, (job.attempts if job else 0) + 1)
+        ctx.repository.forward_failed(job_id, str(exc), timedelta(seconds=delay),
+                                      worker.max_attempts)  # fmt: skip
+        return False
     except EnhancementError as exc:
-        ctx.repository.add_event(job_id, f"not forwarded: {exc}")
+        ctx.repository.forward_failed(job_id, str(exc), None, worker.max_attempts)
         return False

@@ -19,6 +19,7 @@ from pacs_node.admin import JobAdmin, Principal, TokenStore
 from pacs_node.api.auth import make_auth
 from pacs_node.api.dashboard import create_dashboard_router
 from pacs_node.api.dicomweb import create_dicomweb_router
+from pacs_node.api.outputs import create_outputs_router
 from pacs_node.api.viewer import SliceService, create_viewer_router
 from pacs_node.db.archive import ArchiveIndex
 from pacs_node.db.models import JobStatus
@@ -97,6 +98,7 @@ def create_app(
             raise HTTPException(404 if exc.missing else 409, str(exc)) from exc
 
     app.include_router(create_viewer_router(repository, SliceService(repository), viewer))
+    app.include_router(create_outputs_router(repository, receiver, principal))
     app.include_router(create_dashboard_router(repository, tokens, page_user))
     metrics_registry = registry or CollectorRegistry()
     metrics_registry.register(JobCollector(repository.session_factory))
@@ -179,9 +181,10 @@ def create_app(
 
     @app.post("/api/jobs/{job_id}/retry", tags=["actions"])
     def retry(job_id: int, force: bool = False, who: Principal = admin_only) -> dict[str, Any]:
-        """FAILED → QUEUED; ``force`` also for a job stuck RUNNING or SENDING."""
-        act(lambda: admin.retry(job_id, who.name, force=force))
-        return {"job": job_id, "status": JobStatus.QUEUED.value}
+        """FAILED → QUEUED (SKIPPED for a failed forward); ``force`` also for a job stuck
+        RUNNING or SENDING."""
+        status: JobStatus = act(lambda: admin.retry(job_id, who.name, force=force))
+        return {"job": job_id, "status": status.value}
 
     @app.post("/api/jobs/{job_id}/cancel", tags=["actions"])
     def cancel(job_id: int, who: Principal = admin_only) -> dict[str, Any]:

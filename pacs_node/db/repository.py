@@ -12,10 +12,10 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from pacs_node.db import lifecycle
 from pacs_node.db.models import (
     Instance,
     Job,
-    JobEvent,
     JobOutput,
     JobStatus,
     JobTombstone,
@@ -37,12 +37,9 @@ class LeaseLost(EnhancementError):
 _LEASED = (JobStatus.RUNNING, JobStatus.SENDING)
 
 
-def _held_by(job_id: int, owner: str | None) -> list[ColumnElement[bool]]:
-    """The job's row, and with ``owner`` only while that worker holds its lease."""
-    where: list[ColumnElement[bool]] = [Job.id == job_id]
-    if owner is not None:
-        where += [Job.lease_owner == owner, Job.status.in_(_LEASED)]
-    return where
+def _held_by(owner: str | None) -> list[ColumnElement[bool]]:
+    """With ``owner``, the condition that this worker holds the job's lease."""
+    return [Job.lease_owner == owner] if owner is not None else []
 
 
 @dataclass(frozen=True)
@@ -289,13 +286,11 @@ class JobRepository:
                     updated_at=now,
                     last_instance_at=now,
                 )
-                session.add(job)
-                session.flush()
                 source = received.source or received.calling_ae_title or "?"
                 message = f"first instance received from {source}"
                 if route.rule is not None:
                     message += f"; rule {route.rule!r}: preset {route.preset or '(none)'}"
-                session.add(JobEvent(job_id=job.id, status=JobStatus.RECEIVING, message=message))
+                lifecycle.start(session, job, message)
             job.instance_count += 1
             job.last_instance_at = now
             session.add(
@@ -330,13 +325,7 @@ class JobRepository:
             ).all()
             for job in jobs:
                 job.complete_requested_at = now
-                session.add(
-                    JobEvent(
-                        job_id=job.id,
-                        status=JobStatus.RECEIVING,
-                        message=f"series declared complete by {source}",
-                    )
-                )
+                lifecycle.note(session, job.id, f"series declared complete by {source}")
             return [job.id for job in jobs]
 
     @staticmethod
@@ -372,29 +361,18 @@ class JobRepository:
         cutoff = utcnow() - quiet_for
         new_status = JobStatus.SKIPPED if skip_reason else JobStatus.QUEUED
         with self._sessions.begin() as session:
-            values: dict[str, object] = {"status": new_status, "updated_at": utcnow()}
+            count = session.scalar(select(Job.instance_count).where(Job.id == job_id))
+            values: dict[str, object] = {}
             if skip_reason:
                 values.update(error_code="skipped", error_message=skip_reason)
-                values["finished_at"] = utcnow()
-            result = session.execute(
-                update(Job)
-                .where(
-                    Job.id == job_id,
-                    Job.status == JobStatus.RECEIVING,
-                    self._closable(cutoff),
-                )
-                .values(**values)
-            )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
-                return None
-            count = session.scalar(select(Job.instance_count).where(Job.id == job_id))
-            message = (
-                f"series complete ({count} instances); skipped: {skip_reason}"
-                if skip_reason
-                else f"series complete ({count} instances); queued"
-            )
-            session.add(JobEvent(job_id=job_id, status=new_status, message=message))
-            return new_status
+                message = f"series complete ({count} instances); skipped: {skip_reason}"
+            else:
+                message = f"series complete ({count} instances); queued"
+            moved = lifecycle.move(
+                session, job_id, new_status, message, expect=[JobStatus.RECEIVING],
+                where=[self._closable(cutoff)], values=values,
+            )  # fmt: skip
+            return new_status if moved else None
 
     def undispatched_jobs(self) -> list[int]:
         """QUEUED jobs whose task has not been handed to the broker yet (those waiting for
@@ -421,6 +399,7 @@ class JobRepository:
                     Job.forward_skipped.is_(True),
                     Job.destinations != "[]",
                     Job.dispatched_at.is_(None),
+                    or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= utcnow()),
                 )
                 .order_by(Job.id)
             )
@@ -453,30 +432,19 @@ class JobRepository:
         """
         now = utcnow()
         with self._sessions.begin() as session:
-            result = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-                .values(
-                    status=JobStatus.RUNNING,
-                    attempts=Job.attempts + 1,
-                    started_at=func.coalesce(Job.started_at, now),
-                    updated_at=now,
-                    lease_owner=worker,
-                    lease_expires_at=now + lease if lease is not None else None,
-                )
-            )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
-                return False
             attempts = session.scalar(select(Job.attempts).where(Job.id == job_id))
-            session.add(
-                JobEvent(
-                    job_id=job_id,
-                    status=JobStatus.RUNNING,
-                    message=f"attempt {attempts} on {worker}",
-                    actor=worker,
-                )
-            )
-            return True
+            return lifecycle.move(
+                session, job_id, JobStatus.RUNNING, f"attempt {(attempts or 0) + 1} on {worker}",
+                actor=worker, now=now,
+                # The attempt counted is the one read above: a concurrent claim changed it.
+                where=[Job.attempts == (attempts or 0)],
+                values={
+                    "attempts": Job.attempts + 1,
+                    "started_at": func.coalesce(Job.started_at, now),
+                    "lease_owner": worker,
+                    "lease_expires_at": now + lease if lease is not None else None,
+                },
+            )  # fmt: skip
 
     def renew_leases(self, worker: str, lease: timedelta, except_jobs: Sequence[int] = ()) -> int:
         """Extend the leases ``worker`` holds on running jobs to now + ``lease``, except
@@ -514,35 +482,19 @@ class JobRepository:
             if attempts >= max_attempts:
                 status = JobStatus.FAILED
                 message = f"{lost}; attempt {attempts} of {max_attempts}, giving up"
-                values: dict[str, object] = {
-                    "error_code": "worker_lost", "error_message": message, "finished_at": now,
-                }  # fmt: skip
+                values: dict[str, object] = {"error_code": "worker_lost"}
             else:
                 status = JobStatus.QUEUED
                 message = f"{lost}; queued again (attempt {attempts} of {max_attempts} used)"
                 values = {"dispatched_at": None}
             with self._sessions.begin() as session:
-                result = session.execute(
-                    update(Job)
-                    .where(
-                        Job.id == job_id,
-                        Job.status.in_(_LEASED),
-                        Job.lease_owner == owner,
-                        Job.lease_expires_at == expires,
-                    )
-                    .values(
-                        status=status,
-                        updated_at=now,
-                        lease_owner=None,
-                        lease_expires_at=None,
-                        **values,
-                    )
-                )
-                if result.rowcount != 1:  # type: ignore[attr-defined]
-                    continue  # renewed or finished meanwhile
-                session.add(JobEvent(job_id=job_id, status=status, message=message,
-                                     actor="reconciler"))  # fmt: skip
-            changed.append((job_id, status))
+                moved = lifecycle.move(
+                    session, job_id, status, message, actor="reconciler", expect=_LEASED,
+                    where=[Job.lease_owner == owner, Job.lease_expires_at == expires],
+                    values={"lease_owner": None, "lease_expires_at": None, **values}, now=now,
+                )  # fmt: skip
+            if moved:  # else renewed or finished meanwhile
+                changed.append((job_id, status))
         return changed
 
     def schedule_retry(
@@ -552,17 +504,15 @@ class JobRepository:
         for a reason that may pass); the completion monitor publishes it when it is due.
         With ``owner``, only while that worker holds the job (else :class:`LeaseLost`)."""
         now = utcnow()
-        where = _held_by(job_id, owner)
         with self._sessions.begin() as session:
-            result = session.execute(
-                update(Job).where(*where).values(
-                    status=JobStatus.QUEUED, updated_at=now, dispatched_at=None,
-                    next_attempt_at=now + delay, lease_owner=None, lease_expires_at=None,
-                )
+            moved = lifecycle.move(
+                session, job_id, JobStatus.QUEUED, message, expect=_LEASED, now=now,
+                where=_held_by(owner), actor=owner or "node",
+                values={"dispatched_at": None, "next_attempt_at": now + delay,
+                        "lease_owner": None, "lease_expires_at": None},
             )  # fmt: skip
-            if owner is not None and result.rowcount != 1:  # type: ignore[attr-defined]
-                raise LeaseLost(f"job {job_id} is no longer held by {owner}")
-            session.add(JobEvent(job_id=job_id, status=JobStatus.QUEUED, message=message))
+            if not moved:
+                raise LeaseLost(f"job {job_id} is no longer held by {owner or 'a worker'}")
 
     def redispatch_stale(self, older_than: timedelta) -> list[int]:
         """QUEUED jobs no worker took for ``older_than`` since they were queued: their broker
@@ -584,12 +534,46 @@ class JobRepository:
                 session.execute(
                     update(Job).where(Job.id == job_id).values(dispatched_at=None, updated_at=now)
                 )
-                session.add(JobEvent(
-                    job_id=job_id, status=JobStatus.QUEUED, actor="reconciler",
-                    message=f"no worker took the job in {older_than.total_seconds():.0f} s; "
-                    "published again",
-                ))  # fmt: skip
+                lifecycle.note(
+                    session, job_id,
+                    f"no worker took the job in {older_than.total_seconds():.0f} s; "
+                    "published again", actor="reconciler",
+                )  # fmt: skip
             return stale
+
+    def forward_failed(
+        self, job_id: int, message: str, delay: timedelta | None, max_attempts: int
+    ) -> JobStatus | None:
+        """A SKIPPED job's untouched forward failed: publish it again after ``delay``
+        (scheduled in the database, so the retry survives restarts), or, once
+        ``max_attempts`` forwards failed or with no ``delay``, make it FAILED (the dead
+        letter, retried by an admin). Returns the job's status, None if it is not SKIPPED."""
+        now = utcnow()
+        with self._sessions.begin() as session:
+            attempts = session.scalar(
+                select(Job.attempts).where(Job.id == job_id, Job.status == JobStatus.SKIPPED)
+            )
+            if attempts is None:
+                return None
+            attempts += 1
+            if delay is None or attempts >= max_attempts:
+                suffix = f" (after {attempts} attempts)" if delay is not None else ""
+                lifecycle.move(
+                    session, job_id, JobStatus.FAILED, f"not forwarded: {message}{suffix}",
+                    error_code="forward_failed", values={"attempts": attempts}, now=now,
+                )  # fmt: skip
+                return JobStatus.FAILED
+            session.execute(
+                update(Job).where(Job.id == job_id).values(
+                    attempts=attempts, dispatched_at=None, next_attempt_at=now + delay,
+                    updated_at=now,
+                )
+            )  # fmt: skip
+            lifecycle.note(
+                session, job_id,
+                f"{message}; forwarding retry {attempts + 1} in {delay.total_seconds():.0f} s",
+            )  # fmt: skip
+            return JobStatus.SKIPPED
 
     def transition(
         self,
@@ -610,26 +594,25 @@ class JobRepository:
         ------
         LeaseLost
             If ``owner`` no longer holds the job.
+        IllegalTransition
+            Without ``owner``: the job's state may not move to ``status``.
         """
-        now = utcnow()
-        values: dict[str, object] = {"status": status, "updated_at": now}
-        if status is JobStatus.FAILED:
-            values.update(error_code=error_code or "error", error_message=message)
-        if status.finished:
-            values["finished_at"] = now
-        where = _held_by(job_id, owner)
         with self._sessions.begin() as session:
-            result = session.execute(update(Job).where(*where).values(**values))
-            if owner is not None and result.rowcount != 1:  # type: ignore[attr-defined]
+            moved = lifecycle.move(
+                session, job_id, status, message, actor=actor, error_code=error_code,
+                where=_held_by(owner),
+                expect=[s for s in _LEASED if status in lifecycle.TRANSITIONS[s]]
+                if owner is not None else None,
+            )  # fmt: skip
+        if not moved:
+            if owner is not None:
                 raise LeaseLost(f"job {job_id} is no longer held by {owner}")
-            session.add(JobEvent(job_id=job_id, status=status, message=message, actor=actor))
+            raise lifecycle.IllegalTransition(f"job {job_id} cannot move to {status.value} now")
 
     def add_event(self, job_id: int, message: str) -> None:
         """Append an audit line without changing the status."""
         with self._sessions.begin() as session:
-            status = session.scalar(select(Job.status).where(Job.id == job_id))
-            if status is not None:
-                session.add(JobEvent(job_id=job_id, status=status, message=message))
+            lifecycle.note(session, job_id, message)
 
     def tombstone(self, job_id: int) -> dict[str, Any] | None:
         """What a deleted job left (who deleted it, when, its audit trail), or None."""

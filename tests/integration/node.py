@@ -137,9 +137,12 @@ class NodeProcess:
         raise TimeoutError(f"jobs not finished in {timeout_s} s: {jobs}\n{self.log()}")
 
 
-def start_worker(node: NodeProcess, name: str, cwd: Path) -> subprocess.Popen[bytes]:
+def start_worker(
+    node: NodeProcess, name: str, cwd: Path, **settings: str
+) -> subprocess.Popen[bytes]:
     """A Celery worker started alone (`celery -A workers.app worker`), like one on
-    another host, logging to ``<data_dir>/<name>.log``."""
+    another host, logging to ``<data_dir>/<name>.log``; ``settings`` override the node's
+    (``data_dir="..."``, ``worker__node_url="..."``)."""
     log = open(node.data_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
     command = [
         str(BIN / "celery"), "-A", "workers.app", "worker", "--pool", "solo", "--loglevel", "INFO",
@@ -147,7 +150,8 @@ def start_worker(node: NodeProcess, name: str, cwd: Path) -> subprocess.Popen[by
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
     # The worker is started from another directory, like a worker on another host.
-    return subprocess.Popen(command, env=node.env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    env = {**node.env, **{f"PACS_NODE_{k.upper()}": v for k, v in settings.items()}}
+    return subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_for_status(node: NodeProcess, status: str, count: int, timeout_s: float = 60) -> None:

@@ -10,9 +10,10 @@ import pydicom
 import pytest
 from pydicom.dataset import FileDataset
 from pydicom.filebase import DicomBytesIO
+from sqlalchemy import update
 
 from models.noise import ct_like_noise
-from pacs_node.db.models import JobStatus
+from pacs_node.db.models import Job, JobStatus, utcnow
 from pacs_node.db.repository import JobRepository, ReceivedInstance, Route
 from pacs_node.errors import DispatchError
 from pacs_node.settings import CStoreDestination, Settings
@@ -20,7 +21,7 @@ from pacs_node.storage import InstanceStore
 from tests.helpers.synthetic import make_ct_series
 from tests.integration.peers import CaptureSCP, free_port
 from workers.context import WorkerContext
-from workers.job import run_job
+from workers.job import forward_job, run_job
 
 
 @pytest.fixture()
@@ -229,8 +230,14 @@ def test_a_requeued_job_whose_instances_were_all_stored_sends_nothing(ctx: Worke
         job_id = _queue(ctx, sources, preset="identity", destination=f"PACS@127.0.0.1:{pacs.port}")
         assert run_job(job_id, ctx) is JobStatus.DONE
         pacs.wait_for(2)
-        # As if the worker had died after the stores but before recording DONE.
-        ctx.repository.transition(job_id, JobStatus.QUEUED, "requeued by the test")
+        # As if the worker had died after the stores but before recording DONE: the job is
+        # left SENDING under a lease that runs out, and the reconciler takes it back.
+        with ctx.repository.session_factory.begin() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(
+                status=JobStatus.SENDING, finished_at=None, lease_owner="gone",
+                lease_expires_at=utcnow() - timedelta(seconds=1),
+            ))  # fmt: skip
+        assert ctx.repository.reclaim_expired(max_attempts=3) == [(job_id, JobStatus.QUEUED)]
         assert run_job(job_id, ctx) is JobStatus.DONE
         assert len(pacs.statuses) == 2  # nothing sent twice
     job = ctx.repository.get_job(job_id)
@@ -258,3 +265,31 @@ def test_a_model_fits_after_smaller_batches_and_tiles(tmp_path: Path, db_url: st
     ctx = WorkerContext.from_settings(settings)
     job_id = _queue(ctx, make_ct_series(None, n_slices=3, rows=64, cols=64), preset="ct-denoise")
     assert run_job(job_id, ctx) is JobStatus.DONE
+
+
+def test_a_forward_that_cannot_succeed_is_a_dead_letter_with_its_reason(
+    ctx: WorkerContext,
+) -> None:
+    [ds] = make_ct_series(None, n_slices=1, rows=16, cols=16)
+    buffer = DicomBytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    path = ctx.store.received_path(str(ds.SOPInstanceUID))
+    ctx.store.write_atomic(path, buffer.getvalue())
+    unresolved = {"kind": "unresolved", "reason": "no destination for calling AE 'X'"}
+    received = ReceivedInstance(
+        sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        study_instance_uid=str(ds.StudyInstanceUID), series_instance_uid=str(ds.SeriesInstanceUID),
+        modality="CT", series_number=1, series_description="", path=str(path),
+        size_bytes=len(buffer.getvalue()), calling_ae_title="X", called_ae_title="ENHANCE",
+    )  # fmt: skip
+    job_id = ctx.repository.record_instance(
+        received, Route(None, [unresolved], forward_skipped=True)
+    ).job_id
+    assert job_id is not None
+    ctx.repository.close_receiving(job_id, timedelta(0), "no rule enhances it")
+    assert forward_job(job_id, ctx) is False
+    job = ctx.repository.get_job(job_id)
+    assert job is not None and job.status is JobStatus.FAILED
+    assert job.error_code == "forward_failed"
+    assert "no destination for calling AE 'X'" in (job.error_message or "")

@@ -79,6 +79,7 @@ def test_a_scheduled_retry_is_published_only_when_due(repository: JobRepository)
     assert job is not None and job.status is JobStatus.QUEUED
     assert repository.undispatched_jobs() == []  # not before its time
     assert repository.redispatch_stale(timedelta(0)) == []  # not mistaken for a lost message
+    assert repository.claim(job_id, "w1", lease=timedelta(minutes=5))  # its next attempt
     repository.schedule_retry(job_id, timedelta(seconds=-1), "due now")
     assert repository.undispatched_jobs() == [job_id]
 
