@@ -11,6 +11,18 @@ from pathlib import Path
 GIB = 1024**3
 
 
+def used_percent(total: int, free: int) -> float:
+    """Used share of a file system of ``total`` bytes with ``free`` bytes free, in percent
+    (one of no size counts as full)."""
+    return 100.0 * (total - free) / total if total else 100.0
+
+
+def disk_used_percent(path: Path) -> float:
+    """Used share of the file system holding ``path``, in percent."""
+    usage = shutil.disk_usage(path)
+    return used_percent(usage.total, usage.free)
+
+
 class DiskGuard:
     """Checks the free space of the disk holding ``path`` against a watermark.
 
@@ -39,10 +51,10 @@ class DiskGuard:
             usage = shutil.disk_usage(self.path)
         except OSError as exc:
             return f"the data directory's disk cannot be measured: {exc.strerror or exc}"
-        used_percent = 100.0 * (usage.total - usage.free) / usage.total if usage.total else 100.0
-        if usage.free < self.min_free_bytes or used_percent > self.max_used_percent:
+        used = used_percent(usage.total, usage.free)
+        if usage.free < self.min_free_bytes or used > self.max_used_percent:
             return (
-                f"the data directory's disk is past its watermark ({used_percent:.1f} % used, "
+                f"the data directory's disk is past its watermark ({used:.1f} % used, "
                 f"{usage.free / GIB:.1f} GiB free; limits {self.max_used_percent:g} % and "
                 f"{self.min_free_bytes / GIB:g} GiB): new instances are refused until space "
                 "is freed"

@@ -5,7 +5,6 @@ jobs is never touched."""
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pacs_node.admin import JobAdmin
+from pacs_node.admission import disk_used_percent
 from pacs_node.db import lifecycle
 from pacs_node.db.models import Instance, Job, JobOutput, JobStatus, utcnow
 from pacs_node.settings import RetentionSettings
@@ -35,12 +35,6 @@ class RetentionReport:
     jobs: int = 0
     emergency_jobs: int = 0
     notes: list[str] = field(default_factory=list)
-
-
-def disk_used_percent(path: Path) -> float:
-    """Used share of the file system holding ``path``, in percent."""
-    usage = shutil.disk_usage(path)
-    return 100.0 * (usage.total - usage.free) / usage.total
 
 
 def _unlink(paths: list[str]) -> int:
