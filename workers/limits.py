@@ -1,6 +1,7 @@
 """Time limits of a job, from its series size: a soft limit that ends the task with a
-clear reason, and a hard limit after which the worker stops renewing the job's lease so
-the node takes it back even when the task is stuck where no signal reaches it.
+clear reason, and a hard limit at which a task stuck where no signal reaches it ends the
+worker process (its supervisor, ``serve`` or systemd, starts a new one) and its lease
+lapses, so the node takes the job back.
 
 Celery's own time limits are not enforced by the solo pool the node runs by default, so
 the soft limit is a SIGALRM timer in the thread that runs the task (the main thread in
@@ -9,18 +10,24 @@ the solo and prefork pools; with the threads pool only the hard limit applies).
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
 from pacs_node.errors import EnhancementError
 from pacs_node.settings import WorkerSettings
 
-# After the soft limit, how long the task has to wind down before its lease is let go.
+logger = logging.getLogger(__name__)
+
+# After the soft limit, how long the task has to wind down before the hard limit.
 HARD_GRACE_S = 300.0
+# Exit status of a worker ended by a job past its hard limit (EX_SOFTWARE).
+EXIT_HARD_LIMIT = 70
 
 
 class TimeLimitExceeded(EnhancementError):
@@ -60,6 +67,23 @@ class Deadlines:
         finally:
             with self._lock:
                 self._deadlines.pop(job_id, None)
+
+
+def enforce_hard_limit(deadlines: Deadlines, stop: Callable[[int], object] = os._exit) -> list[int]:
+    """End this worker process (``stop(EXIT_HARD_LIMIT)``) when a job is past its hard
+    limit: its task ignored the soft limit and would hold the worker forever. Called by
+    the heartbeat thread; the jobs' leases are no longer renewed, so the node takes them
+    back. Returns the overdue jobs (none: nothing done)."""
+    overdue = deadlines.overdue()
+    if overdue:
+        logger.critical(
+            "jobs %s are past their hard time limit and did not stop; ending this worker so "
+            "its supervisor starts a fresh one (the node takes the jobs back)",
+            overdue,
+        )
+        logging.shutdown()
+        stop(EXIT_HARD_LIMIT)
+    return overdue
 
 
 @contextmanager

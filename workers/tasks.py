@@ -19,7 +19,7 @@ from pacs_node.errors import DispatchError, EnhancementError
 from workers.app import app, settings
 from workers.context import WorkerContext
 from workers.job import forward_job, run_job
-from workers.limits import Deadlines, TimeLimitExceeded, soft_limit_s
+from workers.limits import Deadlines, TimeLimitExceeded, enforce_hard_limit, soft_limit_s
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +50,9 @@ def _start_heartbeat(**_kwargs: object) -> None:
         while True:
             try:
                 ctx.repository.beat(ctx.name)
-                # A job past its hard limit keeps no lease: the node takes it back.
-                ctx.repository.renew_leases(ctx.name, lease, DEADLINES.overdue())
+                # A job past its hard limit keeps no lease: the node takes it back, and
+                # this worker, stuck in it, ends so that a fresh one replaces it.
+                ctx.repository.renew_leases(ctx.name, lease, enforce_hard_limit(DEADLINES))
             except Exception:  # a database hiccup must not kill the heartbeat
                 logger.exception("heartbeat failed")
             # Renew well within the lease, so a live worker never loses its job.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -40,3 +42,42 @@ def test_a_job_past_its_hard_limit_is_reported_overdue(monkeypatch: pytest.Monke
         seen = deadlines.overdue()  # what the heartbeat thread would see now
         time.sleep(5)
     assert seen == [9]
+
+
+STUCK = """
+import threading, time
+from workers import limits
+limits.HARD_GRACE_S = 0.3
+deadlines = limits.Deadlines()
+
+def heartbeat():
+    while True:
+        limits.enforce_hard_limit(deadlines)
+        time.sleep(0.05)
+
+threading.Thread(target=heartbeat, daemon=True).start()
+with deadlines.limit(11, 0.2):
+    while True:  # a task that swallows its soft limit and never returns
+        try:
+            time.sleep(10)
+        except limits.TimeLimitExceeded:
+            pass
+"""
+
+
+def test_a_task_stuck_past_its_hard_limit_ends_its_worker_process() -> None:
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", STUCK], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == limits.EXIT_HARD_LIMIT, done.stderr
+    assert time.monotonic() - started < 30
+    assert "[11] are past their hard time limit" in done.stderr
+
+
+def test_nothing_is_ended_while_every_job_is_within_its_limits() -> None:
+    stopped: list[int] = []
+    deadlines = Deadlines()
+    with deadlines.limit(12, 60.0):
+        assert limits.enforce_hard_limit(deadlines, stopped.append) == []
+    assert stopped == []
