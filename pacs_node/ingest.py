@@ -14,7 +14,13 @@ from pydicom.dataset import Dataset
 
 from pacs_node.admission import DiskGuard
 from pacs_node.db.repository import JobRepository, ReceivedInstance, Route
-from pacs_node.dicom.validation import is_image_storage, missing_identifiers, pixel_data_problem
+from pacs_node.dicom.validation import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    identifier_problem,
+    is_image_storage,
+    pixel_data_problem,
+)
 from pacs_node.errors import EnhancementError
 from pacs_node.metrics import ReceiverMetrics
 from pacs_node.routing import Routing
@@ -25,8 +31,7 @@ logger = logging.getLogger(__name__)
 # Storage service statuses (PS3.4 Annex B.2.3).
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC210
+__all__ = ["CANNOT_UNDERSTAND", "DATASET_DOES_NOT_MATCH_SOP_CLASS", "OUT_OF_RESOURCES", "SUCCESS"]
 
 
 @dataclass(frozen=True)
@@ -67,14 +72,13 @@ def _text(ds: Dataset, keyword: str, length: int) -> str | None:
 
 def check_dataset(ds: Dataset, transfer_syntax_uid: str) -> IngestResult | None:
     """A failure result when ``ds`` cannot be filed or its pixels used, else None."""
-    problem = missing_identifiers(ds)
+    problem = identifier_problem(ds)
     if problem is not None:
         return IngestResult(DATASET_DOES_NOT_MATCH_SOP_CLASS, problem)
     if is_image_storage(str(ds.SOPClassUID)):
-        problem = pixel_data_problem(ds, transfer_syntax_uid)
-        if problem is not None:
-            code = CANNOT_UNDERSTAND if "truncated" in problem else DATASET_DOES_NOT_MATCH_SOP_CLASS
-            return IngestResult(code, problem)
+        found = pixel_data_problem(ds, transfer_syntax_uid)
+        if found is not None:
+            return IngestResult(found.status, found.comment)
     return None
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.status import code_to_category
 
@@ -72,12 +72,15 @@ def send_c_store(
     ae.connection_timeout = settings.connect_timeout_s
     ae.acse_timeout = settings.acse_timeout_s
     ae.dimse_timeout = settings.dimse_timeout_s
-    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
-        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    wanted = UID(destination.transfer_syntax) if destination.transfer_syntax else None
+    for sop_class, syntaxes in _proposals(datasets, wanted):
+        ae.add_requested_context(sop_class, syntaxes)
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "aborted or unreachable"
         raise DispatchError(f"association with {destination} {reason}")
+    accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                for cx in assoc.accepted_contexts}  # fmt: skip
     results: list[SendResult] = []
     try:
         for ds in datasets:
@@ -86,8 +89,9 @@ def send_c_store(
                 results.append(SendResult(uid, None, "association lost before sending"))
                 continue
             try:
+                note = _encode_for(ds, accepted, wanted)
                 response = assoc.send_c_store(ds)
-            except (ValueError, RuntimeError) as exc:
+            except (ValueError, RuntimeError, NotImplementedError) as exc:
                 results.append(SendResult(uid, None, f"not sent: {exc}"))
                 continue
             if "Status" not in response:
@@ -95,13 +99,52 @@ def send_c_store(
                 continue
             status = int(response.Status)
             comment = str(response.get("ErrorComment", "") or "")
-            results.append(SendResult(uid, status, f"{code_to_category(status)} {comment}".strip()))
+            text = f"{code_to_category(status)} {comment}".strip()
+            results.append(SendResult(uid, status, f"{text}; {note}" if note else text))
     finally:
         if assoc.is_established:
             assoc.release()
     failed = sum(not r.ok for r in results)
     logger.info("sent %d instances to %s, %d failed", len(results), destination, failed)
     return results
+
+
+_UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+
+
+def _proposals(datasets: Sequence[Dataset], wanted: UID | None) -> list[tuple[str, list[str]]]:
+    """Presentation contexts: per SOP class, one per compressed syntax of the files or the
+    destination's configured syntax (so the peer accepts or refuses each), and one
+    uncompressed, the fallback."""
+    contexts: list[tuple[str, list[str]]] = []
+    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+        stored = {UID(ds.file_meta.TransferSyntaxUID) for ds in datasets
+                  if str(ds.SOPClassUID) == sop_class}  # fmt: skip
+        extra = {s for s in stored | ({wanted} if wanted else set()) if s not in _UNCOMPRESSED}
+        contexts += [(sop_class, [syntax]) for syntax in sorted(extra)]
+        contexts.append((sop_class, list(_UNCOMPRESSED)))
+    return contexts
+
+
+def _encode_for(ds: Dataset, accepted: set[tuple[str, str]], wanted: UID | None) -> str:
+    """Put ``ds`` in a syntax the peer accepted, in place; returns what was done, if
+    anything worth recording.
+
+    An uncompressed instance is compressed to the destination's configured (lossless)
+    syntax when the peer accepted it; a compressed one goes as stored when accepted, else
+    it is decoded and sent as Explicit VR Little Endian (same SOP Instance UID: lossless
+    decoding changes no value).
+    """
+    sop_class, syntax = str(ds.SOPClassUID), UID(ds.file_meta.TransferSyntaxUID)
+    if wanted is not None and wanted != syntax and not syntax.is_compressed:
+        if (sop_class, str(wanted)) in accepted:
+            ds.compress(wanted, generate_instance_uid=False)
+            return ""
+        return f"sent uncompressed: the destination did not accept {wanted.name}"
+    if not syntax.is_compressed or (sop_class, str(syntax)) in accepted:
+        return ""
+    ds.decompress(generate_instance_uid=False)
+    return f"transcoded from {syntax.name} to Explicit VR Little Endian (not accepted)"
 
 
 def _stow_headers(destination: StowDestination) -> dict[str, str]:

@@ -57,6 +57,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+OutputSyntax = Literal[
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.5",  # RLE lossless
+]
+
+
 class CStoreDestination(_Section):
     """A DICOM peer that receives derived series by C-STORE, written ``AET@host:port``."""
 
@@ -64,6 +72,9 @@ class CStoreDestination(_Section):
     ae_title: AETitle
     host: str = Field(min_length=1)
     port: Port
+    # Derived series are sent uncompressed unless a lossless syntax is named here (JPEG
+    # 2000, JPEG-LS or RLE lossless); a peer that does not accept it gets Explicit VR LE.
+    transfer_syntax: OutputSyntax | None = None
 
     @classmethod
     def parse(cls, text: str) -> CStoreDestination:

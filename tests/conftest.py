@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import tarfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -84,3 +86,18 @@ def redis_url() -> Iterator[str]:
         pytest.skip(f"Redis not reachable at {REDIS_URL} (make test starts it)")
     yield REDIS_URL
     client.close()
+
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def transfer_syntax_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real CT slice in 16 transfer syntaxes and more (../shared/data, extracted once)."""
+    archive = SHARED_DATA / "ct_transfer_syntaxes.tar.xz"
+    if not archive.is_file():
+        pytest.skip(f"shared data not found: {archive}")
+    target = tmp_path_factory.mktemp("transfer-syntaxes")
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, filter="data")
+    return target / "ct_transfer_syntaxes"

@@ -24,7 +24,6 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
 
 from pacs_node.api.multipart import MultipartError, build_related, parse_content_type, split_related
 from pacs_node.db.archive import ArchiveIndex, SeriesRow, StoredInstance, StudyFilter
@@ -173,9 +172,6 @@ def create_dicomweb_router(
                 transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
             except (InvalidDicomError, AttributeError, ValueError, EOFError, OSError) as exc:
                 fail(None, CANNOT_UNDERSTAND, f"not a DICOM file: {exc}")
-                continue
-            if UID(transfer_syntax).is_compressed:
-                fail(ds, CANNOT_UNDERSTAND, f"compressed transfer syntax {transfer_syntax}")
                 continue
             if study is not None and str(ds.get("StudyInstanceUID", "")) != study:
                 # PS3.18 10.5: instances of another study than the target are refused.

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from pacs_node.admin import Principal
 from pacs_node.db.models import JobStatus
 from pacs_node.db.repository import JobRepository
-from pacs_node.dicom.validation import missing_identifiers
+from pacs_node.dicom.validation import identifier_problem
 from pacs_node.ingest import Receiver
 
 DICOM = "application/dicom"
@@ -59,7 +59,7 @@ def create_outputs_router(
             ds = dcmread(BytesIO(body), stop_before_pixels=True)
         except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
             raise HTTPException(400, f"not a DICOM Part 10 file: {exc}") from exc
-        missing = missing_identifiers(ds)
+        missing = identifier_problem(ds)
         if missing is not None:
             raise HTTPException(400, missing)
         sop, series = str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID)

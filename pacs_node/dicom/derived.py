@@ -21,6 +21,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
 from pacs_node.dicom.classify import skip_reason
+from pacs_node.dicom.codecs import LOSSY_METHODS
 from pacs_node.dicom.uids import derived_series_uid, derived_sop_uid, device_uid
 
 __all__ = [
@@ -553,6 +554,38 @@ def _check_sources(sources: Sequence[Dataset], values: np.ndarray) -> int:
     return scale
 
 
+def _carry_lossy_compression(ds: Dataset, source: Dataset) -> None:
+    """Once lossy, always marked (PS3.3 C.7.6.1.1.5): a source whose pixels were lossy
+    compressed, by its own history or by the transfer syntax it arrived in, makes the
+    derived instance say so, with each step's ratio and method."""
+    syntax = str(getattr(source, "file_meta", Dataset()).get("TransferSyntaxUID", ""))
+    ratios = [str(v) for v in _values(source.get("LossyImageCompressionRatio"))]
+    methods = [str(v) for v in _values(source.get("LossyImageCompressionMethod"))]
+    lossy = source.get("LossyImageCompression") == "01"
+    method = LOSSY_METHODS.get(syntax)
+    if method is not None:
+        lossy = True
+        if not methods or methods[-1] != method:  # the sender did not record this step
+            frames = int(source.get("NumberOfFrames", 1) or 1)
+            native = int(source.Rows) * int(source.Columns) * frames * int(source.BitsAllocated)
+            native *= int(source.get("SamplesPerPixel", 1) or 1)
+            ratios.append(f"{native / 8 / max(len(source.PixelData), 1):.2f}"[:16])
+            methods.append(method)
+    if not lossy:
+        return
+    ds.LossyImageCompression = "01"
+    if ratios:
+        ds.LossyImageCompressionRatio = ratios
+    if methods:
+        ds.LossyImageCompressionMethod = methods
+
+
+def _values(value: object) -> list[object]:
+    if value is None or value == "":
+        return []
+    return list(value) if isinstance(value, list | tuple | MultiValue) else [value]
+
+
 def build_derived_series(
     sources: Sequence[Dataset], values: np.ndarray, info: DerivationInfo, now: datetime
 ) -> list[FileDataset]:
@@ -712,6 +745,7 @@ def build_derived_series(
         ds.HighBit = 15
         stored = _stored_pixels(source, index, values[index], slope, intercept, scale)
         ds.add(DataElement(0x7FE00010, "OW", stored.tobytes()))
+        _carry_lossy_compression(ds, source)
 
         # File Meta Information (PS3.10 7.1), uncompressed whatever the source used.
         meta = FileMetaDataset()

@@ -1,19 +1,56 @@
-"""Checks that a received dataset can be stored and understood, as C-STORE failure reasons."""
+"""The catalogue of input checks: why a received dataset cannot be stored or understood,
+as a C-STORE failure status and a comment (used by C-STORE, STOW-RS and worker uploads)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-# Storage SOP classes whose instances carry a single-plane pixel module in Pixel Data.
+from pacs_node.dicom.codecs import COMPRESSED, decodable
+
+# C-STORE failure statuses (PS3.4 Annex B.2.3).
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC210
+
 _REQUIRED_UIDS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
+# Accepted transfer syntaxes: the uncompressed ones and those the node decodes.
+UNCOMPRESSED: tuple[UID, ...] = (
+    UID("1.2.840.10008.1.2.1"),  # Explicit VR Little Endian
+    UID("1.2.840.10008.1.2"),  # Implicit VR Little Endian
+    UID("1.2.840.10008.1.2.2"),  # Explicit VR Big Endian (retired, still sent)
+)
+ACCEPTED: tuple[UID, ...] = UNCOMPRESSED + tuple(s for s in COMPRESSED if decodable(s))
+# A decompression bomb guard: the most decoded pixel bytes one instance may declare
+# (an Enhanced CT of 2000 frames of 512 x 512 x 16 bits is 1 GiB).
+MAX_DECODED_BYTES = 1 << 30
 
 
-def missing_identifiers(ds: Dataset) -> str | None:
-    """The first missing or empty UID that the node needs to file the instance, if any."""
+@dataclass(frozen=True)
+class Problem:
+    """Why an instance is refused: the DIMSE status and its comment."""
+
+    status: int
+    comment: str
+
+
+def identifier_problem(ds: Dataset) -> str | None:
+    """The first missing, empty or malformed UID the node needs to file the instance.
+
+    A UID is digits and dots, at most 64 characters, with no empty component and no
+    leading zero in a component (PS3.5 9.1).
+    """
     for keyword in _REQUIRED_UIDS:
-        if not str(ds.get(keyword, "") or "").strip():
+        value = str(ds.get(keyword, "") or "").strip()
+        if not value:
             return f"{keyword} is missing or empty"
+        if not UID(value).is_valid:
+            shown = value if len(value) <= 64 else value[:64] + "..."
+            return (
+                f"{keyword} {shown!r} is not a valid UID (digits and dots, at most 64 "
+                "characters, no leading zeros)"
+            )
     return None
 
 
@@ -22,26 +59,55 @@ def is_image_storage(sop_class_uid: str) -> bool:
     return "Image Storage" in UID(sop_class_uid).name
 
 
-def pixel_data_problem(ds: Dataset, transfer_syntax_uid: str) -> str | None:
-    """Why the dataset's Pixel Data cannot be used, or None when it is complete.
+def _declared_bytes(ds: Dataset) -> int:
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    bits = int(ds.BitsAllocated)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    return (rows * columns * samples * frames * bits + 7) // 8
 
-    Only native (uncompressed) encodings are measured: their length is fixed by
-    Rows x Columns x Samples per Pixel x Number of Frames x Bits Allocated (PS3.5 8.1.1).
+
+def pixel_data_problem(ds: Dataset, transfer_syntax_uid: str) -> Problem | None:
+    """Why the dataset's Pixel Data cannot be used, or None when it can.
+
+    Native encodings must hold exactly Rows x Columns x Samples per Pixel x Number of
+    Frames x Bits Allocated bits (PS3.5 8.1.1), plus one byte of padding to an even
+    length. Compressed ones must declare at most MAX_DECODED_BYTES and decode.
     """
     if "PixelData" not in ds:
-        return "the dataset has no Pixel Data (7FE0,0010)"
-    if UID(transfer_syntax_uid).is_compressed:
-        return None
+        return Problem(
+            DATASET_DOES_NOT_MATCH_SOP_CLASS, "the dataset has no Pixel Data (7FE0,0010)"
+        )
+    syntax = UID(transfer_syntax_uid)
+    if syntax not in ACCEPTED:
+        return Problem(CANNOT_UNDERSTAND, f"transfer syntax {syntax} is not accepted")
     try:
-        rows, columns = int(ds.Rows), int(ds.Columns)
-        bits = int(ds.BitsAllocated)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        expected = _declared_bytes(ds)
     except (AttributeError, TypeError, ValueError) as exc:
-        return f"the Image Pixel module is incomplete: {exc}"
-    n_bits = rows * columns * samples * frames * bits
-    expected = (n_bits + 7) // 8
+        return Problem(
+            DATASET_DOES_NOT_MATCH_SOP_CLASS, f"the Image Pixel module is incomplete: {exc}"
+        )
+    if syntax.is_compressed:
+        if expected > MAX_DECODED_BYTES:
+            return Problem(
+                CANNOT_UNDERSTAND,
+                f"Pixel Data would decode to {expected} bytes, over the limit of "
+                f"{MAX_DECODED_BYTES}",
+            )
+        try:
+            ds.pixel_array  # noqa: B018 - decoded once here so a success means usable
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is the reason
+            return Problem(CANNOT_UNDERSTAND, f"Pixel Data cannot be decoded: {exc}")
+        return None
     actual = len(ds.PixelData)
     if actual < expected:
-        return f"Pixel Data holds {actual} bytes, {expected} expected (truncated)"
+        return Problem(
+            CANNOT_UNDERSTAND, f"Pixel Data holds {actual} bytes, {expected} expected (truncated)"
+        )
+    if actual > expected + expected % 2:
+        return Problem(
+            DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            f"Pixel Data holds {actual} bytes, {expected} expected from Rows x Columns x "
+            "Samples x Frames x Bits Allocated",
+        )
     return None

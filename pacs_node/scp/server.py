@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from pacs_node.dicom.validation import ACCEPTED
 from pacs_node.ingest import Receiver
 from pacs_node.routing import Routing
 from pacs_node.scp.handlers import handle_requested, handle_store
@@ -16,13 +16,14 @@ from pacs_node.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# Uncompressed transfer syntaxes only; compressed ones are negotiated away so the
-# sender converts (or fails clearly) instead of the node storing pixels it cannot read.
-UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+# The uncompressed syntaxes and every compressed one the node decodes
+# (pacs_node/dicom/codecs.py); instances are stored as received, byte for byte.
+TRANSFER_SYNTAXES = list(ACCEPTED)
 
 
 def build_ae(settings: Settings) -> AE:
-    """An AE accepting Verification and every storage SOP class, uncompressed.
+    """An AE accepting Verification and every storage SOP class, in every transfer
+    syntax the node can decode.
 
     Every storage class is accepted so that a whole study (secondary captures,
     structured reports, ...) can be sent without association failures: instances the
@@ -38,7 +39,7 @@ def build_ae(settings: Settings) -> AE:
     ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
-        ae.add_supported_context(context.abstract_syntax, UNCOMPRESSED)
+        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
     return ae
 
 

@@ -431,6 +431,9 @@ class CaptureSCP:
     refuse_associations
         Reject every association request (A-ASSOCIATE-RJ, rejected-permanent, "calling AE
         title not recognized", PS3.8 9.3.4), as an SCP that does not know the node would.
+    compressed
+        Compressed transfer syntaxes accepted besides the uncompressed ones (each as its
+        own choice: proposed alone in a context, it is accepted).
     """
 
     def __init__(
@@ -440,6 +443,7 @@ class CaptureSCP:
         store_status: int = STATUS_SUCCESS,
         first_n: int | None = None,
         refuse_associations: bool = False,
+        compressed: Sequence[str] = (),
     ) -> None:
         if first_n is not None and first_n < 0:
             raise ValueError(f"first_n must be >= 0 or None, got {first_n}")
@@ -447,6 +451,7 @@ class CaptureSCP:
         self.store_status = store_status
         self.first_n = first_n
         self.refuse_associations = refuse_associations
+        self.compressed = list(compressed)
         self.port = 0
         self._datasets: list[Dataset] = []
         self._statuses: list[int] = []
@@ -500,7 +505,9 @@ class CaptureSCP:
         ae = AE(ae_title=self.aet)
         for context in AllStoragePresentationContexts:
             if context.abstract_syntax is not None:
-                ae.add_supported_context(context.abstract_syntax, UncompressedTransferSyntaxes)
+                ae.add_supported_context(
+                    context.abstract_syntax, [*UncompressedTransferSyntaxes, *self.compressed]
+                )
         ae.add_supported_context(Verification, UncompressedTransferSyntaxes)
         ae.acse_timeout = 10
         ae.dimse_timeout = 30

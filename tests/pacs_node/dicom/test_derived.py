@@ -515,3 +515,32 @@ def test_philips_derived_series_is_valid(philips_root: Path, folder: str, tmp_pa
         reread = pydicom.dcmread(path)
         decoded = reread.pixel_array * float(reread.RescaleSlope) + float(reread.RescaleIntercept)
         np.testing.assert_allclose(decoded, smoothed[k], atol=0.5)
+
+
+def test_a_lossy_source_makes_a_lossy_marked_derived_instance(transfer_syntax_dir: Path) -> None:
+    # Sent as JPEG 2000 (lossy) with no Lossy Image Compression attributes of its own.
+    source = pydicom.dcmread(
+        transfer_syntax_dir / "CTImage.dcm_JPEG2000TransferSyntax_1.2.840.10008.1.2.4.91.dcm"
+    )
+    for keyword in ("LossyImageCompression", "LossyImageCompressionRatio",
+                    "LossyImageCompressionMethod"):  # fmt: skip
+        source.pop(keyword, None)
+    [derived] = build([source])
+    assert derived.LossyImageCompression == "01"
+    assert derived.LossyImageCompressionMethod == "ISO_15444_1"
+    native = 512 * 512 * 2
+    assert float(derived.LossyImageCompressionRatio) == pytest.approx(
+        native / len(source.PixelData), abs=0.01
+    )
+    # A source that recorded its own JPEG step keeps it, once.
+    jpeg = pydicom.dcmread(
+        transfer_syntax_dir / "CTImage.dcm_JPEGProcess2_4TransferSyntax_1.2.840.10008.1.2.4.51.dcm"
+    )
+    [derived] = build([jpeg])
+    assert derived.LossyImageCompression == "01"
+    assert derived.LossyImageCompressionMethod == "ISO_10918_1"
+    assert derived.LossyImageCompressionRatio == jpeg.LossyImageCompressionRatio
+    # Lossless in, nothing claimed.
+    lossless = pydicom.dcmread(transfer_syntax_dir / "CT1_J2KR.dcm")
+    [derived] = build([lossless])
+    assert "LossyImageCompression" not in derived or derived.LossyImageCompression == "00"

@@ -2,46 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-
 import pydicom
-import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, SecondaryCaptureImageStorage, Verification
 
-from pacs_node.admission import DiskGuard
 from pacs_node.db.models import JobStatus
-from pacs_node.db.repository import JobRepository
-from pacs_node.ingest import Receiver
-from pacs_node.routing import Routing
-from pacs_node.scp.server import start_scp
-from pacs_node.settings import Settings
-from pacs_node.storage import InstanceStore
 from tests.helpers.synthetic import drop_pixel_data, make_ct_series, truncate_pixel_data
-from tests.integration.peers import free_port
-
-
-@dataclass
-class Node:
-    port: int
-    store: InstanceStore
-    repository: JobRepository
-    disk: DiskGuard
-
-
-@pytest.fixture()
-def node(tmp_path: Path, repository: JobRepository) -> Iterator[Node]:
-    settings = Settings(ae_title="ENHANCE", port=free_port(), data_dir=tmp_path)
-    store = InstanceStore(tmp_path)
-    disk = DiskGuard(tmp_path, max_used_percent=100.0, min_free_gib=0.0)  # never full
-    context = Receiver(store, repository, Routing.simple("ENHANCE", "ct-denoise"), disk=disk)
-    server = start_scp(settings, context)
-    yield Node(settings.port, store, repository, disk)
-    server.shutdown()
+from tests.pacs_node.scp.conftest import Node
 
 
 def _associate(port: int, called: str = "ENHANCE", syntaxes: list[str] | None = None) -> object:
@@ -140,9 +109,12 @@ def test_missing_series_uid_is_refused_and_node_keeps_serving(node: Node) -> Non
     assoc.release()  # type: ignore[attr-defined]
 
 
-def test_compressed_transfer_syntax_is_not_accepted(node: Node) -> None:
+JPEG_SPECTRAL = "1.2.840.10008.1.2.4.53"  # JPEG spectral selection (retired)
+
+
+def test_a_transfer_syntax_the_node_cannot_decode_is_not_accepted(node: Node) -> None:
     ae = AE(ae_title="SCANNER")
-    ae.add_requested_context(CTImageStorage, [JPEGBaseline8Bit])
+    ae.add_requested_context(CTImageStorage, [JPEG_SPECTRAL])  # retired, no decoder
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", node.port, ae_title="ENHANCE")
     assert assoc.is_established
