@@ -46,6 +46,7 @@ def main() -> None:
         node = NodeProcess(Path(scratch) / "node", preset=args.preset, series_timeout_s="3",
                            destination=f"PACS@127.0.0.1:{pacs.port}")  # fmt: skip
         with node:
+            token = node.token("soak", "dicomweb-write")
             started = time.monotonic()
             while time.monotonic() - started < args.seconds:
                 batch = [
@@ -58,7 +59,7 @@ def main() -> None:
                 run_all(
                     [partial(cstore, node.port, "ENHANCE", s, tally)
                      for s in batch[: args.associations]]
-                    + [partial(stow, url, s, tally) for s in batch[args.associations :]]
+                    + [partial(stow, url, token, s, tally) for s in batch[args.associations :]]
                 )  # fmt: skip
             sending_s = time.monotonic() - started
             jobs = node.wait_until_finished(series, timeout_s=1800)

@@ -30,9 +30,10 @@ from pacs_node.errors import ActionError
 
 logger = logging.getLogger(__name__)
 
-Role = Literal["admin", "viewer", "worker"]
-# worker: a Celery worker on another host, which uploads its jobs' derived series.
-ROLES: tuple[str, ...] = ("admin", "viewer", "worker")
+Role = Literal["admin", "viewer", "worker", "dicomweb-write"]
+# worker: a Celery worker on another host (reads inputs by WADO-RS, uploads its jobs'
+# derived series); dicomweb-write: a PACS or modality that sends by STOW-RS.
+ROLES: tuple[str, ...] = ("admin", "viewer", "worker", "dicomweb-write")
 TOKEN_PREFIX = "pn_"
 
 
@@ -80,6 +81,22 @@ class Principal:
         return self.role == "admin"
 
     @property
+    def stores_dicomweb(self) -> bool:
+        """May send instances by STOW-RS."""
+        return self.role in ("admin", "dicomweb-write")
+
+    @property
+    def searches_dicomweb(self) -> bool:
+        """May search by QIDO-RS (viewers without patient data see it hidden)."""
+        return self.role in ("admin", "worker", "viewer")
+
+    @property
+    def retrieves_dicomweb(self) -> bool:
+        """May retrieve whole instances or their metadata by WADO-RS, which carry the
+        patient's identifiers: admins, workers, and viewers allowed to see patients."""
+        return self.role in ("admin", "worker") or (self.role == "viewer" and self.show_patient)
+
+    @property
     def uploads_outputs(self) -> bool:
         """Workers on other hosts (and admins) may upload a running job's derived series."""
         return self.role in ("admin", "worker")
@@ -87,7 +104,7 @@ class Principal:
     @property
     def sees_patient(self) -> bool:
         """Whether patient identifiers may be shown to this caller."""
-        return self.is_admin or self.show_patient
+        return self.role in ("admin", "worker") or self.show_patient
 
 
 @dataclass(frozen=True)

@@ -174,6 +174,14 @@ class WorkerSettings(_Section):
         return self
 
 
+class DicomwebSettings(_Section):
+    """Who may use the DICOMweb routes."""
+
+    # True opens STOW-RS, QIDO-RS and WADO-RS to anyone who reaches the HTTP port, without
+    # a token (a trusted network only; the node logs a warning at start).
+    allow_anonymous: bool = False
+
+
 class RetentionSettings(_Section):
     """How long data is kept, and the disk watermark (None: kept forever)."""
 
@@ -232,6 +240,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     retention: RetentionSettings = RetentionSettings()
     admission: AdmissionSettings = AdmissionSettings()
+    dicomweb: DicomwebSettings = DicomwebSettings()
 
     @field_validator("destination", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ def fetch_series_instances(
     series_uid: str,
     sop_uids: Sequence[str],
     store: InstanceStore,
+    token: str | None = None,
     timeout_s: float = 120.0,
 ) -> list[Path]:
     """Retrieve a series from the node by WADO-RS and keep the instances ``sop_uids``.
@@ -45,10 +46,10 @@ def fetch_series_instances(
     if missing:
         url = f"{node_url.rstrip('/')}/dicom-web/studies/{study_uid}/series/{series_uid}"
         try:
-            response = requests.get(
-                url, headers={"Accept": 'multipart/related; type="application/dicom"'},
-                timeout=timeout_s,
-            )  # fmt: skip
+            headers = {"Accept": 'multipart/related; type="application/dicom"'}
+            if token:  # a token of role worker (DICOMweb needs one unless opened)
+                headers["Authorization"] = f"Bearer {token}"
+            response = requests.get(url, headers=headers, timeout=timeout_s)
         except requests.RequestException as exc:
             raise DispatchError(f"WADO-RS from {node_url} failed: {exc}") from exc
         if response.status_code in (404, 410):

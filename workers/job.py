@@ -27,11 +27,12 @@ def _input_paths(ctx: WorkerContext, job: JobView) -> list[Path]:
     """The job's received files: the node's own, or (``worker.node_url`` set, another
     host) fetched by WADO-RS into this worker's data directory."""
     inputs = ctx.repository.job_inputs(job.id)
-    node_url = ctx.settings.worker.node_url
-    if node_url:
+    worker = ctx.settings.worker
+    if worker.node_url:
+        token = worker.node_token.get_secret_value() if worker.node_token else None
         return fetch_series_instances(
-            node_url, job.study_instance_uid, job.series_instance_uid,
-            [item.sop_instance_uid for item in inputs], ctx.store,
+            worker.node_url, job.study_instance_uid, job.series_instance_uid,
+            [item.sop_instance_uid for item in inputs], ctx.store, token=token,
         )  # fmt: skip
     return [Path(item.path) for item in inputs]
 

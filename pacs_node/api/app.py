@@ -16,7 +16,7 @@ from sqlalchemy import Engine, text
 
 from pacs_node import __version__
 from pacs_node.admin import JobAdmin, Principal, TokenStore
-from pacs_node.api.auth import make_auth
+from pacs_node.api.auth import make_auth, make_dicomweb_access
 from pacs_node.api.dashboard import create_dashboard_router
 from pacs_node.api.dicomweb import create_dicomweb_router
 from pacs_node.api.outputs import create_outputs_router
@@ -70,12 +70,21 @@ def create_app(
 ) -> FastAPI:
     """The admin API over the job database, and the DICOMweb routes (STOW-RS needs
     ``receiver``). Every ``/api`` route but ``health`` and ``ready`` needs a bearer token;
-    actions and configuration need the ``admin`` role."""
+    actions and configuration need the ``admin`` role. DICOMweb needs a token too, unless
+    the settings in ``readiness`` set ``dicomweb.allow_anonymous``."""
     app = FastAPI(title="PACS Enhancement Node", version=__version__)
-    app.include_router(
-        create_dicomweb_router(repository, ArchiveIndex(repository.session_factory), receiver)
-    )
     tokens = TokenStore(repository.session_factory)
+    anonymous = (
+        readiness is not None
+        and readiness.settings is not None
+        and (readiness.settings.dicomweb.allow_anonymous)
+    )
+    app.include_router(
+        create_dicomweb_router(
+            repository, ArchiveIndex(repository.session_factory), receiver,
+            make_dicomweb_access(tokens, anonymous),
+        )
+    )  # fmt: skip
     admin = JobAdmin(repository.session_factory)
     checks = readiness or Readiness()
     principal, administrator, page_user = make_auth(tokens)

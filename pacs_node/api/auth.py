@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from pacs_node.admin import Principal, TokenStore
+
+logger = logging.getLogger(__name__)
 
 COOKIE = "pacs_node_token"
 
@@ -49,3 +53,48 @@ def make_auth(
         return lookup(request)
 
     return principal, administrator, page_user
+
+
+@dataclass(frozen=True)
+class DicomwebAccess:
+    """FastAPI dependencies of the DICOMweb routes; each gives the caller, or None when
+    DICOMweb is open to anonymous callers."""
+
+    store: Callable[..., Principal | None]
+    search: Callable[..., Principal | None]
+    retrieve: Callable[..., Principal | None]
+
+
+def make_dicomweb_access(tokens: TokenStore, allow_anonymous: bool) -> DicomwebAccess:
+    """Bearer tokens for DICOMweb: STOW-RS for ``admin`` and ``dicomweb-write``, QIDO-RS
+    for ``admin``, ``worker`` and ``viewer``, WADO-RS for ``admin``, ``worker`` and viewers
+    allowed to see patients. With ``allow_anonymous`` (a trusted network only) every call
+    is accepted without a token."""
+    if allow_anonymous:
+        logger.warning(
+            "DICOMweb is open: STOW-RS, QIDO-RS and WADO-RS answer anyone who can reach "
+            "the HTTP port (dicomweb.allow_anonymous); keep it on a trusted network"
+        )
+
+        def anyone() -> None:
+            return None
+
+        return DicomwebAccess(anyone, anyone, anyone)
+    principal, _, _ = make_auth(tokens)
+
+    def needs(allowed: Callable[[Principal], bool], what: str) -> Callable[..., Principal]:
+        def check(who: Principal = Depends(principal)) -> Principal:
+            if not allowed(who):
+                raise HTTPException(403, f"token {who.name!r} (role {who.role}) may not {what}")
+            return who
+
+        return check
+
+    return DicomwebAccess(
+        store=needs(lambda p: p.stores_dicomweb, "store instances by STOW-RS"),
+        search=needs(lambda p: p.searches_dicomweb, "search by QIDO-RS"),
+        retrieve=needs(
+            lambda p: p.retrieves_dicomweb,
+            "retrieve instances by WADO-RS (they carry patient identifiers)",
+        ),
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydicom.datadict import keyword_for_tag
@@ -25,6 +25,8 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from pacs_node.admin import Principal
+from pacs_node.api.auth import DicomwebAccess
 from pacs_node.api.multipart import MultipartError, build_related, parse_content_type, split_related
 from pacs_node.db.archive import ArchiveIndex, SeriesRow, StoredInstance, StudyFilter
 from pacs_node.db.repository import JobRepository
@@ -53,6 +55,9 @@ STUDY_KEYS = {
 SERIES_KEYS = STUDY_KEYS | {"SeriesInstanceUID", "Modality"}
 INSTANCE_KEYS = SERIES_KEYS | {"SOPInstanceUID", "SOPClassUID"}
 CONTROL_KEYS = {"limit", "offset", "includefield", "fuzzymatching"}
+# Shown to viewers without patient data as HIDDEN, and not searchable by them.
+PATIENT_KEYS = {"PatientName", "PatientID", "PatientBirthDate", "AccessionNumber"}
+HIDDEN = "(hidden)"
 
 
 @dataclass
@@ -134,7 +139,10 @@ def _json(items: list[Dataset]) -> Response:
 
 
 def create_dicomweb_router(
-    repository: JobRepository, archive: ArchiveIndex, receiver: Receiver | None
+    repository: JobRepository,
+    archive: ArchiveIndex,
+    receiver: Receiver | None,
+    access: DicomwebAccess,
 ) -> APIRouter:
     """The ``/dicom-web`` routes; STOW-RS answers 503 when ``receiver`` is None."""
     router = APIRouter(prefix="/dicom-web", tags=["DICOMweb"])
@@ -232,11 +240,17 @@ def create_dicomweb_router(
         status = 200 if not failed else 202 if stored else 409
         return JSONResponse(response.to_json_dict(), status_code=status, media_type=DICOM_JSON)
 
-    @router.post("/studies", summary="STOW-RS: store instances")
+    storer = [Depends(access.store)]
+    retriever = [Depends(access.retrieve)]
+    searcher = Depends(access.search)
+
+    @router.post("/studies", summary="STOW-RS: store instances", dependencies=storer)
     async def stow_any(request: Request) -> Response:
         return await stow(request, None)
 
-    @router.post("/studies/{study}", summary="STOW-RS: store instances of one study")
+    @router.post(
+        "/studies/{study}", summary="STOW-RS: store instances of one study", dependencies=storer
+    )
     async def stow_study(request: Request, study: str) -> Response:
         return await stow(request, study)
 
@@ -336,9 +350,17 @@ def create_dicomweb_router(
                 results.append(ds)
         return query.page(results)
 
-    def qido(request: Request, level: str, study: str | None, series: str | None) -> Response:
+    def qido(
+        request: Request, level: str, study: str | None, series: str | None, who: Principal | None
+    ) -> Response:
         allowed = {"studies": STUDY_KEYS, "series": SERIES_KEYS, "instances": INSTANCE_KEYS}
         query = _Query(request, allowed[level])
+        hide = who is not None and not who.sees_patient
+        if hide and (asked := sorted(PATIENT_KEYS & set(query.keys))):
+            raise HTTPException(
+                403,
+                f"token {who.name!r} may not search by {', '.join(asked)}",  # type: ignore[union-attr]
+            )
         if study is not None:
             query.keys["StudyInstanceUID"] = study
         if series is not None:
@@ -346,34 +368,48 @@ def create_dicomweb_router(
         base = str(request.base_url).rstrip("/")
         search = {"studies": search_studies, "series": search_series,
                   "instances": search_instances}[level]  # fmt: skip
-        return _json(search(query, base))
+        found = search(query, base)
+        if hide:  # a viewer without patient data: identifiers hidden, as in the admin API
+            for ds in found:
+                for keyword in PATIENT_KEYS & set(ds.dir()):
+                    if keyword == "PatientBirthDate":  # a date cannot say "hidden"
+                        delattr(ds, keyword)
+                    else:
+                        setattr(ds, keyword, HIDDEN)
+        return _json(found)
 
     @router.get("/studies", summary="QIDO-RS: search studies")
-    def qido_studies(request: Request) -> Response:
-        return qido(request, "studies", None, None)
+    def qido_studies(request: Request, who: Principal | None = searcher) -> Response:
+        return qido(request, "studies", None, None, who)
 
     @router.get("/series", summary="QIDO-RS: search series")
-    def qido_series(request: Request) -> Response:
-        return qido(request, "series", None, None)
+    def qido_series(request: Request, who: Principal | None = searcher) -> Response:
+        return qido(request, "series", None, None, who)
 
     @router.get("/studies/{study}/series", summary="QIDO-RS: search series of a study")
-    def qido_study_series(request: Request, study: str) -> Response:
-        return qido(request, "series", study, None)
+    def qido_study_series(
+        request: Request, study: str, who: Principal | None = searcher
+    ) -> Response:
+        return qido(request, "series", study, None, who)
 
     @router.get("/instances", summary="QIDO-RS: search instances")
-    def qido_instances(request: Request) -> Response:
-        return qido(request, "instances", None, None)
+    def qido_instances(request: Request, who: Principal | None = searcher) -> Response:
+        return qido(request, "instances", None, None, who)
 
     @router.get("/studies/{study}/instances", summary="QIDO-RS: search instances of a study")
-    def qido_study_instances(request: Request, study: str) -> Response:
-        return qido(request, "instances", study, None)
+    def qido_study_instances(
+        request: Request, study: str, who: Principal | None = searcher
+    ) -> Response:
+        return qido(request, "instances", study, None, who)
 
     @router.get(
         "/studies/{study}/series/{series}/instances",
         summary="QIDO-RS: search instances of a series",
     )
-    def qido_series_instances(request: Request, study: str, series: str) -> Response:
-        return qido(request, "instances", study, series)
+    def qido_series_instances(
+        request: Request, study: str, series: str, who: Principal | None = searcher
+    ) -> Response:
+        return qido(request, "instances", study, series, who)
 
     # -- WADO-RS ---------------------------------------------------------------------
 
@@ -431,32 +467,44 @@ def create_dicomweb_router(
             )
         return JSONResponse(out, media_type=DICOM_JSON)
 
-    @router.get("/studies/{study}", summary="WADO-RS: retrieve a study")
+    @router.get("/studies/{study}", summary="WADO-RS: retrieve a study", dependencies=retriever)
     def wado_study(request: Request, study: str) -> Response:
         return retrieve(request, study, None, None)
 
-    @router.get("/studies/{study}/series/{series}", summary="WADO-RS: retrieve a series")
+    @router.get(
+        "/studies/{study}/series/{series}",
+        summary="WADO-RS: retrieve a series",
+        dependencies=retriever,
+    )
     def wado_series(request: Request, study: str, series: str) -> Response:
         return retrieve(request, study, series, None)
 
     @router.get(
         "/studies/{study}/series/{series}/instances/{sop}",
         summary="WADO-RS: retrieve an instance",
+        dependencies=retriever,
     )
     def wado_instance(request: Request, study: str, series: str, sop: str) -> Response:
         return retrieve(request, study, series, sop)
 
-    @router.get("/studies/{study}/metadata", summary="WADO-RS: study metadata")
+    @router.get(
+        "/studies/{study}/metadata", summary="WADO-RS: study metadata", dependencies=retriever
+    )
     def wado_study_metadata(request: Request, study: str) -> Response:
         return metadata(request, study, None, None)
 
-    @router.get("/studies/{study}/series/{series}/metadata", summary="WADO-RS: series metadata")
+    @router.get(
+        "/studies/{study}/series/{series}/metadata",
+        summary="WADO-RS: series metadata",
+        dependencies=retriever,
+    )
     def wado_series_metadata(request: Request, study: str, series: str) -> Response:
         return metadata(request, study, series, None)
 
     @router.get(
         "/studies/{study}/series/{series}/instances/{sop}/metadata",
         summary="WADO-RS: instance metadata",
+        dependencies=retriever,
     )
     def wado_instance_metadata(request: Request, study: str, series: str, sop: str) -> Response:
         return metadata(request, study, series, sop)

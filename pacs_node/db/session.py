@@ -18,15 +18,19 @@ def make_engine(url: str) -> Engine:
     committed, a busy timeout so short write bursts queue instead of failing, and
     ``BEGIN IMMEDIATE`` so a transaction takes the write lock up front (a deferred
     transaction that upgrades to writing fails at once with "database is locked").
+
+    Both: ``hide_parameters``, so a database error (logged, or kept as a job's reason)
+    never carries the statement's values, which include patient names and IDs.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, future=True)
+        return create_engine(url, pool_pre_ping=True, future=True, hide_parameters=True)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
-        url, future=True, connect_args={"check_same_thread": False, "timeout": 30}
-    )
+        url, future=True, hide_parameters=True,
+        connect_args={"check_same_thread": False, "timeout": 30},
+    )  # fmt: skip
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -48,8 +48,8 @@ def cstore(port: int, called_aet: str, datasets: Sequence[Dataset], tally: Tally
         assoc.release()
 
 
-def stow(base_url: str, datasets: Sequence[Dataset], tally: Tally) -> None:
-    """One STOW-RS request carrying ``datasets``."""
+def stow(base_url: str, token: str, datasets: Sequence[Dataset], tally: Tally) -> None:
+    """One STOW-RS request carrying ``datasets``, with a ``dicomweb-write`` token."""
     parts = []
     for ds in datasets:
         buffer = DicomBytesIO()
@@ -57,7 +57,8 @@ def stow(base_url: str, datasets: Sequence[Dataset], tally: Tally) -> None:
         parts.append((buffer.getvalue(), "application/dicom"))
     chunks, header = build_related(parts, "application/dicom")
     response = httpx.post(f"{base_url}/dicom-web/studies", content=b"".join(chunks),
-                          headers={"Content-Type": header}, timeout=120)  # fmt: skip
+                          headers={"Content-Type": header, "Authorization": f"Bearer {token}"},
+                          timeout=120)  # fmt: skip
     ok = response.status_code == 200
     tally.add(len(datasets) if ok else 0, None if ok else f"STOW-RS {response.status_code}")
 

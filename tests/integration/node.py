@@ -113,6 +113,11 @@ class NodeProcess:
             )
         return result
 
+    def token(self, name: str, role: str) -> str:
+        """A new API token (``pacs-node tokens create NAME --role ROLE``)."""
+        created = self.cli("tokens", "create", name, "--role", role, "--json")
+        return str(json.loads(created.stdout)["token"])
+
     def jobs(self) -> list[dict[str, Any]]:
         return list(json.loads(self.cli("jobs", "list", "--json", "--limit", "1000").stdout))
 

@@ -4,15 +4,12 @@ STOW-RS in and out (Orthanc's DICOMweb plugin) and a worker that shares no disk 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 import pydicom
 import pytest
-import redis
 import yaml
 from dicomweb_client.api import DICOMwebClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,7 +17,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from tests.helpers.synthetic import file_path, make_ct_series
-from tests.integration.node import BIN, NodeProcess
+from tests.integration.node import NodeProcess
 from tests.integration.peers import (
     CaptureSCP,
     OrthancPeer,
@@ -149,7 +146,10 @@ def test_stow_in_is_complete_at_once_and_stow_out_reaches_orthanc(tmp_path: Path
         routing = _routing_file(tmp_path, {"pipelines": [{"ae_title": "ENHANCE", "rules": [rule]}]})
         # A quiet period of 10 minutes: only the end of the STOW-RS request can close it.
         with NodeProcess(tmp_path / "node", routing_file=routing, series_timeout_s="600") as node:
-            client = DICOMwebClient(url=f"http://127.0.0.1:{node.http_port}/dicom-web")
+            client = DICOMwebClient(
+                url=f"http://127.0.0.1:{node.http_port}/dicom-web",
+                headers={"Authorization": f"Bearer {node.token('ops', 'admin')}"},
+            )
             before = _metrics(node)
             assert before["pacs_node_jobs"][(("state", "DONE"),)] == 0
             response = client.store_instances(series)
@@ -177,55 +177,3 @@ def test_stow_in_is_complete_at_once_and_stow_out_reaches_orthanc(tmp_path: Path
             found = client.search_for_series(series[0].StudyInstanceUID)
             assert len(found) == 2
             assert len(client.retrieve_series(series[0].StudyInstanceUID, derived_uid)) == 4
-
-
-@pytest.mark.production
-def test_a_worker_without_the_nodes_disk_fetches_inputs_by_wado(
-    tmp_path: Path,
-    postgres_url: str,
-    redis_url: str,
-) -> None:
-    queue = f"pacs_node_test_{uuid.uuid4().hex[:8]}"
-    make_ct_series(tmp_path / "in", n_slices=5, rows=48, cols=48)
-    worker_dir = tmp_path / "worker-host"
-    worker_dir.mkdir()
-    with (
-        CaptureSCP("PACS") as pacs,
-        NodeProcess(
-            tmp_path / "node",
-            database_url=postgres_url,
-            broker_url=redis_url,
-            worker__queue=queue,
-            preset="gaussian",
-            destination=f"PACS@127.0.0.1:{pacs.port}",
-        ) as node,  # fmt: skip
-    ):
-        env = dict(node.env)
-        env["PACS_NODE_DATA_DIR"] = str(worker_dir / "data")
-        env["PACS_NODE_WORKER__NODE_URL"] = f"http://127.0.0.1:{node.http_port}"
-        log = open(worker_dir / "worker.log", "wb")  # noqa: SIM115 - closed below
-        worker = subprocess.Popen(
-            [str(BIN / "celery"), "-A", "workers.app", "worker", "--pool", "solo",
-             "--queues", queue, "--hostname", "remote@%h", "--without-gossip",
-             "--without-mingle", "--without-heartbeat"],
-            env=env, cwd=worker_dir, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            assert storescu(tmp_path / "in", node.port, "ENHANCE", scan_dir=True).returncode == 0
-            [job] = node.wait_until_finished(1, timeout_s=120)
-            assert job["status"] == "DONE", (worker_dir / "worker.log").read_text()[-4000:]
-            assert len(pacs.wait_for(5, timeout_s=30)) == 5
-            fetched = list((worker_dir / "data" / "received").rglob("*.dcm"))
-            assert len(fetched) == 5  # its own copies, fetched by WADO-RS
-            node_files = {p.read_bytes() for p in (node.data_dir / "received").rglob("*.dcm")}
-            assert {p.read_bytes() for p in fetched} == node_files
-            detail = node.job(job["id"])
-            assert all(o["path"].startswith(str(worker_dir)) for o in detail["outputs"])
-        finally:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-            log.close()
-            redis.Redis.from_url(redis_url).delete(queue)

@@ -95,9 +95,11 @@ def test_a_full_data_disk_refuses_new_instances_and_recovers_when_space_returns(
             [(Path(str(second[0].filename)).read_bytes(), "application/dicom")],
             "application/dicom",
         )
+        sender = {"Authorization": f"Bearer {node.token('pacs', 'dicomweb-write')}"}
         stow = httpx.post(
             f"http://127.0.0.1:{node.http_port}/dicom-web/studies",
-            content=b"".join(body), headers={"Content-Type": content_type}, timeout=30,
+            content=b"".join(body), headers={"Content-Type": content_type, **sender},
+            timeout=30,
         )  # fmt: skip
         assert stow.status_code == 507 and "watermark" in stow.json()["detail"]
         assert _received(small_disk) == kept

@@ -32,10 +32,11 @@ def test_eight_associations_and_stow_requests_at_once(tmp_path: Path) -> None:
         NodeProcess(tmp_path / "node", preset="identity", destination=f"PACS@127.0.0.1:{pacs.port}",
                     series_timeout_s="3") as node,
     ):  # fmt: skip
+        token, url = node.token("pacs", "dicomweb-write"), f"http://127.0.0.1:{node.http_port}"
         started = time.monotonic()
         run_all(
             [partial(cstore, node.port, "ENHANCE", series, tally) for series in dimse]
-            + [partial(stow, f"http://127.0.0.1:{node.http_port}", series, tally) for series in web]
+            + [partial(stow, url, token, series, tally) for series in web]
         )
         stored_s = time.monotonic() - started
         assert tally.failures == [] and tally.sent == 840, tally.failures[:5]

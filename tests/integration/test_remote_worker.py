@@ -3,7 +3,6 @@ by WADO-RS and uploads the derived series back, so the node serves and keeps it.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import uuid
@@ -37,8 +36,7 @@ def test_a_remote_workers_derived_series_reaches_the_node(
             destination=f"PACS@127.0.0.1:{pacs.port}",
         ) as node,
     ):  # fmt: skip
-        created = node.cli("tokens", "create", "gpu-host", "--role", "worker", "--json")
-        token = json.loads(created.stdout)["token"]
+        token = node.token("gpu-host", "worker")
         worker = start_worker(
             node, "remote", tmp_path, data_dir=str(worker_dir),
             worker__node_url=f"http://127.0.0.1:{node.http_port}", worker__node_token=token,
@@ -54,15 +52,20 @@ def test_a_remote_workers_derived_series_reaches_the_node(
             paths = [Path(o["path"]) for o in detail["outputs"]]
             assert len(paths) == 4
             assert all(p.is_file() and p.is_relative_to(node.data_dir) for p in paths)
-            # The worker kept no copy of the inputs it fetched or of what it made.
+            # It fetched the inputs from the node by WADO-RS (with its token), and kept no
+            # copy of them or of what it made.
+            assert "fetched series" in (node.data_dir / "remote.log").read_text()
             assert not [p for p in worker_dir.rglob("*.dcm")]
             # QIDO-RS and WADO-RS of the node serve the derived series.
             base = f"http://127.0.0.1:{node.http_port}/dicom-web/studies/{study}/series/{derived}"
-            found = requests.get(f"{base}/instances", timeout=30)
+            auth = {"Authorization": f"Bearer {token}"}
+            assert requests.get(f"{base}/instances", timeout=30).status_code == 401
+            found = requests.get(f"{base}/instances", headers=auth, timeout=30)
             assert found.status_code == 200 and len(found.json()) == 4
             retrieved = requests.get(
-                base, headers={"Accept": 'multipart/related; type="application/dicom"'}, timeout=30
-            )
+                base, headers={"Accept": 'multipart/related; type="application/dicom"', **auth},
+                timeout=30,
+            )  # fmt: skip
             assert retrieved.status_code == 200
             assert retrieved.content.count(b"DICM") == 4
             node.assert_invariants()

@@ -16,19 +16,22 @@ import pydicom
 import pytest
 import uvicorn
 from dicomweb_client.api import DICOMwebClient
+from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom.dataset import Dataset
 from requests.exceptions import HTTPError
 from sqlalchemy import Engine
 
+from pacs_node.admin import TokenStore
 from pacs_node.admission import DiskGuard
-from pacs_node.api.app import create_app
+from pacs_node.api.app import Readiness, create_app
 from pacs_node.api.multipart import build_related, parse_content_type, split_related
 from pacs_node.db.repository import JobRepository
 from pacs_node.ingest import Receiver
 from pacs_node.metrics import ReceiverMetrics
 from pacs_node.routing import Routing
+from pacs_node.settings import Settings
 from pacs_node.storage import InstanceStore
 from tests.helpers.synthetic import file_path, make_ct_series, truncate_pixel_data
 from tests.integration.peers import free_port
@@ -40,10 +43,14 @@ class Server:
     repository: JobRepository
     store: InstanceStore
     disk: DiskGuard
+    token: str  # an admin's: stores, searches and retrieves
+    http: httpx.Client
 
     @property
     def client(self) -> DICOMwebClient:
-        return DICOMwebClient(url=f"{self.url}/dicom-web")
+        return DICOMwebClient(
+            url=f"{self.url}/dicom-web", headers={"Authorization": f"Bearer {self.token}"}
+        )
 
 
 @pytest.fixture()
@@ -61,7 +68,9 @@ def server(tmp_path: Path, repository: JobRepository, engine: Engine) -> Iterato
     deadline = time.monotonic() + 10
     while not http.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    yield Server(f"http://127.0.0.1:{port}", repository, store, disk)
+    token = TokenStore(repository.session_factory).create("ops", "admin")
+    with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+        yield Server(f"http://127.0.0.1:{port}", repository, store, disk, token, client)
     http.should_exit = True
     thread.join(timeout=10)
 
@@ -70,9 +79,13 @@ def _encoded(ds: Dataset) -> bytes:
     return file_path(ds).read_bytes()
 
 
-def _stow_raw(url: str, parts: list[bytes], path: str = "/dicom-web/studies") -> httpx.Response:
+def _stow_raw(
+    server: Server, parts: list[bytes], path: str = "/dicom-web/studies"
+) -> httpx.Response:
     chunks, header = build_related(((p, "application/dicom") for p in parts), "application/dicom")
-    return httpx.post(url + path, content=b"".join(chunks), headers={"Content-Type": header})
+    return server.http.post(
+        server.url + path, content=b"".join(chunks), headers={"Content-Type": header}
+    )
 
 
 def test_stow_stores_durably_and_declares_the_series_complete(
@@ -108,13 +121,13 @@ def test_stow_answers_507_while_the_disk_is_past_its_watermark(
 ) -> None:
     series = make_ct_series(tmp_path / "in", n_slices=2, rows=32, cols=32)
     server.disk.min_free_bytes = 2**63  # more free space than any disk has: "full"
-    response = _stow_raw(server.url, [_encoded(ds) for ds in series])
+    response = _stow_raw(server, [_encoded(ds) for ds in series])
     assert response.status_code == 507
     assert "watermark" in response.json()["detail"]
     assert server.repository.list_jobs() == []
     assert not any(p.is_file() for p in server.store.root.rglob("*"))
     server.disk.min_free_bytes = 0  # space is back
-    assert _stow_raw(server.url, [_encoded(ds) for ds in series]).status_code == 200
+    assert _stow_raw(server, [_encoded(ds) for ds in series]).status_code == 200
     [job] = server.repository.list_jobs()
     assert job.instance_count == 2
 
@@ -125,7 +138,7 @@ def test_stow_reports_each_failure_with_its_reason(server: Server, tmp_path: Pat
     truncated.save_as(file_path(truncated), enforce_file_format=True)
     [other_study] = make_ct_series(tmp_path / "b", n_slices=1, rows=32, cols=32, seed=2)
     response = _stow_raw(
-        server.url,
+        server,
         [_encoded(good), _encoded(truncated), _encoded(other_study), b"not dicom at all"],
         f"/dicom-web/studies/{good.StudyInstanceUID}",
     )
@@ -140,11 +153,11 @@ def test_stow_reports_each_failure_with_its_reason(server: Server, tmp_path: Pat
     assert failed[""].FailureReason == 0xC210  # the part that is not DICOM
     assert not server.repository.find_instance(truncated.SOPInstanceUID)
     # Nothing stored at all: 409.
-    assert _stow_raw(server.url, [_encoded(truncated)]).status_code == 409
+    assert _stow_raw(server, [_encoded(truncated)]).status_code == 409
     # Every outcome is counted in the Prometheus metrics.
     metrics = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text)
+        for family in text_string_to_metric_families(server.http.get(f"{server.url}/metrics").text)
         for sample in family.samples
     }
     stow = ("protocol", "STOW-RS")
@@ -158,15 +171,16 @@ def test_stow_reports_each_failure_with_its_reason(server: Server, tmp_path: Pat
 def test_stow_refuses_bad_requests_with_http_errors(server: Server, tmp_path: Path) -> None:
     [ds] = make_ct_series(tmp_path, n_slices=1, rows=16, cols=16)
     url = f"{server.url}/dicom-web/studies"
-    assert httpx.post(url, content=_encoded(ds),
+    assert server.http.post(url, content=_encoded(ds),
                       headers={"Content-Type": "application/dicom"}).status_code == 415  # fmt: skip
     json_parts = 'multipart/related; type="application/dicom+json"; boundary=x'
     assert (
-        httpx.post(url, content=b"--x--", headers={"Content-Type": json_parts}).status_code == 415
+        server.http.post(url, content=b"--x--", headers={"Content-Type": json_parts}).status_code
+        == 415
     )
     chunks, header = build_related([(_encoded(ds), "application/dicom")], "application/dicom")
     truncated_body = b"".join(chunks)[:-40]  # no closing boundary: an interrupted upload
-    response = httpx.post(url, content=truncated_body, headers={"Content-Type": header})
+    response = server.http.post(url, content=truncated_body, headers={"Content-Type": header})
     assert response.status_code == 400 and "closing boundary" in response.text
     assert not server.repository.find_instance(ds.SOPInstanceUID)
 
@@ -185,7 +199,7 @@ def test_stow_with_curl(server: Server, tmp_path: Path) -> None:
     result = subprocess.run(
         ["curl", "-sS", "-w", "\n%{http_code}", "-X", "POST",
          "-H", f'Content-Type: multipart/related; type="application/dicom"; boundary={boundary}',
-         "-H", "Accept: application/dicom+json",
+         "-H", "Accept: application/dicom+json", "-H", f"Authorization: Bearer {server.token}",
          "--data-binary", f"@{tmp_path / 'body'}", f"{server.url}/dicom-web/studies"],
         capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
@@ -196,7 +210,7 @@ def test_stow_with_curl(server: Server, tmp_path: Path) -> None:
 
 def test_wado_returns_the_stored_bytes_and_metadata(server: Server, tmp_path: Path) -> None:
     series = make_ct_series(tmp_path / "in", n_slices=3, rows=32, cols=32)
-    assert _stow_raw(server.url, [_encoded(ds) for ds in series]).status_code == 200
+    assert _stow_raw(server, [_encoded(ds) for ds in series]).status_code == 200
     study, uid = series[0].StudyInstanceUID, series[0].SeriesInstanceUID
     retrieved = server.client.retrieve_series(study, uid)
     assert sorted(ds.SOPInstanceUID for ds in retrieved) == sorted(
@@ -204,7 +218,7 @@ def test_wado_returns_the_stored_bytes_and_metadata(server: Server, tmp_path: Pa
     )
     # Byte for byte what was stored, through a plain HTTP client and our own parser.
     first = series[0]
-    response = httpx.get(
+    response = server.http.get(
         f"{server.url}/dicom-web/studies/{study}/series/{uid}/instances/{first.SOPInstanceUID}",
         headers={"Accept": 'multipart/related; type="application/dicom"'},
     )
@@ -217,8 +231,8 @@ def test_wado_returns_the_stored_bytes_and_metadata(server: Server, tmp_path: Pa
     assert {Dataset.from_json(m).SOPInstanceUID for m in metadata} == {
         ds.SOPInstanceUID for ds in series
     }
-    assert httpx.get(f"{server.url}/dicom-web/studies/1.2.3.4").status_code == 404
-    not_acceptable = httpx.get(f"{server.url}/dicom-web/studies/{study}",
+    assert server.http.get(f"{server.url}/dicom-web/studies/1.2.3.4").status_code == 404
+    not_acceptable = server.http.get(f"{server.url}/dicom-web/studies/{study}",
                                headers={"Accept": "image/jpeg"})  # fmt: skip
     assert not_acceptable.status_code == 406
 
@@ -281,3 +295,64 @@ def test_derived_series_are_searchable_and_retrievable(server: Server, tmp_path:
         if d.SOPInstanceUID == retrieved[0].SOPInstanceUID
     ]
     assert read_back.pixel_array.tobytes() == retrieved[0].pixel_array.tobytes()
+
+
+def test_dicomweb_needs_a_token_whose_role_allows_the_service(
+    server: Server, tmp_path: Path
+) -> None:
+    [ds] = make_ct_series(tmp_path / "in", n_slices=1, rows=16, cols=16)
+    ds.PatientName, ds.PatientID = "Doe^Jane", "PID-42"
+    ds.save_as(file_path(ds), enforce_file_format=True)
+    tokens = TokenStore(server.repository.session_factory)
+    roles = {role: tokens.create(role, role) for role in ("viewer", "worker", "dicomweb-write")}
+    roles["physicist"] = tokens.create("physicist", "viewer", show_patient=True)
+    chunks, header = build_related([(_encoded(ds), "application/dicom")], "application/dicom")
+    body = b"".join(chunks)
+    study, series = ds.StudyInstanceUID, ds.SeriesInstanceUID
+    wado = f"{server.url}/dicom-web/studies/{study}/series/{series}"
+    qido = f"{server.url}/dicom-web/studies"
+
+    def call(method: str, url: str, token: str | None, **kwargs: object) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers.update(kwargs.pop("headers", {}))  # type: ignore[arg-type]
+        return httpx.request(method, url, headers=headers, timeout=30, **kwargs).status_code  # type: ignore[arg-type]
+
+    stow = {"content": body, "headers": {"Content-Type": header}}
+    for token in (None, "pn_wrong", roles["viewer"], roles["worker"]):
+        assert call("POST", qido, token, **stow) in (401, 403), token
+    assert call("POST", qido, roles["dicomweb-write"], **stow) == 200
+    # Search: not for a sending PACS; viewers see the patient hidden and cannot search by it.
+    assert call("GET", qido, None) == 401
+    assert call("GET", qido, roles["dicomweb-write"]) == 403
+    hidden = httpx.get(qido, headers={"Authorization": f"Bearer {roles['viewer']}"}, timeout=30)
+    assert hidden.status_code == 200 and "PID-42" not in hidden.text and "Doe" not in hidden.text
+    assert "(hidden)" in hidden.text
+    assert call("GET", f"{qido}?PatientID=PID-42", roles["viewer"]) == 403
+    shown = httpx.get(qido, headers={"Authorization": f"Bearer {roles['physicist']}"}, timeout=30)
+    assert "PID-42" in shown.text
+    # Retrieval carries the identifiers: admins, workers and viewers allowed to see them.
+    assert call("GET", wado, roles["viewer"]) == 403
+    assert call("GET", f"{wado}/metadata", roles["viewer"]) == 403
+    assert call("GET", wado, roles["dicomweb-write"]) == 403
+    for allowed in (roles["worker"], roles["physicist"], server.token):
+        assert call("GET", wado, allowed) == 200
+
+
+def test_an_open_dicomweb_answers_without_a_token_and_says_so(
+    repository: JobRepository, engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(data_dir=tmp_path, dicomweb={"allow_anonymous": True})
+    store = InstanceStore(tmp_path / "data")
+    receiver = Receiver(store, repository, Routing.simple("ENHANCE", "identity"))
+    with caplog.at_level("WARNING"):
+        app = create_app(repository, engine, receiver, Readiness(settings),
+                         registry=CollectorRegistry())  # fmt: skip
+    assert any("DICOMweb is open" in r.message for r in caplog.records)
+    client = TestClient(app)
+    [ds] = make_ct_series(tmp_path / "in", n_slices=1, rows=16, cols=16)
+    chunks, header = build_related([(_encoded(ds), "application/dicom")], "application/dicom")
+    stored = client.post("/dicom-web/studies", content=b"".join(chunks),
+                         headers={"Content-Type": header})  # fmt: skip
+    assert stored.status_code == 200
+    assert client.get("/dicom-web/studies").status_code == 200
+    assert client.get("/api/jobs").status_code == 401  # the admin API still needs a token
