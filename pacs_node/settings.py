@@ -65,6 +65,9 @@ OutputSyntax = Literal[
 ]
 
 
+DicomwebUrl = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]
+
+
 class CStoreDestination(_Section):
     """A DICOM peer that receives derived series by C-STORE, written ``AET@host:port``."""
 
@@ -224,7 +227,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     database_url: str | None = None
     broker_url: str | None = None
-    destination: CStoreDestination | None = None
+    # Where derived series go with the default routing: AET@host:port (C-STORE) or a
+    # DICOMweb root http(s)://server/dicom-web (STOW-RS), as in a routing file.
+    destination: CStoreDestination | DicomwebUrl | None = None
     # Routing rules, AE titles per pipeline and admission control (configs/routing.example.yaml);
     # None: one pipeline on ae_title running ``preset`` to ``destination``.
     routing_file: Path | None = None
@@ -246,7 +251,15 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_destination(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return None if not value.strip() else CStoreDestination.parse(value)
+            text = value.strip()
+            if not text:
+                return None
+            if re.match(r"https?://", text):
+                return text
+            try:
+                return CStoreDestination.parse(text)
+            except ValueError as exc:
+                raise ValueError(f"{exc}, nor a DICOMweb URL http(s)://server/dicom-web") from exc
         return value
 
     @field_validator("data_dir", mode="after")

@@ -177,3 +177,16 @@ def test_stow_in_is_complete_at_once_and_stow_out_reaches_orthanc(tmp_path: Path
             found = client.search_for_series(series[0].StudyInstanceUID)
             assert len(found) == 2
             assert len(client.retrieve_series(series[0].StudyInstanceUID, derived_uid)) == 4
+
+
+def test_pacs_node_destination_as_a_dicomweb_url_sends_by_stow(tmp_path: Path) -> None:
+    make_ct_series(tmp_path / "in", n_slices=3, rows=32, cols=32)
+    with (
+        OrthancPeer("ORTHANC", dicomweb=True) as orthanc,
+        NodeProcess(tmp_path / "node", preset="identity", destination=orthanc.dicomweb_url) as node,
+    ):
+        assert storescu(tmp_path / "in", node.port, "ENHANCE", scan_dir=True).returncode == 0
+        [job] = node.wait_until_finished(1, timeout_s=120)
+        assert job["status"] == "DONE", node.log()
+        derived = node.job(job["id"])["output_series_instance_uid"]
+        assert len(orthanc.wait_for_instances(derived, 3)) == 3

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from pacs_node.errors import ConfigError
-from pacs_node.settings import CStoreDestination, load_settings
+from pacs_node.settings import CStoreDestination, Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -103,3 +104,14 @@ def test_destination_parse_round_trip() -> None:
     assert CStoreDestination.parse("PACS@[::1]:104").host == "::1"
     with pytest.raises(ValueError, match="AET@host:port"):
         CStoreDestination.parse("PACS@host")
+
+
+def test_the_default_destination_may_be_a_dicomweb_url() -> None:
+    from pacs_node.routing import StowDestination, default_routing
+
+    settings = Settings(destination="https://pacs.example.org/dicom-web")
+    [destination] = default_routing(settings).config.pipelines[0].rules[0].destinations
+    assert isinstance(destination, StowDestination)
+    assert destination.url == "https://pacs.example.org/dicom-web"
+    with pytest.raises(ValidationError, match="nor a DICOMweb URL"):
+        Settings(destination="ftp://pacs")
