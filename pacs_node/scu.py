@@ -17,7 +17,8 @@ from pynetdicom.status import code_to_category
 
 from pacs_node.errors import DispatchError, StorageError
 from pacs_node.routing import StowDestination
-from pacs_node.settings import CStoreDestination, SendSettings
+from pacs_node.settings import CStoreDestination, SendSettings, TlsSettings
+from pacs_node.tls import client_context
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,10 @@ def send_c_store(
     *,
     calling_ae_title: str,
     settings: SendSettings,
+    tls: TlsSettings | None = None,
 ) -> list[SendResult]:
-    """Send the files at ``paths`` to ``destination`` on one association.
+    """Send the files at ``paths`` to ``destination`` on one association (over TLS when
+    the destination says so, with the node's ``tls`` certificate and CAs).
 
     Returns
     -------
@@ -75,10 +78,13 @@ def send_c_store(
     wanted = UID(destination.transfer_syntax) if destination.transfer_syntax else None
     for sop_class, syntaxes in _proposals(datasets, wanted):
         ae.add_requested_context(sop_class, syntaxes)
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    secure = (client_context(tls or TlsSettings()), destination.host) if destination.tls else None
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                         tls_args=secure)  # fmt: skip
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "aborted or unreachable"
-        raise DispatchError(f"association with {destination} {reason}")
+        over = " over TLS" if destination.tls else ""
+        raise DispatchError(f"association{over} with {destination} {reason}")
     accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
                 for cx in assoc.accepted_contexts}  # fmt: skip
     results: list[SendResult] = []

@@ -78,6 +78,9 @@ class CStoreDestination(_Section):
     # Derived series are sent uncompressed unless a lossless syntax is named here (JPEG
     # 2000, JPEG-LS or RLE lossless); a peer that does not accept it gets Explicit VR LE.
     transfer_syntax: OutputSyntax | None = None
+    # TLS to this peer: its certificate is checked against tls.ca_file, and the node
+    # presents tls.cert_file / tls.key_file.
+    tls: bool = False
 
     @classmethod
     def parse(cls, text: str) -> CStoreDestination:
@@ -90,6 +93,28 @@ class CStoreDestination(_Section):
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class TlsSettings(_Section):
+    """DICOM TLS (PS3.15 B.1, BCP 195): a second Storage SCP port that speaks only TLS, and
+    the node's certificate for outgoing TLS associations."""
+
+    port: Port | None = None  # None: no TLS port
+    cert_file: Path | None = None  # PEM certificate of the node (chain allowed)
+    key_file: Path | None = None  # its PEM private key
+    # PEM CA bundle: set, callers to the TLS port must present a certificate it signed;
+    # also the CAs trusted for destinations reached over TLS.
+    ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsSettings:
+        if self.port is not None and (self.cert_file is None or self.key_file is None):
+            raise ValueError("tls.port needs tls.cert_file and tls.key_file")
+        for name in ("cert_file", "key_file", "ca_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"tls.{name} {path} does not exist")
+        return self
 
 
 class ScpSettings(_Section):
@@ -246,6 +271,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = RetentionSettings()
     admission: AdmissionSettings = AdmissionSettings()
     dicomweb: DicomwebSettings = DicomwebSettings()
+    tls: TlsSettings = TlsSettings()
 
     @field_validator("destination", mode="before")
     @classmethod

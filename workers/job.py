@@ -142,8 +142,10 @@ def _send_everywhere(
             if isinstance(destination, StowDestination):
                 results = send_stow(destination, paths, settings=ctx.settings.send)
             else:
-                results = send_c_store(destination, paths, calling_ae_title=ctx.settings.ae_title,
-                                       settings=ctx.settings.send)  # fmt: skip
+                results = send_c_store(
+                    destination, paths, calling_ae_title=ctx.settings.ae_title,
+                    settings=ctx.settings.send, tls=ctx.settings.tls,
+                )  # fmt: skip
         except DispatchError as exc:
             if len(destinations) == 1:
                 raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -13,6 +14,7 @@ from pacs_node.ingest import Receiver
 from pacs_node.routing import Routing
 from pacs_node.scp.handlers import handle_requested, handle_store
 from pacs_node.settings import Settings
+from pacs_node.tls import server_context
 
 logger = logging.getLogger(__name__)
 
@@ -43,24 +45,39 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
+class StorageServers:
+    """The SCP's listening servers (plain, and TLS when configured); one AE, so the
+    association limit counts both."""
+
+    def __init__(self, servers: list[ThreadedAssociationServer]) -> None:
+        self.servers = servers
+
+    def shutdown(self) -> None:
+        """Stop every server."""
+        for server in self.servers:
+            server.shutdown()
+
+
 def start_scp(
     settings: Settings, receiver: Receiver, routing: Routing | None = None
-) -> ThreadedAssociationServer:
-    """Start the SCP in background threads and return its server (``shutdown()`` stops it)."""
+) -> StorageServers:
+    """Start the SCP in background threads on its port, and on ``tls.port`` with TLS;
+    ``shutdown()`` stops them."""
     ae = build_ae(settings)
-    server = ae.start_server(
-        (settings.scp.bind_address, settings.port),
-        block=False,
-        evt_handlers=[
-            (evt.EVT_REQUESTED, handle_requested, [routing or receiver.routing]),
-            (evt.EVT_C_STORE, handle_store, [receiver]),
-        ],
-    )
-    assert server is not None
-    logger.info(
-        "Storage SCP %s listening on %s:%d",
-        ", ".join((routing or receiver.routing).ae_titles),
-        settings.scp.bind_address,
-        settings.port,
-    )
-    return server
+    routes = routing or receiver.routing
+    handlers: list[Any] = [
+        (evt.EVT_REQUESTED, handle_requested, [routes]),
+        (evt.EVT_C_STORE, handle_store, [receiver]),
+    ]
+    address = settings.scp.bind_address
+    servers = [ae.start_server((address, settings.port), block=False, evt_handlers=handlers)]
+    titles = ", ".join(routes.ae_titles)
+    logger.info("Storage SCP %s listening on %s:%d", titles, address, settings.port)
+    if settings.tls.port is not None:
+        context = server_context(settings.tls)
+        servers.append(ae.start_server((address, settings.tls.port), block=False,
+                                       evt_handlers=handlers, ssl_context=context))  # fmt: skip
+        verified = "client certificates required" if settings.tls.ca_file else "no client check"
+        logger.info("Storage SCP %s listening with TLS on %s:%d (%s)", titles, address,
+                    settings.tls.port, verified)  # fmt: skip
+    return StorageServers([s for s in servers if s is not None])
