@@ -118,7 +118,7 @@ def test_the_default_destination_may_be_a_dicomweb_url() -> None:
 
 
 def test_a_tls_port_needs_a_certificate_and_its_key(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="tls.port needs tls.cert_file and tls.key_file"):
+    with pytest.raises(ValidationError, match=r"tls\.port needs tls\.cert_file and tls\.key_file"):
         Settings(tls={"port": 2762})
     with pytest.raises(ValidationError, match="does not exist"):
         Settings(tls={"port": 2762, "cert_file": tmp_path / "x.pem", "key_file": tmp_path / "k"})
