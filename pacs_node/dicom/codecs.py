@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 from pydicom import uid
+from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import DecodeRunner
 from pydicom.uid import UID
 
@@ -90,6 +92,25 @@ def register() -> None:
             decoder = get_decoder(syntax)
             if PLUGIN not in decoder.available_plugins and PLUGIN not in decoder._unavailable:
                 decoder.add_plugin(PLUGIN, (__name__, "_decode_frame"))
+
+
+class DecodeError(ValueError):
+    """Pixel Data that the decoders could not read, with their reason."""
+
+
+def pixel_array(ds: Dataset) -> np.ndarray:
+    """``ds.pixel_array``, with every decoder failure as :class:`DecodeError`.
+
+    Some decoders are native code that reports malformed input with a panic that is not an
+    ``Exception`` (pyo3's ``PanicException``, e.g. pylibjpeg-rle on a short segment); left
+    alone it would pass every ``except Exception`` and end the receiving thread or worker.
+    """
+    try:
+        return ds.pixel_array
+    except (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError):
+        raise
+    except BaseException as exc:
+        raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def decodable(syntax: str) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from pacs_node.dicom.codecs import COMPRESSED, decodable
+from pacs_node.dicom.codecs import COMPRESSED, DecodeError, decodable, pixel_array
 
 # C-STORE failure statuses (PS3.4 Annex B.2.3).
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
@@ -95,8 +95,8 @@ def pixel_data_problem(ds: Dataset, transfer_syntax_uid: str) -> Problem | None:
                 f"{MAX_DECODED_BYTES}",
             )
         try:
-            ds.pixel_array  # noqa: B018 - decoded once here so a success means usable
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is the reason
+            pixel_array(ds)  # decoded once here, so that a success means usable
+        except DecodeError as exc:
             return Problem(CANNOT_UNDERSTAND, f"Pixel Data cannot be decoded: {exc}")
         return None
     actual = len(ds.PixelData)

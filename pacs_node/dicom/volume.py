@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
+from pacs_node.dicom.codecs import DecodeError, pixel_array
 from pacs_node.errors import InvalidSeriesError
 
 __all__ = ["SeriesVolume", "load_series"]
@@ -131,9 +132,9 @@ def _read(path: Path) -> Dataset:
 def _pixel_values(ds: Dataset, path: Path) -> np.ndarray:
     """Return one slice as float32 modality values (PS3.3 C.11.1, Modality LUT module)."""
     try:
-        stored = ds.pixel_array
+        stored = pixel_array(ds)
         values = apply_modality_lut(stored, ds)
-    except (*_READ_ERRORS, RuntimeError, NotImplementedError) as exc:
+    except (*_READ_ERRORS, RuntimeError, NotImplementedError, DecodeError) as exc:
         raise InvalidSeriesError(f"{path}: pixel data cannot be decoded ({exc})") from exc
     return np.asarray(values, dtype=np.float32)
 

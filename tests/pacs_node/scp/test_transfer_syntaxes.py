@@ -124,3 +124,19 @@ def test_identifiers_that_are_not_uids_are_refused(
     assert _send(node.port, ds) == DATASET_DOES_NOT_MATCH_SOP_CLASS
     assert not list(node.store.received_dir.rglob("*.dcm"))
     assert node.repository.list_jobs() == []
+
+
+def test_a_decoder_panic_on_damaged_rle_is_a_refusal_not_a_crash(
+    node: Node, transfer_syntax_dir: Path
+) -> None:
+    # Found by tests/pacs_node/scp/test_fuzz.py: one byte missing from the second RLE
+    # segment makes pylibjpeg-rle panic (pyo3 PanicException, not an Exception).
+    ds = pydicom.dcmread(
+        transfer_syntax_dir / "CTImage.dcm_RLELosslessTransferSyntax_1.2.840.10008.1.2.5.dcm"
+    )
+    [frame] = list(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[:200000] + frame[200001:]])
+    assert _send(node.port, ds) == CANNOT_UNDERSTAND
+    assert not node.store.received_path(str(ds.SOPInstanceUID)).exists()
+    intact = pydicom.dcmread(transfer_syntax_dir / REFERENCE)
+    assert _send(node.port, intact) == 0  # still serving
