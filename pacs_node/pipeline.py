@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 from pydicom.dataset import FileDataset
 
 from models.base import Enhancer, ModelInfo
@@ -18,8 +19,10 @@ from pacs_node.dicom.derived import (
     choose_series_number,
     derivation_code_for_task,
 )
+from pacs_node.dicom.derived_multiframe import build_derived_multiframe
+from pacs_node.dicom.multiframe import is_multiframe_enhanceable, load_frames
 from pacs_node.dicom.volume import load_series
-from pacs_node.errors import ModelError
+from pacs_node.errors import InvalidSeriesError, ModelError
 from pacs_node.settings import DerivedSettings
 
 Progress = Callable[[int, int], None]
@@ -65,6 +68,51 @@ def derivation_info(
     )
 
 
+def _enhance_multiframe(
+    paths: Sequence[Path],
+    preset: str,
+    enhancer: Enhancer,
+    derived: DerivedSettings,
+    used_series_numbers: Collection[int],
+    progress: Progress | None,
+) -> EnhancedSeries:
+    """One Enhanced CT/MR instance: its frames as a volume through the model, written back
+    as one derived instance of the same SOP class."""
+    if len(paths) != 1:
+        raise InvalidSeriesError(
+            f"the series holds {len(paths)} instances with a multi-frame one; one multi-frame "
+            "instance per series is enhanced"
+        )
+    if enhancer.info.scale_factor != 1:
+        raise InvalidSeriesError(
+            f"preset {preset} resamples (x{enhancer.info.scale_factor}); multi-frame objects "
+            "are enhanced on their own grid only"
+        )
+    stack = load_frames(Path(paths[0]))
+    started = time.perf_counter()
+    try:
+        values, _ = enhancer(stack.values, stack.spacing_mm, progress)
+    except (RuntimeError, ValueError, MemoryError) as exc:
+        raise ModelError(f"model {enhancer.info.name} failed: {exc}") from exc
+    seconds = time.perf_counter() - started
+    if values.shape != stack.values.shape:
+        raise ModelError(
+            f"model {enhancer.info.name} returned shape {values.shape}; expected "
+            f"{stack.values.shape}"
+        )
+    in_frame_order = np.empty_like(values)
+    in_frame_order[stack.order] = values
+    source_number = stack.dataset.get("SeriesNumber")
+    number = choose_series_number(
+        int(source_number) if source_number not in (None, "") else None,
+        used_series_numbers,
+        derived.series_number_offset,
+    )
+    info = derivation_info(preset, enhancer.info, derived, number)
+    dataset = build_derived_multiframe(stack.dataset, in_frame_order, info, datetime.now(UTC))
+    return EnhancedSeries([dataset], [str(stack.dataset.SOPInstanceUID)], enhancer.info, seconds)
+
+
 def enhance_series(
     paths: Sequence[Path],
     preset: str,
@@ -82,6 +130,8 @@ def enhance_series(
     ModelError
         When the model fails or returns a volume of the wrong shape.
     """
+    if any(is_multiframe_enhanceable(Path(p)) for p in paths):
+        return _enhance_multiframe(paths, preset, enhancer, derived, used_series_numbers, progress)
     volume = load_series(paths)
     started = time.perf_counter()
     try:

@@ -8,16 +8,14 @@ from pydicom.dataset import Dataset
 from pydicom.uid import (
     UID,
     CTImageStorage,
-    EnhancedCTImageStorage,
     EnhancedMRColorImageStorage,
-    EnhancedMRImageStorage,
     EnhancedPETImageStorage,
-    LegacyConvertedEnhancedCTImageStorage,
-    LegacyConvertedEnhancedMRImageStorage,
     LegacyConvertedEnhancedPETImageStorage,
     MRImageStorage,
     PositronEmissionTomographyImageStorage,
 )
+
+from pacs_node.dicom.multiframe import ENHANCEABLE_MULTIFRAME, multiframe_skip_reason
 
 __all__ = ["ENHANCEABLE_SOP_CLASSES", "series_skip_reason", "skip_reason"]
 
@@ -26,18 +24,9 @@ ENHANCEABLE_SOP_CLASSES: frozenset[str] = frozenset(
     {CTImageStorage, MRImageStorage, PositronEmissionTomographyImageStorage}
 )
 
-# Multi-frame counterparts of the enhanceable classes (PS3.4 B.5): same kind of image,
-# but one instance holds the whole series; not supported yet.
+# Multi-frame image classes not enhanced (Enhanced CT and MR are: pacs_node/dicom/multiframe).
 _MULTIFRAME_SOP_CLASSES: frozenset[str] = frozenset(
-    {
-        EnhancedCTImageStorage,
-        LegacyConvertedEnhancedCTImageStorage,
-        EnhancedMRImageStorage,
-        EnhancedMRColorImageStorage,
-        LegacyConvertedEnhancedMRImageStorage,
-        EnhancedPETImageStorage,
-        LegacyConvertedEnhancedPETImageStorage,
-    }
+    {EnhancedMRColorImageStorage, EnhancedPETImageStorage, LegacyConvertedEnhancedPETImageStorage}
 )
 
 
@@ -78,6 +67,8 @@ def skip_reason(ds: Dataset) -> str | None:
     name = _sop_class_name(sop_class)
     if sop_class in _MULTIFRAME_SOP_CLASSES:
         return f"multi-frame {name} is not supported yet"
+    if sop_class in ENHANCEABLE_MULTIFRAME:
+        return multiframe_skip_reason(ds)
     if sop_class not in ENHANCEABLE_SOP_CLASSES:
         return f"{name} is not an enhanceable image type"
 
@@ -153,6 +144,10 @@ def series_skip_reason(
             _sop_class_name(uid) if uid is not None else "(no SOP Class UID)" for uid in sop_classes
         )
         return f"series mixes SOP classes: {', '.join(names)}"
+    if len(headers) > 1 and any(_sop_class(ds) in ENHANCEABLE_MULTIFRAME for ds in headers):
+        return (
+            f"series holds {len(headers)} multi-frame instances; one volume per series is enhanced"
+        )
     if own_manufacturer and any(produced_by(ds, own_manufacturer) for ds in headers):
         return f"series is already a derived series of {own_manufacturer}; not enhanced again"
     reasons = [reason for reason in (skip_reason(ds) for ds in headers) if reason is not None]

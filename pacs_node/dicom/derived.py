@@ -420,7 +420,13 @@ def _padding_range(source: Dataset) -> tuple[int, int] | None:
 
 
 def _stored_pixels(
-    source: Dataset, index: int, frame: np.ndarray, slope: float, intercept: float, scale: int
+    source: Dataset,
+    index: int,
+    frame: np.ndarray,
+    slope: float,
+    intercept: float,
+    scale: int,
+    source_stored: np.ndarray | None = None,
 ) -> np.ndarray:
     """Return the stored values of one output slice with 16 bits stored.
 
@@ -442,7 +448,7 @@ def _stored_pixels(
                 f"sources[{index}] has PixelPaddingValue but no PixelData; pass full data "
                 "sets so padding pixels can be kept"
             )
-        src = source.pixel_array.astype(np.int32)
+        src = (source.pixel_array if source_stored is None else source_stored).astype(np.int32)
         if scale > 1:
             src = np.repeat(np.repeat(src, scale, axis=0), scale, axis=1)
         pad_low, pad_high = padding
@@ -554,6 +560,43 @@ def _check_sources(sources: Sequence[Dataset], values: np.ndarray) -> int:
     return scale
 
 
+def related_series_item(source: Dataset) -> Dataset:
+    """Related Series Sequence item pointing at the source series (PS3.3 C.7.3.1)."""
+    related = Dataset()
+    related.StudyInstanceUID = source.StudyInstanceUID
+    related.SeriesInstanceUID = source.SeriesInstanceUID
+    related.PurposeOfReferenceCodeSequence = [
+        _code_item(
+            SOURCE_SERIES_PURPOSE.value,
+            SOURCE_SERIES_PURPOSE.scheme_designator,
+            SOURCE_SERIES_PURPOSE.meaning,
+        )
+    ]
+    return related
+
+
+def equipment_item(info: DerivationInfo, equipment_uid: str, date_time: str) -> Dataset:
+    """The node's Contributing Equipment Sequence item (PS3.3 C.12.1.1.1)."""
+    equipment = Dataset()
+    equipment.PurposeOfReferenceCodeSequence = [
+        _code_item(
+            PROCESSING_EQUIPMENT.value,
+            PROCESSING_EQUIPMENT.scheme_designator,
+            PROCESSING_EQUIPMENT.meaning,
+        )
+    ]
+    equipment.Manufacturer = info.manufacturer
+    equipment.ManufacturerModelName = info.equipment_model_name
+    equipment.SoftwareVersions = info.software_versions
+    equipment.DeviceUID = equipment_uid
+    equipment.ContributionDateTime = date_time
+    strength = f", strength {info.strength:.0%}" if info.strength < 1.0 else ""
+    equipment.ContributionDescription = (
+        f"{info.model_name} {info.model_version}, preset {info.preset}{strength}"
+    )[:_ST_MAX]
+    return equipment
+
+
 def _carry_lossy_compression(ds: Dataset, source: Dataset) -> None:
     """Once lossy, always marked (PS3.3 C.7.6.1.1.5): a source whose pixels were lossy
     compressed, by its own history or by the transfer syntax it arrived in, makes the
@@ -650,34 +693,8 @@ def build_derived_series(
     description = _series_description(first, info)
     date, time, date_time = _da(now), _tm(now), _dt(now)
 
-    related = Dataset()
-    related.StudyInstanceUID = first.StudyInstanceUID
-    related.SeriesInstanceUID = first.SeriesInstanceUID
-    related.PurposeOfReferenceCodeSequence = [
-        _code_item(
-            SOURCE_SERIES_PURPOSE.value,
-            SOURCE_SERIES_PURPOSE.scheme_designator,
-            SOURCE_SERIES_PURPOSE.meaning,
-        )
-    ]
-
-    equipment = Dataset()
-    equipment.PurposeOfReferenceCodeSequence = [
-        _code_item(
-            PROCESSING_EQUIPMENT.value,
-            PROCESSING_EQUIPMENT.scheme_designator,
-            PROCESSING_EQUIPMENT.meaning,
-        )
-    ]
-    equipment.Manufacturer = info.manufacturer
-    equipment.ManufacturerModelName = info.equipment_model_name
-    equipment.SoftwareVersions = info.software_versions
-    equipment.DeviceUID = equipment_uid
-    equipment.ContributionDateTime = date_time
-    strength = f", strength {info.strength:.0%}" if info.strength < 1.0 else ""
-    equipment.ContributionDescription = (
-        f"{info.model_name} {info.model_version}, preset {info.preset}{strength}"
-    )[:_ST_MAX]
+    related = related_series_item(first)
+    equipment = equipment_item(info, equipment_uid, date_time)
 
     derived: list[FileDataset] = []
     for index, source in enumerate(sources):
