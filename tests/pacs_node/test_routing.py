@@ -84,7 +84,7 @@ def test_return_to_sender_resolves_known_peers_only() -> None:
     known = routing.decide(_header(), "PACS", "DENOISE")
     [resolved] = routing.resolved_destinations(known, "PACS")
     assert resolved == {"kind": "dicom", "ae_title": "PACS", "host": "127.0.0.1", "port": 4242,
-                        "transfer_syntax": None}  # fmt: skip
+                        "transfer_syntax": None, "tls": False}  # fmt: skip
     [unresolved] = routing.resolved_destinations(known, "CT_SCANNER")  # no port known
     assert unresolved["kind"] == "unresolved" and "CT_SCANNER" in unresolved["reason"]
 
