@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import FileDataset
+from pydicom.dataset import Dataset, FileDataset
 
 from models.base import Enhancer, ModelInfo
 from pacs_node import __version__
@@ -68,6 +68,13 @@ def derivation_info(
     )
 
 
+def _series_number(source: Dataset, used: Collection[int], derived: DerivedSettings) -> int:
+    number = source.get("SeriesNumber")
+    return choose_series_number(
+        int(number) if number not in (None, "") else None, used, derived.series_number_offset
+    )
+
+
 def _enhance_multiframe(
     paths: Sequence[Path],
     preset: str,
@@ -102,12 +109,7 @@ def _enhance_multiframe(
         )
     in_frame_order = np.empty_like(values)
     in_frame_order[stack.order] = values
-    source_number = stack.dataset.get("SeriesNumber")
-    number = choose_series_number(
-        int(source_number) if source_number not in (None, "") else None,
-        used_series_numbers,
-        derived.series_number_offset,
-    )
+    number = _series_number(stack.dataset, used_series_numbers, derived)
     info = derivation_info(preset, enhancer.info, derived, number)
     dataset = build_derived_multiframe(stack.dataset, in_frame_order, info, datetime.now(UTC))
     return EnhancedSeries([dataset], [str(stack.dataset.SOPInstanceUID)], enhancer.info, seconds)
@@ -146,12 +148,7 @@ def enhance_series(
             f"model {enhancer.info.name} returned shape {values.shape}; expected "
             f"{(depth, rows * scale, columns * scale)} for scale {scale}"
         )
-    source_number = volume.datasets[0].get("SeriesNumber")
-    number = choose_series_number(
-        int(source_number) if source_number not in (None, "") else None,
-        used_series_numbers,
-        derived.series_number_offset,
-    )
+    number = _series_number(volume.datasets[0], used_series_numbers, derived)
     expected_spacing = (
         volume.spacing_mm[0],
         volume.spacing_mm[1] / scale,

@@ -560,6 +560,25 @@ def _check_sources(sources: Sequence[Dataset], values: np.ndarray) -> int:
     return scale
 
 
+def source_image_item(source: Dataset, preserved: bool, frame: int | None = None) -> Dataset:
+    """A Source Image Sequence item: the source instance (and frame, 1-based), the purpose
+    of reference, and whether spatial locations are preserved (PS3.3 C.7.6.1.1.4)."""
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.SOPClassUID
+    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if frame is not None:
+        reference.ReferencedFrameNumber = frame
+    reference.PurposeOfReferenceCodeSequence = [
+        _code_item(
+            SOURCE_IMAGE_PURPOSE.value,
+            SOURCE_IMAGE_PURPOSE.scheme_designator,
+            SOURCE_IMAGE_PURPOSE.meaning,
+        )
+    ]
+    reference.SpatialLocationsPreserved = "YES" if preserved else "NO"
+    return reference
+
+
 def related_series_item(source: Dataset) -> Dataset:
     """Related Series Sequence item pointing at the source series (PS3.3 C.7.3.1)."""
     related = Dataset()
@@ -729,22 +748,11 @@ def build_derived_series(
         ds.ContentTime = time
         ds.DerivationDescription = info.description
         ds.DerivationCodeSequence = [_code_item(*info.derivation_code)]
-        reference = Dataset()
-        reference.ReferencedSOPClassUID = source.SOPClassUID
-        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-        reference.PurposeOfReferenceCodeSequence = [
-            _code_item(
-                SOURCE_IMAGE_PURPOSE.value,
-                SOURCE_IMAGE_PURPOSE.scheme_designator,
-                SOURCE_IMAGE_PURPOSE.meaning,
-            )
-        ]
         # Enumerated Values YES, NO, REORIENTED_ONLY (PS3.3 C.7.6.1.1.4). Same plane, same
         # matrix: every pixel is where its source pixel was. A finer grid puts new pixels
         # where the source had none ("magnified or warped geometrically" is NO), although
         # the plane and the field of view are the same.
-        reference.SpatialLocationsPreserved = "YES" if scale == 1 else "NO"
-        ds.SourceImageSequence = [reference]
+        ds.SourceImageSequence = [source_image_item(source, preserved=scale == 1)]
 
         if scale > 1:
             # Image Plane (PS3.3 C.7.6.2): same orientation, frame of reference, slice
@@ -764,12 +772,16 @@ def build_derived_series(
         ds.add(DataElement(0x7FE00010, "OW", stored.tobytes()))
         _carry_lossy_compression(ds, source)
 
-        # File Meta Information (PS3.10 7.1), uncompressed whatever the source used.
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        out = FileDataset("", ds, preamble=b"\x00" * 128, file_meta=meta, is_implicit_VR=False)
-        derived.append(out)
+        derived.append(as_file(ds))
     return derived
+
+
+def as_file(ds: Dataset) -> FileDataset:
+    """``ds`` with its File Meta Information (PS3.10 7.1), Explicit VR Little Endian
+    whatever the source used."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    return FileDataset("", ds, preamble=b"\x00" * 128, file_meta=meta, is_implicit_VR=False)

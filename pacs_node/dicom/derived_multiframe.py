@@ -13,12 +13,10 @@ from datetime import datetime
 
 import numpy as np
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from pacs_node.dicom.derived import (
-    SOURCE_IMAGE_PURPOSE,
     DerivationInfo,
     _carry_lossy_compression,
     _code_item,
@@ -30,8 +28,10 @@ from pacs_node.dicom.derived import (
     _series_description,
     _stored_pixels,
     _tm,
+    as_file,
     equipment_item,
     related_series_item,
+    source_image_item,
 )
 from pacs_node.dicom.multiframe import frame_item
 from pacs_node.dicom.uids import derived_series_uid, derived_sop_uid, device_uid
@@ -120,19 +120,10 @@ def build_derived_multiframe(
         for keyword in _FRAME_TYPES:
             if keyword in item:
                 item[keyword][0].FrameType = _derived_type(item[keyword][0].get("FrameType"))
-        reference = Dataset()
-        reference.ReferencedSOPClassUID = source.SOPClassUID
-        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-        reference.ReferencedFrameNumber = index + 1
-        reference.PurposeOfReferenceCodeSequence = [
-            _code_item(SOURCE_IMAGE_PURPOSE.value, SOURCE_IMAGE_PURPOSE.scheme_designator,
-                       SOURCE_IMAGE_PURPOSE.meaning)
-        ]  # fmt: skip
-        reference.SpatialLocationsPreserved = "YES"
         derivation = Dataset()
         derivation.DerivationDescription = info.description
         derivation.DerivationCodeSequence = [_code_item(*info.derivation_code)]
-        derivation.SourceImageSequence = [reference]
+        derivation.SourceImageSequence = [source_image_item(source, True, frame=index + 1)]
         item.DerivationImageSequence = [derivation]
 
     # Every instance the Source Image Sequences name, study and series first (C.8.15.2).
@@ -161,10 +152,4 @@ def build_derived_multiframe(
     ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 16, 15
     ds.add(DataElement(0x7FE00010, "OW", b"".join(stored)))
     _carry_lossy_compression(ds, source)
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    return FileDataset("", ds, preamble=b"\x00" * 128, file_meta=meta, is_implicit_VR=False)
+    return as_file(ds)

@@ -78,3 +78,15 @@ def extract_philips_study(dest: Path) -> Path:
     with tarfile.open(PHILIPS_TARBALL, "r:xz") as tar:
         tar.extractall(dest, filter="data")
     return dest / "ct_study_philips"
+
+
+def philips_slices(dest: Path, count: int, first: int = 20, series_number: int = 201) -> list[Path]:
+    """``count`` consecutive axial slices (by Instance Number, from ``first``) of one series
+    of the shared Philips study, extracted under ``dest``; or skip."""
+    study = extract_philips_study(dest)
+    series = []
+    for path in study.rglob("I*"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if int(ds.get("SeriesNumber", 0)) == series_number:
+            series.append((int(ds.InstanceNumber), path))
+    return [path for _, path in sorted(series)[first : first + count]]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import JPEG2000Lossless, generate_uid
 
+from tests.helpers.dicom_checks import philips_slices
 from tests.integration.checks import modality_values
 from tests.integration.node import NodeProcess
 from tests.integration.peers import OrthancPeer, orthanc_binary, storescu
@@ -41,14 +41,7 @@ SYNTAXES = {
 
 def _originals(tmp_path: Path) -> list[Path]:
     """SLICES consecutive axial slices of one real series, uncompressed."""
-    with tarfile.open(STUDY) as archive:
-        archive.extractall(tmp_path, filter="data")
-    series: list[tuple[int, Path]] = []
-    for path in (tmp_path / "ct_study_philips").rglob("I*"):
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        if int(ds.get("SeriesNumber", 0)) == 201:
-            series.append((int(ds.InstanceNumber), path))
-    return [path for _, path in sorted(series)[20 : 20 + SLICES]]
+    return philips_slices(tmp_path, SLICES)
 
 
 def _copy_uid(uid: str, series: int) -> str:

@@ -5,7 +5,6 @@ SOP class that adds no dciodvfy error to its source."""
 from __future__ import annotations
 
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pydicom
 import pytest
 
 from pacs_node.dicom.multiframe import load_frames
+from tests.helpers.dicom_checks import philips_slices
 from tests.helpers.enhanced import legacy_converted
 from tests.integration.node import NodeProcess
 from tests.integration.peers import OrthancPeer, dciodvfy, orthanc_binary, storescu
@@ -28,14 +28,7 @@ pytestmark = [
 
 
 def test_an_enhanced_ct_comes_back_as_an_enhanced_derived_object(tmp_path: Path) -> None:
-    with tarfile.open(STUDY) as archive:
-        archive.extractall(tmp_path, filter="data")
-    series = []
-    for path in (tmp_path / "ct_study_philips").rglob("I*"):
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        if int(ds.get("SeriesNumber", 0)) == 201:
-            series.append((int(ds.InstanceNumber), path))
-    slices = [pydicom.dcmread(p) for _, p in sorted(series)[20:26]]
+    slices = [pydicom.dcmread(p) for p in philips_slices(tmp_path, 6)]
     (tmp_path / "in").mkdir()
     source_path = legacy_converted(slices, tmp_path / "in" / "enhanced.dcm")
     source = load_frames(source_path)
