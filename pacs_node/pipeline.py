@@ -68,6 +68,22 @@ def derivation_info(
     )
 
 
+def _run(
+    enhancer: Enhancer,
+    values: np.ndarray,
+    spacing: tuple[float, float, float],
+    progress: Progress | None,
+) -> tuple[np.ndarray, tuple[float, float, float], float]:
+    """The model over a volume: its values, spacing and the seconds it took; a failure
+    of the model is a ModelError naming it."""
+    started = time.perf_counter()
+    try:
+        out, out_spacing = enhancer(values, spacing, progress)
+    except (RuntimeError, ValueError, MemoryError) as exc:
+        raise ModelError(f"model {enhancer.info.name} failed: {exc}") from exc
+    return out, out_spacing, time.perf_counter() - started
+
+
 def _series_number(source: Dataset, used: Collection[int], derived: DerivedSettings) -> int:
     number = source.get("SeriesNumber")
     return choose_series_number(
@@ -96,12 +112,7 @@ def _enhance_multiframe(
             "are enhanced on their own grid only"
         )
     stack = load_frames(Path(paths[0]))
-    started = time.perf_counter()
-    try:
-        values, _ = enhancer(stack.values, stack.spacing_mm, progress)
-    except (RuntimeError, ValueError, MemoryError) as exc:
-        raise ModelError(f"model {enhancer.info.name} failed: {exc}") from exc
-    seconds = time.perf_counter() - started
+    values, _, seconds = _run(enhancer, stack.values, stack.spacing_mm, progress)
     if values.shape != stack.values.shape:
         raise ModelError(
             f"model {enhancer.info.name} returned shape {values.shape}; expected "
@@ -135,12 +146,7 @@ def enhance_series(
     if any(is_multiframe_enhanceable(Path(p)) for p in paths):
         return _enhance_multiframe(paths, preset, enhancer, derived, used_series_numbers, progress)
     volume = load_series(paths)
-    started = time.perf_counter()
-    try:
-        values, spacing = enhancer(volume.values, volume.spacing_mm, progress)
-    except (RuntimeError, ValueError, MemoryError) as exc:
-        raise ModelError(f"model {enhancer.info.name} failed: {exc}") from exc
-    seconds = time.perf_counter() - started
+    values, spacing, seconds = _run(enhancer, volume.values, volume.spacing_mm, progress)
     scale = enhancer.info.scale_factor
     depth, rows, columns = volume.values.shape
     if values.shape != (depth, rows * scale, columns * scale):
