@@ -47,6 +47,8 @@ class Preset:
     classical: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     strength: Strength = "high"
+    # Why the preset is experimental (not shown to help on real data), or None.
+    experimental: str | None = None
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.classical is None):

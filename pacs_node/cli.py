@@ -280,7 +280,8 @@ def models_list(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """List presets and model cards with versions, checksums and availability."""
+    """List presets and model cards with versions, checksums and availability; experimental
+    presets (run only with models.allow_experimental) are marked, with the reason."""
     from models.checkpoint import CheckpointError
     from pacs_node.enhancers import EnhancerCache
 
@@ -315,6 +316,7 @@ def models_list(
                 else "",
                 "sha256": sha,
                 "status": status,
+                "experimental": preset.experimental,
                 "description": preset.description,
             }
         )
@@ -326,6 +328,8 @@ def models_list(
         table.add_column(column)
     for row in rows:
         label = f"{row['preset']} (default)" if row["default"] else str(row["preset"])
+        if row["experimental"]:
+            label += " (experimental)"
         table.add_row(
             label, str(row["model"]), str(row["version"]), str(row["task"]),
             str(row["sha256"])[:16], str(row["status"]), str(row["description"]),

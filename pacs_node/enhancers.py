@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
 from models.base import Enhancer
 from models.checkpoint import CheckpointError
@@ -44,6 +45,23 @@ class EnhancerCache:
             known = ", ".join(sorted(self.presets))
             raise ModelError(f"unknown preset {name!r}; available: {known}") from None
 
+    def refusal(self, name: str) -> str | None:
+        """Why preset ``name`` may not run here (experimental, not allowed), or None."""
+        preset = self.preset(name)
+        if preset.experimental and not self._settings.models.allow_experimental:
+            return (
+                f"preset {name} is experimental: {preset.experimental}; set "
+                "models.allow_experimental (PACS_NODE_MODELS__ALLOW_EXPERIMENTAL=true) to use it"
+            )
+        return None
+
+    def check_usable(self, names: Iterable[str]) -> None:
+        """Every preset in ``names`` may run here (start-up: the routing's presets)."""
+        for name in sorted(set(names)):
+            reason = self.refusal(name)
+            if reason is not None:
+                raise ConfigError(reason)
+
     def get(self, name: str, strength: str | None = None) -> Enhancer:
         """The loaded enhancer of preset ``name`` at ``strength`` (low | medium | high; None:
         the configured override, else the preset's own).
@@ -53,6 +71,9 @@ class EnhancerCache:
         ModelError
             Unknown preset, or its checkpoint is missing or corrupt (naming the file).
         """
+        refused = self.refusal(name)
+        if refused is not None:
+            raise ModelError(refused)
         chosen = strength or self._settings.models.strength
         key = f"{name}:{chosen or ''}"
         with self._lock:

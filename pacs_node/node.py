@@ -145,6 +145,7 @@ def serve(settings: Settings) -> None:
     enhancers.check_startup()
     routing = load_routing(settings)
     routing.check_presets(list(enhancers.presets))
+    enhancers.check_usable(routing.preset_names())  # experimental ones need an opt-in
     migrate.upgrade(settings.db_url)
     engine = make_engine(settings.db_url)
     repository = JobRepository(make_session_factory(engine))

@@ -354,6 +354,10 @@ class Routing:
         )
         return cls(RoutingConfig(pipelines=[Pipeline(ae_title=ae_title, rules=[rule])]))
 
+    def preset_names(self) -> set[str]:
+        """Every preset a rule names."""
+        return {r.preset for p in self.config.pipelines for r in p.rules if r.preset is not None}
+
     def check_presets(self, known: Sequence[str]) -> None:
         """Every preset a rule names exists (ConfigError naming the rule otherwise)."""
         for pipeline in self.config.pipelines:

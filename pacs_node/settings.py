@@ -157,6 +157,9 @@ class ModelSettings(_Section):
     tile_overlap: int = Field(default=32, ge=0)
     amp: bool = True
     compile: bool = False
+    # Presets marked experimental (not shown to beat the classical baseline on real data)
+    # run only when this is true; otherwise start-up and jobs refuse them with the reason.
+    allow_experimental: bool = False
 
     @property
     def presets_path(self) -> Path:
