@@ -143,7 +143,8 @@ def enhance_series(
     ModelError
         When the model fails or returns a volume of the wrong shape.
     """
-    if any(is_multiframe_enhanceable(Path(p)) for p in paths):
+    # One header read: a series does not mix SOP classes (classify.series_skip_reason).
+    if paths and is_multiframe_enhanceable(Path(paths[0])):
         return _enhance_multiframe(paths, preset, enhancer, derived, used_series_numbers, progress)
     volume = load_series(paths)
     values, spacing, seconds = _run(enhancer, volume.values, volume.spacing_mm, progress)
