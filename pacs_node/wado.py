@@ -46,7 +46,8 @@ def fetch_series_instances(
     if missing:
         url = f"{node_url.rstrip('/')}/dicom-web/studies/{study_uid}/series/{series_uid}"
         try:
-            headers = {"Accept": 'multipart/related; type="application/dicom"'}
+            # As stored, byte for byte (compressed ones too): the worker decodes them itself.
+            headers = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
             if token:  # a token of role worker (DICOMweb needs one unless opened)
                 headers["Authorization"] = f"Bearer {token}"
             response = requests.get(url, headers=headers, timeout=timeout_s)

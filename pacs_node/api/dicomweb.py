@@ -11,7 +11,7 @@ import io
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,14 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from pacs_node.admin import Principal
 from pacs_node.api.auth import DicomwebAccess
 from pacs_node.api.multipart import MultipartError, build_related, parse_content_type, split_related
 from pacs_node.db.archive import ArchiveIndex, SeriesRow, StoredInstance, StudyFilter
 from pacs_node.db.repository import JobRepository
+from pacs_node.dicom.codecs import DecodeError, pixel_array
 from pacs_node.ingest import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -58,6 +60,8 @@ CONTROL_KEYS = {"limit", "offset", "includefield", "fuzzymatching"}
 # Shown to viewers without patient data as HIDDEN, and not searchable by them.
 PATIENT_KEYS = {"PatientName", "PatientID", "PatientBirthDate", "AccessionNumber"}
 HIDDEN = "(hidden)"
+# WADO-RS default transfer syntax (PS3.18 8.7.3.5.2).
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 
 
 @dataclass
@@ -420,32 +424,59 @@ def create_dicomweb_router(
             raise HTTPException(404, f"no such {what} on this node")
         return found
 
-    def _check_accept(request: Request, wanted: str) -> None:
+    def _check_accept(request: Request, wanted: str) -> str:
+        """The transfer syntax asked for (PS3.18 8.7.3.5.2): ``*`` for each instance as
+        stored, a UID, or Explicit VR Little Endian when none is named."""
         accept = request.headers.get("accept", "*/*")
         for option in accept.split(","):
             parsed = parse_content_type(option.strip())
+            syntax = parsed.params.get("transfer-syntax", EXPLICIT_VR_LE).strip()
             if parsed.media_type in ("*/*", "multipart/*"):
-                return
+                return syntax
             if parsed.media_type == "multipart/related" and parsed.params.get(
                 "type", DICOM
             ).lower() in (wanted, "*/*"):
-                return
+                return syntax
             if wanted == DICOM_JSON and parsed.media_type in (DICOM_JSON, "application/json"):
-                return
+                return syntax
         raise HTTPException(406, f"this resource is served as {wanted}, not {accept}")
 
-    def _files(items: list[StoredInstance]) -> Iterator[tuple[bytes, str]]:
-        for item in items:
-            data = Path(item.path).read_bytes()
-            yield data, DICOM
+    def _encoded(path: Path, syntax: str) -> tuple[bytes, str]:
+        """One stored instance in ``syntax`` (``*``: as stored), with its part type."""
+        data = path.read_bytes()
+        stored = str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+                     .file_meta.TransferSyntaxUID)  # fmt: skip
+        if syntax in ("*", stored):
+            return data, f"{DICOM}; transfer-syntax={stored}"
+        if syntax != EXPLICIT_VR_LE:
+            raise HTTPException(
+                406, f"an instance is stored as {stored}; ask for it as stored "
+                f"(transfer-syntax=*) or as {EXPLICIT_VR_LE}, not {syntax}",
+            )  # fmt: skip
+        ds = pydicom.dcmread(io.BytesIO(data))
+        try:
+            if ds.file_meta.TransferSyntaxUID.is_compressed:
+                pixel_array(ds)  # a decoder failure becomes a DecodeError
+                ds.decompress(generate_instance_uid=False)
+            else:
+                ds.file_meta.TransferSyntaxUID = UID(EXPLICIT_VR_LE)
+        except DecodeError as exc:
+            raise HTTPException(500, f"a stored instance cannot be decoded: {exc}") from exc
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True, implicit_vr=False, little_endian=True)
+        return buffer.getvalue(), f"{DICOM}; transfer-syntax={EXPLICIT_VR_LE}"
+
+    def _files(items: list[StoredInstance], syntax: str) -> list[tuple[bytes, str]]:
+        # Encoded before the response starts, so a refusal is an HTTP error, not a cut body.
+        return [_encoded(Path(item.path), syntax) for item in items]
 
     def retrieve(request: Request, study: str, series: str | None, sop: str | None) -> Response:
-        _check_accept(request, DICOM)
+        syntax = _check_accept(request, DICOM)
         items = _find(study, series, sop)
         missing = [i.sop_instance_uid for i in items if not Path(i.path).is_file()]
         if missing:
             raise HTTPException(410, f"{len(missing)} stored file(s) no longer exist")
-        chunks, header = build_related(_files(items), DICOM)
+        chunks, header = build_related(_files(items, syntax), DICOM)
         return StreamingResponse(iter(chunks), media_type=header)
 
     def metadata(request: Request, study: str, series: str | None, sop: str | None) -> Response:

@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
 from requests.exceptions import HTTPError
 from sqlalchemy import Engine
 
@@ -224,7 +225,7 @@ def test_wado_returns_the_stored_bytes_and_metadata(server: Server, tmp_path: Pa
     )
     content_type = parse_content_type(response.headers["content-type"])
     [(headers, payload)] = split_related(response.content, content_type.params["boundary"])
-    assert headers["content-type"] == "application/dicom"
+    assert headers["content-type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
     assert payload == _encoded(first)
     metadata = server.client.retrieve_series_metadata(study, uid)
     assert len(metadata) == 3 and all("7FE00010" not in m for m in metadata)
@@ -356,3 +357,34 @@ def test_an_open_dicomweb_answers_without_a_token_and_says_so(
     assert stored.status_code == 200
     assert client.get("/dicom-web/studies").status_code == 200
     assert client.get("/api/jobs").status_code == 401  # the admin API still needs a token
+
+
+def test_wado_sends_explicit_vr_le_by_default_and_as_stored_on_request(
+    server: Server, transfer_syntax_dir: Path
+) -> None:
+    stored_file = transfer_syntax_dir / "CT1_J2KR.dcm"  # JPEG 2000 lossless, as received
+    original = pydicom.dcmread(stored_file)
+    assert _stow_raw(server, [stored_file.read_bytes()]).status_code == 200
+    url = (f"{server.url}/dicom-web/studies/{original.StudyInstanceUID}/series/"
+           f"{original.SeriesInstanceUID}/instances/{original.SOPInstanceUID}")  # fmt: skip
+
+    def part(accept: str) -> tuple[int, dict[str, str], bytes]:
+        response = server.http.get(url, headers={"Accept": accept})
+        if response.status_code != 200:
+            return response.status_code, {}, b""
+        boundary = parse_content_type(response.headers["content-type"]).params["boundary"]
+        [(headers, payload)] = split_related(response.content, boundary)
+        return 200, headers, payload
+
+    related = 'multipart/related; type="application/dicom"'
+    code, headers, payload = part(related)  # no transfer syntax named: Explicit VR LE
+    assert code == 200 and headers["content-type"].endswith("transfer-syntax=1.2.840.10008.1.2.1")
+    decoded = pydicom.dcmread(DicomBytesIO(payload))
+    assert decoded.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert decoded.SOPInstanceUID == original.SOPInstanceUID
+    assert (decoded.pixel_array == original.pixel_array).all()
+    code, _, payload = part(related + "; transfer-syntax=*")  # as stored, byte for byte
+    assert code == 200 and payload == stored_file.read_bytes()
+    code, _, payload = part(related + "; transfer-syntax=1.2.840.10008.1.2.4.90")
+    assert code == 200 and payload == stored_file.read_bytes()
+    assert part(related + "; transfer-syntax=1.2.840.10008.1.2.4.80")[0] == 406
