@@ -70,6 +70,17 @@ def _text(ds: Dataset, keyword: str, length: int) -> str | None:
     return str(ds.get(keyword, "") or "")[:length] or None
 
 
+def decoding_problem(ds: Dataset) -> str | None:
+    """Why the data set's elements cannot all be decoded (an unknown VR, a malformed
+    value, a broken sequence), or None. pydicom decodes lazily, so a damaged element
+    would otherwise fail later, wherever it is first read."""
+    try:
+        ds.walk(lambda _ds, _elem: None)
+    except Exception as exc:  # noqa: BLE001 - edge: any decoding failure is the reason
+        return f"cannot decode dataset: {type(exc).__name__}: {exc}"[:200]
+    return None
+
+
 def check_dataset(ds: Dataset, transfer_syntax_uid: str) -> IngestResult | None:
     """A failure result when ``ds`` cannot be filed or its pixels used, else None."""
     problem = identifier_problem(ds)
@@ -150,6 +161,10 @@ class Receiver:
         origin
             Sender, for the job row and its audit trail.
         """
+        problem = decoding_problem(ds)
+        if problem is not None:
+            logger.warning("%s: instance refused: %s", origin.source, problem)
+            return IngestResult(CANNOT_UNDERSTAND, problem)
         uid = str(ds.get("SOPInstanceUID", "") or "")
         try:
             failure = check_dataset(ds, transfer_syntax_uid)

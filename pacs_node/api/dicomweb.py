@@ -23,7 +23,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from pacs_node.admin import Principal
@@ -39,6 +38,7 @@ from pacs_node.ingest import (
     IngestResult,
     Origin,
     Receiver,
+    decoding_problem,
 )
 
 logger = logging.getLogger(__name__)
@@ -182,8 +182,12 @@ def create_dicomweb_router(
             try:
                 ds = pydicom.dcmread(io.BytesIO(payload))
                 transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
-            except (InvalidDicomError, AttributeError, ValueError, EOFError, OSError) as exc:
-                fail(None, CANNOT_UNDERSTAND, f"not a DICOM file: {exc}")
+            except Exception as exc:  # noqa: BLE001 - edge: any parsing failure is a refusal
+                fail(None, CANNOT_UNDERSTAND, f"not a DICOM file: {exc}"[:200])
+                continue
+            problem = decoding_problem(ds)
+            if problem is not None:
+                fail(None, CANNOT_UNDERSTAND, problem)
                 continue
             if study is not None and str(ds.get("StudyInstanceUID", "")) != study:
                 # PS3.18 10.5: instances of another study than the target are refused.

@@ -388,3 +388,22 @@ def test_wado_sends_explicit_vr_le_by_default_and_as_stored_on_request(
     code, _, payload = part(related + "; transfer-syntax=1.2.840.10008.1.2.4.90")
     assert code == 200 and payload == stored_file.read_bytes()
     assert part(related + "; transfer-syntax=1.2.840.10008.1.2.4.80")[0] == 406
+
+
+def test_stow_of_undecodable_elements_is_a_refusal_not_a_server_error(
+    server: Server, transfer_syntax_dir: Path
+) -> None:
+    # Both found by tests/pacs_node/scp/test_fuzz.py; each was an HTTP 500.
+    good = (
+        transfer_syntax_dir
+        / "CTImage.dcm_LittleEndianExplicitTransferSyntax_1.2.840.10008.1.2.1.dcm"
+    ).read_bytes()
+    unknown_vr = good.replace(b"\x08\x00\x18\x00UI", b"\x08\x00\x18\x00I4", 1)  # SOP UID
+    assert unknown_vr != good
+    meta_start = good.index(b"DICM") + 4
+    broken_meta = good[:meta_start] + b"\x02\x00\x00\x00\x00\x00" + good[meta_start + 6 :]
+    for damaged in (unknown_vr, broken_meta):
+        response = _stow_raw(server, [damaged])
+        assert response.status_code == 409, response.text
+        [failed] = Dataset.from_json(response.json()).FailedSOPSequence
+        assert failed.FailureReason == 0xC210
