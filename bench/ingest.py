@@ -1,0 +1,174 @@
+"""Ingest: the same CT series sent by dcmtk's storescu to the node and to three reference
+receivers (dcmtk storescp, a bare pynetdicom SCP that only writes files, Orthanc), with 1
+and 4 parallel associations, fresh receiver and fresh UIDs each round; prints a table with
+ratios and writes JSON.
+
+Usage: python bench/ingest.py --slices 128 --rounds 3 --out bench/results/ingest-cpu-2cores.json
+
+Each receiver is started fresh for each round and stopped after it; the time is from the
+first storescu start to the last storescu exit (every instance acknowledged), median of the
+rounds. ``TCP_NODELAY=1`` is set for every process (storescu, storescp, Orthanc, the node).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pynetdicom import AE, AllStoragePresentationContexts, evt  # noqa: E402
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # noqa: E402
+
+from tests.helpers.synthetic import make_ct_series  # noqa: E402
+from tests.integration.node import NodeProcess  # noqa: E402
+from tests.integration.peers import OrthancPeer, free_port  # noqa: E402
+
+
+@contextmanager
+def storescp(work: Path) -> Iterator[int]:
+    port = free_port()
+    out = work / "storescp"
+    out.mkdir()
+    process = subprocess.Popen(["storescp", "-aet", "ENHANCE", "-od", str(out), str(port)],
+                               env={**os.environ, "TCP_NODELAY": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(0.5)
+    try:
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@contextmanager
+def bare_pynetdicom(work: Path) -> Iterator[int]:
+    """A pynetdicom SCP that writes each received data set to a file, nothing else."""
+    out = work / "bare"
+    out.mkdir()
+    counter = iter(range(10**9))
+    lock = threading.Lock()
+
+    def store(event: evt.Event) -> int:
+        with lock:
+            n = next(counter)
+        with open(out / f"{n}.dcm", "wb") as handle:
+            handle.write(event.encoded_dataset())
+        return 0
+
+    ae = AE(ae_title="ENHANCE")
+    ae.maximum_associations = 16
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax)
+    ae.add_supported_context(Verification)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, store)])  # fmt: skip
+    try:
+        yield port
+    finally:
+        server.shutdown()
+
+
+@contextmanager
+def orthanc(work: Path) -> Iterator[int]:
+    with OrthancPeer("ENHANCE") as peer:
+        yield peer.dicom_port
+
+
+@contextmanager
+def node(work: Path) -> Iterator[int]:
+    # Defaults, except a long completion timeout: only receiving is measured.
+    with NodeProcess(work / "node", preset="identity", series_timeout_s="600") as process:
+        yield process.port
+
+
+RECEIVERS = {"dcmtk storescp": storescp, "bare pynetdicom SCP": bare_pynetdicom,
+             "Orthanc": orthanc, "node": node}  # fmt: skip
+
+
+def send(folders: list[Path], port: int) -> float:
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    started = time.perf_counter()
+    processes = []
+    for folder in folders:
+        command = ["storescu", "-aec", "ENHANCE", "+sd", "+r", "127.0.0.1", str(port), str(folder)]
+        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE))  # fmt: skip
+    for process in processes:
+        _, err = process.communicate(timeout=600)
+        if process.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode()[-500:]}")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    # Every process here (storescu, storescp, Orthanc, the node) inherits it: DCMTK-based
+    # peers then send without Nagle's delay, as dcmtk recommends for throughput.
+    os.environ["TCP_NODELAY"] = "1"
+    if shutil.which("storescu") is None or shutil.which("storescp") is None:
+        raise SystemExit("dcmtk is needed (make test-deps installs it)")
+    times: dict[str, dict[str, list[float]]] = {r: {"1": [], "4": []} for r in RECEIVERS}
+    size_mb = 0.0
+    for round_ in range(args.rounds):
+        for parallel in (1, 4):
+            for name, receiver in RECEIVERS.items():
+                with tempfile.TemporaryDirectory() as tmp:
+                    work = Path(tmp)
+                    folders = [work / f"in{i}" for i in range(parallel)]
+                    series = make_ct_series(work / "series", n_slices=args.slices, rows=512,
+                                            cols=512, seed=1000 * round_ + parallel)  # fmt: skip
+                    files = sorted((work / "series").rglob("*.dcm"))
+                    assert len(files) == len(series)
+                    size_mb = sum(f.stat().st_size for f in files) / 1e6
+                    for index, path in enumerate(files):  # split across associations
+                        folder = folders[index % parallel]
+                        folder.mkdir(exist_ok=True)
+                        path.rename(folder / path.name)
+                    with receiver(work) as port:
+                        seconds = send(folders, port)
+                    times[name][str(parallel)].append(seconds)
+                    print(f"round {round_ + 1} {name:22s} x{parallel}: {seconds:.2f} s", flush=True)
+    medians = {n: {p: statistics.median(v) for p, v in t.items()} for n, t in times.items()}
+    report = {
+        "command": "python bench/ingest.py " + " ".join(sys.argv[1:]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
+        "series": f"{args.slices} synthetic CT slices 512 x 512, {size_mb:.0f} MB",
+        "rounds": args.rounds,
+        "seconds": times,
+        "median_s": medians,
+        "node_ratio": {
+            ref: {p: medians["node"][p] / medians[ref][p] for p in ("1", "4")}
+            for ref in RECEIVERS
+            if ref != "node"
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\n{'receiver':22s} {'1 assoc':>9s} {'4 assoc':>9s}")
+    for name, value in medians.items():
+        print(f"{name:22s} {value['1']:8.2f}s {value['4']:8.2f}s")
+
+
+if __name__ == "__main__":
+    main()
