@@ -78,16 +78,19 @@ def _local_output(ctx: WorkerContext, series_uid: str, sop_uid: str) -> Path:
 
 def _drop_local_copies(ctx: WorkerContext, job: JobView) -> None:
     """On another host, once the job is DONE: its fetched inputs and derived files (the
-    node keeps both)."""
+    node keeps both). A file that is the node's own (a worker given ``node_url`` but
+    sharing the node's data directory) is never touched."""
     if not ctx.settings.worker.node_url:
         return
     job = ctx.repository.get_job(job.id) or job
-    paths = [ctx.store.received_path(i.sop_instance_uid) for i in ctx.repository.job_inputs(job.id)]
+    local = {ctx.store.received_path(i.sop_instance_uid): Path(i.path)
+             for i in ctx.repository.job_inputs(job.id)}  # fmt: skip
     if job.output_series_instance_uid is not None:
-        paths += [_local_output(ctx, job.output_series_instance_uid, o.sop_instance_uid)
-                  for o in job.outputs]  # fmt: skip
-    for path in paths:
-        path.unlink(missing_ok=True)
+        local.update({_local_output(ctx, job.output_series_instance_uid, o.sop_instance_uid):
+                      Path(o.path) for o in job.outputs})  # fmt: skip
+    for copy, nodes_file in local.items():
+        if copy.resolve() != nodes_file.resolve():
+            copy.unlink(missing_ok=True)
 
 
 def _pending_outputs(ctx: WorkerContext, job: JobView) -> list[Path] | None:

@@ -293,3 +293,26 @@ def test_a_forward_that_cannot_succeed_is_a_dead_letter_with_its_reason(
     assert job is not None and job.status is JobStatus.FAILED
     assert job.error_code == "forward_failed"
     assert "no destination for calling AE 'X'" in (job.error_message or "")
+
+
+def test_a_remote_worker_never_deletes_the_nodes_own_files(tmp_path: Path, db_url: str) -> None:
+    from workers.job import _drop_local_copies
+
+    # Misconfigured: node_url set, yet the worker shares the node's data directory.
+    settings = Settings(data_dir=tmp_path, database_url=db_url,
+                        worker={"node_url": "http://node:8000", "node_token": "pn_x"})  # fmt: skip
+    ctx = WorkerContext.from_settings(settings)
+    sources = make_ct_series(None, n_slices=2, rows=16, cols=16)
+    job_id = _queue(ctx, sources, preset="identity")
+    derived = ctx.store.derived_path("2.25.1", "2.25.2")
+    ctx.store.write_atomic(derived, b"DICM")
+    ctx.repository.replace_outputs(job_id, "2.25.1", [("2.25.2", "1.1", str(derived))])
+    job = ctx.repository.get_job(job_id)
+    assert job is not None
+    _drop_local_copies(ctx, job)
+    inputs = [ctx.store.received_path(str(ds.SOPInstanceUID)) for ds in sources]
+    assert all(p.is_file() for p in inputs) and derived.is_file()  # the node's: kept
+    # A real copy on another host, with the node's file elsewhere, is deleted.
+    ctx.repository.replace_outputs(job_id, "2.25.1", [("2.25.2", "1.1", "/elsewhere/x.dcm")])
+    _drop_local_copies(ctx, ctx.repository.get_job(job_id) or job)
+    assert not derived.exists()
