@@ -89,9 +89,10 @@ def register() -> None:
 
     with _registered:
         for syntax in _JPEG:
-            decoder = get_decoder(syntax)
-            if PLUGIN not in decoder.available_plugins and PLUGIN not in decoder._unavailable:
-                decoder.add_plugin(PLUGIN, (__name__, "_decode_frame"))
+            try:
+                get_decoder(syntax).add_plugin(PLUGIN, (__name__, "_decode_frame"))
+            except ValueError:  # already added (this module supports every one of _JPEG)
+                continue
 
 
 class DecodeError(ValueError):
