@@ -110,6 +110,10 @@ class Receiver:
         self.metrics = metrics
         self.disk = disk
 
+    def disk_refusal(self) -> str | None:
+        """Why new data must be refused now (the data disk past its watermark), or None."""
+        return self.disk.refusal() if self.disk is not None else None
+
     def count(self, protocol: str, result: IngestResult) -> IngestResult:
         """Count ``result`` in the receiver metrics and return it."""
         if self.metrics is not None:
@@ -177,7 +181,7 @@ class Receiver:
             if self.repository.find_instance(uid):
                 logger.info("%s: instance %s is a duplicate, already stored", origin.source, uid)
                 return IngestResult(SUCCESS, duplicate=True)
-            full = self.disk.refusal() if self.disk is not None else None
+            full = self.disk_refusal()
             if full is not None:
                 logger.warning("%s: instance %s refused: %s", origin.source, uid, full)
                 return IngestResult(OUT_OF_RESOURCES, full)

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import ExplicitVRLittleEndian
 
 from pacs_node.admin import Principal
 from pacs_node.api.auth import DicomwebAccess
@@ -61,7 +61,7 @@ CONTROL_KEYS = {"limit", "offset", "includefield", "fuzzymatching"}
 PATIENT_KEYS = {"PatientName", "PatientID", "PatientBirthDate", "AccessionNumber"}
 HIDDEN = "(hidden)"
 # WADO-RS default transfer syntax (PS3.18 8.7.3.5.2).
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+EXPLICIT_VR_LE = str(ExplicitVRLittleEndian)
 
 
 @dataclass
@@ -214,7 +214,7 @@ def create_dicomweb_router(
     async def stow(request: Request, study: str | None) -> Response:
         if receiver is None:
             raise HTTPException(503, "this node does not accept STOW-RS")
-        full = receiver.disk.refusal() if receiver.disk is not None else None
+        full = receiver.disk_refusal()
         if full is not None:  # refused before the body is read: nothing is half-stored
             receiver.count("STOW-RS", IngestResult(OUT_OF_RESOURCES, full))
             raise HTTPException(507, full)
@@ -463,7 +463,7 @@ def create_dicomweb_router(
                 pixel_array(ds)  # a decoder failure becomes a DecodeError
                 ds.decompress(generate_instance_uid=False)
             else:
-                ds.file_meta.TransferSyntaxUID = UID(EXPLICIT_VR_LE)
+                ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         except DecodeError as exc:
             raise HTTPException(500, f"a stored instance cannot be decoded: {exc}") from exc
         buffer = io.BytesIO()

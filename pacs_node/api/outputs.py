@@ -41,7 +41,7 @@ def create_outputs_router(
             raise HTTPException(403, f"token {who.name!r} has role {who.role}; worker required")
         if receiver is None:
             raise HTTPException(503, "this node stores no files")
-        full = receiver.disk.refusal() if receiver.disk is not None else None
+        full = receiver.disk_refusal()
         if full is not None:  # refused before the body is read: nothing is half-stored
             raise HTTPException(507, full)
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()

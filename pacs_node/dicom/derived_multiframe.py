@@ -33,7 +33,7 @@ from pacs_node.dicom.derived import (
     related_series_item,
     source_image_item,
 )
-from pacs_node.dicom.multiframe import frame_item
+from pacs_node.dicom.multiframe import frame_rescale
 from pacs_node.dicom.uids import derived_series_uid, derived_sop_uid, device_uid
 
 _FRAME_TYPES = ("CTImageFrameTypeSequence", "MRImageFrameTypeSequence")
@@ -143,9 +143,7 @@ def build_derived_multiframe(
         source_stored = source.pixel_array.reshape(frames, rows, columns)
     stored = []
     for index in range(frames):
-        transform = frame_item(source, index, "PixelValueTransformationSequence") or source
-        slope = float(transform.get("RescaleSlope", 1) or 1)
-        intercept = float(transform.get("RescaleIntercept", 0) or 0)
+        slope, intercept = frame_rescale(source, index)
         frame_stored = None if source_stored is None else source_stored[index]
         stored.append(_stored_pixels(source, index, values[index], slope, intercept, 1,
                                      frame_stored).tobytes())  # fmt: skip

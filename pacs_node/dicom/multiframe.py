@@ -97,10 +97,11 @@ class FrameStack:
     dataset: Dataset
     path: Path
     spacing_mm: tuple[float, float, float]
-    rescale: list[tuple[float, float]]  # (slope, intercept) per frame, instance order
 
 
-def _rescale(ds: Dataset, frame: int) -> tuple[float, float]:
+def frame_rescale(ds: Dataset, frame: int) -> tuple[float, float]:
+    """(Rescale Slope, Rescale Intercept) of frame ``frame`` (0-based): its Pixel Value
+    Transformation, else the top level, else the identity."""
     item = frame_item(ds, frame, "PixelValueTransformationSequence")
     source = item if item is not None else ds
     slope, intercept = source.get("RescaleSlope"), source.get("RescaleIntercept")
@@ -156,14 +157,13 @@ def load_frames(path: Path) -> FrameStack:
     except DecodeError as exc:
         raise InvalidSeriesError(f"{path}: pixel data cannot be decoded ({exc})") from exc
     stored = stored.reshape(frames, int(ds.Rows), int(ds.Columns))
-    rescale = [_rescale(ds, frame) for frame in range(frames)]
+    rescale = [frame_rescale(ds, frame) for frame in range(frames)]
     values = np.stack([stored[f].astype(np.float32) * rescale[f][0] + rescale[f][1] for f in order])
     slice_spacing = float(np.median(steps)) if frames > 1 else float(
         (frame_item(ds, 0, "PixelMeasuresSequence") or Dataset()).get("SliceThickness", 1.0)
         or 1.0
     )  # fmt: skip
-    return FrameStack(values, order, ds, Path(path), (slice_spacing, row_spacing, column_spacing),
-                      rescale)  # fmt: skip
+    return FrameStack(values, order, ds, Path(path), (slice_spacing, row_spacing, column_spacing))
 
 
 def is_multiframe_enhanceable(path: Path) -> bool:

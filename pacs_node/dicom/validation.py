@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacs_node.dicom.codecs import COMPRESSED, DecodeError, decodable, pixel_array
 
@@ -17,9 +17,9 @@ CANNOT_UNDERSTAND = 0xC210
 _REQUIRED_UIDS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
 # Accepted transfer syntaxes: the uncompressed ones and those the node decodes.
 UNCOMPRESSED: tuple[UID, ...] = (
-    UID("1.2.840.10008.1.2.1"),  # Explicit VR Little Endian
-    UID("1.2.840.10008.1.2"),  # Implicit VR Little Endian
-    UID("1.2.840.10008.1.2.2"),  # Explicit VR Big Endian (retired, still sent)
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    ExplicitVRBigEndian,  # retired, still sent
 )
 ACCEPTED: tuple[UID, ...] = UNCOMPRESSED + tuple(s for s in COMPRESSED if decodable(s))
 # A decompression bomb guard: the most decoded pixel bytes one instance may declare
