@@ -27,6 +27,7 @@ from models.metrics import (
 )
 from models.phantoms import Disk, Phantom, low_contrast_phantom
 from models.simulation import noise_power_spectrum, nps_mean_frequency
+from pacs_node.qa import edge_correlation, flat_noise_sigma
 
 # A method maps a noisy slice (y, x) in HU and the noise σ in HU (the true σ of the added
 # noise on slices and phantoms, an estimate on real low-dose slices; only NLM and BM3D use
@@ -37,7 +38,6 @@ LEVELS_HU: tuple[float, ...] = (20.0, 40.0, 70.0)
 ALL_GROUPS = "all"
 PHANTOM_SEED = 9000  # evaluation phantoms; training phantoms use 5000+
 NPS_ROI_PX = 32
-FLAT_WINDOW_PX = 9
 SLICE_METRICS: tuple[str, ...] = (
     "psnr_full_db",
     "psnr_soft_tissue_db",
@@ -532,41 +532,6 @@ def aggregate_phantoms(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
             entry[f"{metric}_half_width"] = half
         out.append(entry)
     return out
-
-
-def flat_noise_sigma(image_hu: np.ndarray, mask: np.ndarray, window: int = FLAT_WINDOW_PX) -> float:
-    """Noise σ of an image without a reference, from its flat soft tissue.
-
-    The standard deviation (ddof 1) in every ``window`` x ``window`` square lying wholly
-    inside ``mask``; the median over those squares. Squares over an edge or a vessel have a
-    large σ and squares in flat tissue the noise's, so the median follows the flat majority
-    (robust to a minority of structured squares). The square's own mean is removed, so
-    noise power at wavelengths beyond the window is missed: a slight underestimate for
-    coarse noise. If no square fits, the σ over ``mask`` itself.
-    """
-    data = image_hu.astype(np.float64)
-    inside = ndimage.binary_erosion(mask, np.ones((window, window), bool))
-    if not inside.any():
-        return float(np.std(data[mask], ddof=1))
-    mean = ndimage.uniform_filter(data, window)
-    square = ndimage.uniform_filter(data * data, window)
-    n = window * window
-    local = np.sqrt(np.maximum(square - mean * mean, 0.0) * n / (n - 1))
-    return float(np.median(local[inside]))
-
-
-def edge_correlation(image_hu: np.ndarray, output: np.ndarray, region: np.ndarray) -> float:
-    """Pearson correlation, over ``region``, of the smoothed residual magnitude
-    ``G2 * |output - image|`` and the edge map ``|grad(G1 * image)|`` (Gaussian σ in px;
-    the image clipped at -1024): near 0 when a method removes noise alone, high when its
-    residual follows the edges (it removes or blurs structure). NaN for a zero residual."""
-    clipped = np.maximum(image_hu.astype(np.float64), -1024.0)
-    residual = ndimage.gaussian_filter(np.abs(output.astype(np.float64) - image_hu), 2.0)
-    edges = ndimage.gaussian_gradient_magnitude(clipped, 1.0)
-    a, b = residual[region], edges[region]
-    if a.std() == 0.0 or b.std() == 0.0:
-        return math.nan
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 def evaluate_low_dose(

@@ -49,6 +49,9 @@ class Preset:
     strength: Strength = "high"
     # Why the preset is experimental (not shown to help on real data), or None.
     experimental: str | None = None
+    # The node's QA gate limits this preset overrides (name: number, or None to measure a
+    # figure without judging it); the node validates the names.
+    qa: dict[str, float | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.classical is None):
@@ -58,6 +61,11 @@ class Preset:
             raise ValueError(f"preset {self.name!r}: unknown classical filter; known: {known}")
         if self.strength not in STRENGTH_BLEND:
             raise ValueError(f"preset {self.name!r}: strength must be low, medium or high")
+        if not isinstance(self.qa, dict) or not all(
+            v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+            for v in self.qa.values()
+        ):
+            raise ValueError(f"preset {self.name!r}: qa must map limit names to numbers or null")
 
     def model_for(self, device: str) -> str | None:
         """The card name to run on ``device`` (the CPU variant when there is no GPU)."""

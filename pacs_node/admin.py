@@ -225,6 +225,34 @@ class JobAdmin:
                            values=values)  # fmt: skip
             return status
 
+    def release(self, job_id: int, actor: str) -> None:
+        """HELD → QUEUED: send the output the QA gate held, as it is (a worker sends the
+        stored derived instances; if it must enhance again, the gate's verdict is recorded
+        but no longer stops the send)."""
+        with self._sessions.begin() as session:
+            job = self._job(session, job_id)
+            if job.status is not JobStatus.HELD:
+                raise ActionError(f"job {job_id} is {job.status.value}, not HELD")
+            report = json.loads(job.qa) if job.qa else {}
+            report.update(released_by=actor, released_at=utcnow().isoformat())
+            lifecycle.move(session, job_id, JobStatus.QUEUED,
+                           f"output held by the QA gate released by {actor}; sending it",
+                           actor=actor, expect=[JobStatus.HELD],
+                           values={"qa": json.dumps(report), "dispatched_at": None,
+                                   "next_attempt_at": None, "attempts": 0})  # fmt: skip
+
+    def reject(self, job_id: int, actor: str) -> None:
+        """HELD → FAILED (``qa_rejected``): the held output is never sent; the derived
+        files stay until retention or a delete removes them."""
+        with self._sessions.begin() as session:
+            job = self._job(session, job_id)
+            if job.status is not JobStatus.HELD:
+                raise ActionError(f"job {job_id} is {job.status.value}, not HELD")
+            lifecycle.move(session, job_id, JobStatus.FAILED,
+                           f"output held by the QA gate rejected by {actor}",
+                           actor=actor, expect=[JobStatus.HELD],
+                           error_code="qa_rejected")  # fmt: skip
+
     def cancel(self, job_id: int, actor: str) -> None:
         """RECEIVING or QUEUED → FAILED ("cancelled"); a running job cannot be stopped."""
         with self._sessions.begin() as session:

@@ -4,7 +4,7 @@ Run by `pacs-node audit` and after every fault-injection test. Each finding name
 invariant it breaks (docs/architecture.md):
 
 2. every accepted instance belongs to a job, and once the node has settled that job is
-   finished (DONE, FAILED or SKIPPED);
+   finished (DONE, FAILED or SKIPPED) or HELD for an admin by the QA gate;
 3. a DONE job has a derived instance for every instance it received, each with a distinct
    UID (unless retention removed its files);
 4. a running job has a lease with an owner;
@@ -82,7 +82,7 @@ def audit(sessions: Any, store: InstanceStore, *, settled: bool = True) -> list[
             findings.append(Finding(5, f"instance {uid} of unfinished job {job_id}: "
                                        f"{path} is missing"))  # fmt: skip
     for job_id, job in jobs.items():
-        if settled and not job.status.finished:
+        if settled and not job.status.finished and job.status is not JobStatus.HELD:
             findings.append(Finding(2, f"job {job_id} is still {job.status.value}"))
         if job.status in _WORKING and (job.lease_owner is None or job.lease_expires_at is None):
             findings.append(Finding(4, f"job {job_id} is {job.status.value} without a lease"))

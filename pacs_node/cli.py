@@ -223,6 +223,8 @@ def jobs_show(
         ("Error", f"{job.error_code}: {job.error_message}" if job.error_message else None),
     ):
         console.print(f"  {label:<15} {value if value not in (None, '') else '-'}")
+    if job.qa:
+        _print_qa(job.qa)
     events = Table(title="Events")
     for column in ("Time", "Status", "Message"):
         events.add_column(column)
@@ -234,6 +236,24 @@ def jobs_show(
 
         sent_ok = sum(1 for o in job.outputs if acknowledged(o.send_status))
         console.print(f"  Outputs: {len(job.outputs)} derived instances, {sent_ok} acknowledged")
+
+
+def _print_qa(qa: dict[str, Any]) -> None:
+    """The QA gate's verdict and figures of a job."""
+    released = f", released by {qa['released_by']}" if qa.get("released_by") else ""
+    console.print(f"  {'QA':<15} {qa.get('verdict')} (policy {qa.get('policy', '-')}, action "
+                  f"{qa.get('action', '-')}{released}; noise σ {qa.get('noise_sigma')}, "
+                  f"{qa.get('slices_measured')} slices)")  # fmt: skip
+    table = Table(title="QA checks")
+    for column in ("Check", "Value", "Limit", "Passed", "Detail"):
+        table.add_column(column)
+    for name, check in qa.get("checks", {}).items():
+        value, limit = check.get("value"), check.get("limit")
+        shown = "-" if value is None else f"{value:.4g}"
+        bound = "-" if limit is None else f"{limit:g}"
+        passed = "yes" if check.get("passed") else "NO"
+        table.add_row(name, shown, bound, passed, check.get("detail") or "")
+    console.print(table)
 
 
 @app.command()
@@ -376,7 +396,7 @@ def enhance(
             outcome.status, f"{outcome.message} {outcome.output_dir or ''}".strip(),
         )  # fmt: skip
     console.print(table)
-    if any(o.status == "FAILED" for o in outcomes):
+    if any(o.status in ("FAILED", "QA_FAILED") for o in outcomes):
         raise typer.Exit(1)
 
 
@@ -506,6 +526,26 @@ def jobs_retry(
     admin = JobAdmin(_sessions(_settings(config)))
     _act(lambda: admin.retry(job_id, _actor(), force=force).value, as_json,
          {"job": job_id, "status": _RESULT}, "job {job} is {status} again")  # fmt: skip
+
+
+@jobs_app.command("release")
+def jobs_release(job_id: int, config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Send a HELD job's output, which the QA gate stopped, as it is."""
+    from pacs_node.admin import JobAdmin
+
+    admin = JobAdmin(_sessions(_settings(config)))
+    _act(lambda: admin.release(job_id, _actor()), as_json,
+         {"job": job_id, "status": "QUEUED"}, "job {job} released; its output is sent")  # fmt: skip
+
+
+@jobs_app.command("reject")
+def jobs_reject(job_id: int, config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Reject a HELD job's output: it is never sent, and the job ends FAILED (qa_rejected)."""
+    from pacs_node.admin import JobAdmin
+
+    admin = JobAdmin(_sessions(_settings(config)))
+    _act(lambda: admin.reject(job_id, _actor()), as_json,
+         {"job": job_id, "status": "FAILED"}, "job {job} rejected")  # fmt: skip
 
 
 @jobs_app.command("cancel")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
+from pydantic import ValidationError
+
 from models.base import Enhancer
 from models.checkpoint import CheckpointError
 from models.engine import EngineOptions
 from models.registry import ModelRegistry, Preset, PresetError, build_enhancer, load_presets
 from pacs_node.errors import ConfigError, ModelError
-from pacs_node.settings import Settings
+from pacs_node.qa import Gate
+from pacs_node.settings import QALimits, Settings
 
 
 class EnhancerCache:
@@ -22,6 +25,7 @@ class EnhancerCache:
             self.presets: dict[str, Preset] = load_presets(settings.models.presets_path)
         except PresetError as exc:
             raise ConfigError(str(exc)) from exc
+        self._qa_limits = {name: self._limits(preset) for name, preset in self.presets.items()}
         extra = [settings.models.weights_dir] if settings.models.weights_dir else []
         self.registry = ModelRegistry(extra)
         models = settings.models
@@ -36,6 +40,24 @@ class EnhancerCache:
         )
         self._loaded: dict[str, Enhancer] = {}
         self._lock = threading.Lock()
+
+    def _limits(self, preset: Preset) -> QALimits:
+        try:
+            return self._settings.qa.limits.with_overrides(preset.qa)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                                 for e in exc.errors())  # fmt: skip
+            raise ConfigError(f"preset {preset.name}: invalid qa limits: {problems}") from exc
+
+    def qa_limits(self, name: str) -> QALimits:
+        """The QA gate's limits for preset ``name``: the settings' with its overrides."""
+        self.preset(name)
+        return self._qa_limits[name]
+
+    def gate(self, name: str) -> Gate | None:
+        """The QA gate for preset ``name``'s outputs (None when ``qa.enabled`` is off)."""
+        qa = self._settings.qa
+        return Gate(self.qa_limits(name), qa.max_slices) if qa.enabled else None
 
     def preset(self, name: str) -> Preset:
         """The preset ``name``; ``ModelError`` listing the known ones otherwise."""

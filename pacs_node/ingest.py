@@ -129,7 +129,7 @@ class Receiver:
         destinations = self.routing.resolved_destinations(decision, origin.calling_ae_title)
         return Route(
             decision.preset, destinations, decision.rule, decision.strength,
-            decision.forward_skipped,
+            decision.forward_skipped, decision.qa_failure,
         )  # fmt: skip
 
     def accept(

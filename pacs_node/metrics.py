@@ -9,6 +9,7 @@ import sys
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -77,6 +78,12 @@ class JobCollector(Collector):
                     .group_by(JobEvent.job_id)
                 ).all()
             )
+            verdicts = session.execute(
+                select(Job.preset, Job.qa_verdict, func.count())
+                .where(Job.qa_verdict.is_not(None))
+                .group_by(Job.preset, Job.qa_verdict)
+            ).all()
+            failed_reports = session.scalars(select(Job.qa).where(Job.qa_verdict == "fail")).all()
             failures = session.execute(
                 select(Job.destinations, func.count())
                 .join(JobOutput, JobOutput.job_id == Job.id)
@@ -128,7 +135,27 @@ class JobCollector(Collector):
         for name, count in sorted(by_destination.items()):
             sends.add_metric([name], float(count))
         yield sends
+        yield from _qa(verdicts, failed_reports)
         yield from _gpu()
+
+
+def _qa(verdicts: Iterable[Any], failed_reports: Iterable[str | None]) -> Iterator[Metric]:
+    """The QA gate's verdicts by preset, and how often each check failed."""
+    by_verdict = GaugeMetricFamily("pacs_node_qa_jobs", "Jobs by QA gate verdict and preset",
+                                   labels=["preset", "verdict"])  # fmt: skip
+    for preset, verdict, count in verdicts:
+        by_verdict.add_metric([str(preset), str(verdict)], float(count))
+    yield by_verdict
+    checks: Tally[str] = Tally()
+    for text in failed_reports:
+        report = json.loads(text or "{}")
+        checks.update(name for name, c in report.get("checks", {}).items() if not c["passed"])
+    failed = GaugeMetricFamily(
+        "pacs_node_qa_check_failures", "Jobs whose output failed each QA check", labels=["check"]
+    )
+    for name, count in sorted(checks.items()):
+        failed.add_metric([name], float(count))
+    yield failed
 
 
 def _gpu() -> Iterator[Metric]:

@@ -26,7 +26,7 @@ class SeriesOutcome:
     series_number: int | None
     description: str
     instances: int
-    status: str  # DONE, SKIPPED or FAILED
+    status: str  # DONE, QA_FAILED (written, for inspection), SKIPPED or FAILED
     message: str
     output_dir: Path | None = None
 
@@ -41,7 +41,9 @@ def enhance_folder(
     """Enhance every enhanceable series under ``input_dir`` into ``output_dir``.
 
     Output folders are named by series number (``S<number>``), files ``IM00001.dcm``...:
-    nothing in a path comes from a received string.
+    nothing in a path comes from a received string. With ``qa.enabled`` the QA gate
+    measures each output: one that fails is still written (QA_FAILED, for inspection),
+    unless it cannot be written at all (FAILED).
     """
     enhancers = EnhancerCache(settings)
     enhancer = enhancers.get(preset)
@@ -52,6 +54,7 @@ def enhance_folder(
         if f.headers[0].get("SeriesNumber") not in (None, "")
     }
     store = InstanceStore(output_dir)
+    gate = enhancers.gate(preset)
     outcomes = []
     for series_uid, series in found.items():
         files = series.paths
@@ -69,11 +72,18 @@ def enhance_folder(
         )
         try:
             result = enhance_series(
-                files, preset, enhancer, settings.derived, used_numbers, progress
+                files, preset, enhancer, settings.derived, used_numbers, progress, gate
             )
         except (InvalidSeriesError, ModelError) as exc:
             outcomes.append(
                 SeriesOutcome(series_uid, number, description, len(files), "FAILED", str(exc))
+            )
+            continue
+        qa = result.qa
+        if not result.datasets:
+            summary = qa.summary() if qa is not None else "no output"
+            outcomes.append(
+                SeriesOutcome(series_uid, number, description, len(files), "FAILED", summary)
             )
             continue
         derived_number = int(result.datasets[0].SeriesNumber)
@@ -82,7 +92,10 @@ def enhance_folder(
         for index, ds in enumerate(result.datasets, start=1):
             store.write_dataset(folder / f"IM{index:05d}.dcm", ds)
         message = f"{result.model.name} {result.model.version}, {result.seconds:.2f} s"
+        status = "QA_FAILED" if qa is not None and qa.verdict == "fail" else "DONE"
+        if qa is not None:
+            message += f"; {qa.summary()}"
         outcomes.append(
-            SeriesOutcome(series_uid, number, description, len(files), "DONE", message, folder)
+            SeriesOutcome(series_uid, number, description, len(files), status, message, folder)
         )
     return outcomes

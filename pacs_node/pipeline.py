@@ -23,6 +23,7 @@ from pacs_node.dicom.derived_multiframe import build_derived_multiframe
 from pacs_node.dicom.multiframe import is_multiframe_enhanceable, load_frames
 from pacs_node.dicom.volume import load_series
 from pacs_node.errors import InvalidSeriesError, ModelError
+from pacs_node.qa import Gate, QAReport, geometry_problems, measure
 from pacs_node.settings import DerivedSettings
 
 Progress = Callable[[int, int], None]
@@ -36,6 +37,9 @@ class EnhancedSeries:
     sources: list[str]
     model: ModelInfo
     seconds: float
+    # The QA gate's figures (None when no gate was given); no datasets when the output
+    # could not be written (wrong grid, NaN or Inf).
+    qa: QAReport | None = None
 
     @property
     def series_instance_uid(self) -> str:
@@ -84,6 +88,34 @@ def _run(
     return out, out_spacing, time.perf_counter() - started
 
 
+def _gated(
+    gate: Gate | None,
+    enhancer: Enhancer,
+    source: np.ndarray,
+    values: np.ndarray,
+    modality: str,
+    problems: list[str],
+) -> QAReport | None:
+    """The gate's report on ``values``; without a gate, a broken model contract (wrong
+    grid, ``problems``) is a ModelError as before."""
+    if gate is None:
+        if problems:
+            raise ModelError(f"model {enhancer.info.name} returned {problems[0]}")
+        return None
+    return measure(source, values, modality=modality, scale=enhancer.info.scale_factor,
+                   limits=gate.limits, max_slices=gate.max_slices,
+                   geometry_problems=problems)  # fmt: skip
+
+
+def _with_geometry(report: QAReport | None, problems: list[str], source: np.ndarray,
+                   values: np.ndarray, modality: str, enhancer: Enhancer, gate: Gate | None
+                   ) -> QAReport | None:  # fmt: skip
+    """The report again when the built instances' geometry is wrong."""
+    if report is None or not problems or gate is None:
+        return report
+    return _gated(gate, enhancer, source, values, modality, problems)
+
+
 def _series_number(source: Dataset, used: Collection[int], derived: DerivedSettings) -> int:
     number = source.get("SeriesNumber")
     return choose_series_number(
@@ -98,6 +130,7 @@ def _enhance_multiframe(
     derived: DerivedSettings,
     used_series_numbers: Collection[int],
     progress: Progress | None,
+    gate: Gate | None,
 ) -> EnhancedSeries:
     """One Enhanced CT/MR instance: its frames as a volume through the model, written back
     as one derived instance of the same SOP class."""
@@ -113,17 +146,22 @@ def _enhance_multiframe(
         )
     stack = load_frames(Path(paths[0]))
     values, _, seconds = _run(enhancer, stack.values, stack.spacing_mm, progress)
-    if values.shape != stack.values.shape:
-        raise ModelError(
-            f"model {enhancer.info.name} returned shape {values.shape}; expected "
-            f"{stack.values.shape}"
-        )
+    modality = str(stack.dataset.get("Modality", ""))
+    problems = ([] if values.shape == stack.values.shape
+                else [f"shape {values.shape}; expected {stack.values.shape}"])  # fmt: skip
+    report = _gated(gate, enhancer, stack.values, values, modality, problems)
+    sources = [str(stack.dataset.SOPInstanceUID)]
+    if report is not None and not report.usable:
+        return EnhancedSeries([], sources, enhancer.info, seconds, report)
     in_frame_order = np.empty_like(values)
     in_frame_order[stack.order] = values
     number = _series_number(stack.dataset, used_series_numbers, derived)
     info = derivation_info(preset, enhancer.info, derived, number)
     dataset = build_derived_multiframe(stack.dataset, in_frame_order, info, datetime.now(UTC))
-    return EnhancedSeries([dataset], [str(stack.dataset.SOPInstanceUID)], enhancer.info, seconds)
+    frames = int(dataset.get("NumberOfFrames", 1))
+    wrong = [] if frames == len(stack.order) else [f"{frames} frames for {len(stack.order)}"]
+    report = _with_geometry(report, wrong, stack.values, values, modality, enhancer, gate)
+    return EnhancedSeries([dataset], sources, enhancer.info, seconds, report)
 
 
 def enhance_series(
@@ -133,43 +171,51 @@ def enhance_series(
     derived: DerivedSettings,
     used_series_numbers: Collection[int],
     progress: Progress | None = None,
+    gate: Gate | None = None,
 ) -> EnhancedSeries:
     """Load the series at ``paths``, run ``enhancer`` and build the derived series.
+
+    With ``gate``, the QA gate measures the output (``EnhancedSeries.qa``); an output that
+    cannot be written (wrong grid, NaN or Inf) then comes back with no datasets instead of
+    raising, so the caller can apply its failure policy.
 
     Raises
     ------
     InvalidSeriesError
         When the files do not form a usable volume.
     ModelError
-        When the model fails or returns a volume of the wrong shape.
+        When the model fails, or (without ``gate``) returns a volume on the wrong grid.
     """
     # One header read: a series does not mix SOP classes (classify.series_skip_reason).
     if paths and is_multiframe_enhanceable(Path(paths[0])):
-        return _enhance_multiframe(paths, preset, enhancer, derived, used_series_numbers, progress)
+        return _enhance_multiframe(
+            paths, preset, enhancer, derived, used_series_numbers, progress, gate
+        )
     volume = load_series(paths)
     values, spacing, seconds = _run(enhancer, volume.values, volume.spacing_mm, progress)
     scale = enhancer.info.scale_factor
     depth, rows, columns = volume.values.shape
+    problems = []
     if values.shape != (depth, rows * scale, columns * scale):
-        raise ModelError(
-            f"model {enhancer.info.name} returned shape {values.shape}; expected "
-            f"{(depth, rows * scale, columns * scale)} for scale {scale}"
-        )
-    number = _series_number(volume.datasets[0], used_series_numbers, derived)
+        problems.append(f"shape {values.shape}; expected "
+                        f"{(depth, rows * scale, columns * scale)} for scale {scale}")  # fmt: skip
     expected_spacing = (
         volume.spacing_mm[0],
         volume.spacing_mm[1] / scale,
         volume.spacing_mm[2] / scale,
     )
     if not all(abs(a - b) < 1e-6 for a, b in zip(spacing, expected_spacing, strict=True)):
-        raise ModelError(f"model {enhancer.info.name} returned spacing {spacing}")
+        problems.append(f"spacing {spacing}; expected {expected_spacing}")
+    modality = str(volume.datasets[0].get("Modality", ""))
+    report = _gated(gate, enhancer, volume.values, values, modality, problems)
+    sources = [str(ds.SOPInstanceUID) for ds in volume.datasets]
+    if report is not None and not report.usable:
+        return EnhancedSeries([], sources, enhancer.info, seconds, report)
+    number = _series_number(volume.datasets[0], used_series_numbers, derived)
     info = derivation_info(preset, enhancer.info, derived, number)
     # The builder derives the new in-plane grid (Rows, Columns, PixelSpacing, positions)
     # from the values' shape.
     datasets = build_derived_series(volume.datasets, values, info, datetime.now(UTC))
-    return EnhancedSeries(
-        datasets=datasets,
-        sources=[str(ds.SOPInstanceUID) for ds in volume.datasets],
-        model=enhancer.info,
-        seconds=seconds,
-    )
+    wrong = geometry_problems(volume.datasets, datasets, scale) if gate is not None else []
+    report = _with_geometry(report, wrong, volume.values, values, modality, enhancer, gate)
+    return EnhancedSeries(datasets, sources, enhancer.info, seconds, report)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydicom.dataset import Dataset
 
 from pacs_node.errors import ConfigError
-from pacs_node.settings import AETitle, CStoreDestination, Port, Settings
+from pacs_node.settings import AETitle, CStoreDestination, FailurePolicy, Port, Settings
 
 Strength = Literal["low", "medium", "high"]
 SENDER = "sender"
@@ -171,6 +171,9 @@ class Rule(_Model):
     # Send series that are SKIPPED (localizers, dose reports, other modalities, preset
     # null) untouched to the destinations, so the PACS still gets the whole study.
     forward_skipped: bool = False
+    # What a job whose output fails the QA gate does (send_original | hold | fail); None:
+    # the worker's qa.failure_policy.
+    qa_failure: FailurePolicy | None = None
 
     @field_validator("destinations", mode="before")
     @classmethod
@@ -251,6 +254,7 @@ class Decision:
     destinations: list[CStoreDestination | StowDestination | SenderDestination]
     reasons: list[str]  # why each earlier rule did not match
     forward_skipped: bool = False
+    qa_failure: str | None = None
 
 
 class Routing:
@@ -310,6 +314,7 @@ class Routing:
                     list(rule.destinations),
                     reasons,
                     rule.forward_skipped,
+                    rule.qa_failure,
                 )
             reasons.append(f"{rule.name}: {failed}")
         raise AssertionError("a pipeline always ends with a default rule")

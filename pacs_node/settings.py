@@ -238,6 +238,47 @@ class AdmissionSettings(_Section):
     min_free_gib: float = Field(default=5.0, ge=0)
 
 
+Limit = Annotated[float, Field(gt=0)] | None
+FailurePolicy = Literal["send_original", "hold", "fail"]
+
+
+class QALimits(_Section):
+    """The limit of each QA check (pacs_node/qa.py); null measures without judging."""
+
+    # Mean of output - input in large uniform regions: HU for CT, noise σ otherwise.
+    mean_shift_hu: Limit = 5.0
+    mean_shift_sigma: Limit = 0.5
+    # σ of the residual in flat regions over the series' estimated noise σ.
+    residual_noise_ratio: Limit = 1.5
+    # Correlation of the residual's magnitude with the source's edges.
+    edge_correlation: Limit = 0.5
+    # How far the output leaves the input's value range: HU for CT, noise σ otherwise.
+    range_excess_hu: Limit = 20.0
+    range_excess_sigma: Limit = 1.0
+    # The noise σ divided by is at least this (CT, HU) or this fraction of the input's
+    # 2-98 % range (other modalities), so a noiseless input is not a failure.
+    noise_floor_hu: float = Field(default=2.0, gt=0)
+    noise_floor_fraction: float = Field(default=0.002, gt=0)
+
+    def with_overrides(self, overrides: dict[str, float | None]) -> QALimits:
+        """These limits with a preset's ``qa`` overrides (validated like the settings)."""
+        return QALimits.model_validate({**self.model_dump(), **overrides})
+
+
+class QASettings(_Section):
+    """The QA gate between the model and the send, run by the worker on every job."""
+
+    enabled: bool = True
+    # What a job whose output fails a check does, unless its routing rule says otherwise:
+    # send_original (forward the source untouched instead), hold (nothing sent until an
+    # admin releases or rejects it) or fail (FAILED with the checks that failed).
+    failure_policy: FailurePolicy = "fail"
+    # Slices the statistical checks measure (evenly spaced); every voxel is checked for
+    # NaN / Inf and range.
+    max_slices: int = Field(default=16, ge=1)
+    limits: QALimits = QALimits()
+
+
 class Settings(BaseSettings):
     """Every setting of the node; see ``configs/default.yaml`` for the documented defaults."""
 
@@ -275,6 +316,7 @@ class Settings(BaseSettings):
     admission: AdmissionSettings = AdmissionSettings()
     dicomweb: DicomwebSettings = DicomwebSettings()
     tls: TlsSettings = TlsSettings()
+    qa: QASettings = QASettings()
 
     @field_validator("destination", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ from pacs_node.db.models import JobStatus
 from pacs_node.db.repository import JobView
 from pacs_node.errors import DispatchError, InvalidSeriesError, ModelError
 from pacs_node.pipeline import enhance_series
+from pacs_node.qa import QAReport
 from pacs_node.routing import StowDestination
 from pacs_node.scu import SendResult, acknowledged, send_c_store, send_stow
 from pacs_node.settings import CStoreDestination
@@ -37,7 +38,9 @@ def _input_paths(ctx: WorkerContext, job: JobView) -> list[Path]:
     return [Path(item.path) for item in inputs]
 
 
-def _enhance_and_write(ctx: WorkerContext, job: JobView) -> list[Path]:
+def _enhance_and_write(ctx: WorkerContext, job: JobView) -> tuple[list[Path], QAReport | None]:
+    """Enhance the job's series and store its derived instances (none when the output
+    cannot be written); the paths and the gate's report."""
     assert job.preset is not None  # jobs without a preset are SKIPPED, never queued
     enhancer = ctx.enhancers.get(job.preset, job.strength)
     sources = _input_paths(ctx, job)
@@ -47,7 +50,10 @@ def _enhance_and_write(ctx: WorkerContext, job: JobView) -> list[Path]:
         enhancer,
         ctx.settings.derived,
         ctx.repository.used_series_numbers(job.study_instance_uid),
+        gate=ctx.enhancers.gate(job.preset),
     )
+    if not result.datasets:
+        return [], result.qa
     series_uid = result.series_instance_uid
     paths: list[Path] = []
     for ds in result.datasets:
@@ -69,7 +75,49 @@ def _enhance_and_write(ctx: WorkerContext, job: JobView) -> list[Path]:
         f"{result.model.name} {result.model.version} enhanced {len(paths)} slices in "
         f"{result.seconds:.2f} s; derived series {series_uid}",
     )
-    return paths
+    return paths, result.qa
+
+
+def _apply_gate(ctx: WorkerContext, job: JobView, report: QAReport) -> JobStatus | None:
+    """Record the gate's report; for a failed output, follow the job's failure policy.
+
+    Returns None when the output may be sent (it passed, or an admin released it), else
+    the status the job ended in: FAILED (``fail``), HELD (``hold``) or SKIPPED with the
+    source forwarded untouched (``send_original``). An output that cannot be written at
+    all (wrong grid, NaN or Inf) cannot be held: ``hold`` fails it instead.
+    """
+    repo, me = ctx.repository, ctx.name
+    earlier = job.qa or {}
+    policy = job.qa_policy or ctx.settings.qa.failure_policy
+    data = report.to_json()
+    data["policy"] = policy
+    summary = report.summary()
+    if report.verdict == "pass" or earlier.get("released_by"):
+        if report.verdict == "fail":
+            data.update(released_by=earlier["released_by"], released_at=earlier.get("released_at"))
+            summary += f"; released by {earlier['released_by']}: sent anyway"
+        data["action"] = "send"
+        repo.record_qa(job.id, data, summary, owner=me)
+        return None
+    action = "fail" if policy == "hold" and not report.usable else policy
+    data["action"] = action
+    repo.record_qa(job.id, data, summary, owner=me)
+    logger.warning("job %d: %s; policy %s", job.id, summary, policy)
+    if action == "hold":
+        repo.qa_outcome(job.id, JobStatus.HELD,
+                        "held: nothing is sent until an admin releases or rejects the output",
+                        owner=me)  # fmt: skip
+        return JobStatus.HELD
+    if action == "send_original":
+        repo.qa_outcome(job.id, JobStatus.SKIPPED,
+                        "the derived series failed the QA gate and is not sent; skipped: the "
+                        "original series is forwarded untouched instead", owner=me)  # fmt: skip
+        return JobStatus.SKIPPED
+    reason = summary
+    if policy == "hold":
+        reason += "; the output cannot be written, so it cannot be held"
+    repo.transition(job.id, JobStatus.FAILED, reason, error_code="qa_failed", owner=me)
+    return JobStatus.FAILED
 
 
 def _local_output(ctx: WorkerContext, series_uid: str, sop_uid: str) -> Path:
@@ -96,9 +144,13 @@ def _drop_local_copies(ctx: WorkerContext, job: JobView) -> None:
 def _pending_outputs(ctx: WorkerContext, job: JobView) -> list[Path] | None:
     """On a retry: the derived files of an earlier attempt that the destination has not
     acknowledged yet, so a failed send repeats neither the model nor the stored instances.
-    None when there is no complete earlier output (then the series is enhanced anew)."""
+    None when there is no complete earlier output, or the QA gate stopped it and no admin
+    released it (then the series is enhanced anew)."""
     if not job.outputs or job.output_series_instance_uid is None:
         return None
+    qa = job.qa or {}
+    if qa and qa.get("action") != "send" and not qa.get("released_by"):
+        return None  # the gate stopped these outputs; only a fresh run may send
     # This worker's own copies: the node's files, or on another host its local ones.
     series_uid = job.output_series_instance_uid
     local = {o.sop_instance_uid: _local_output(ctx, series_uid, o.sop_instance_uid)
@@ -227,8 +279,12 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobStatus | None:
     job = repo.get_job(job_id)
     assert job is not None
     try:
-        pending = _pending_outputs(ctx, job)
-        paths = pending if pending is not None else _enhance_and_write(ctx, job)
+        paths = _pending_outputs(ctx, job)
+        if paths is None:
+            paths, report = _enhance_and_write(ctx, job)
+            outcome = _apply_gate(ctx, job, report) if report is not None else None
+            if outcome is not None:
+                return outcome
     except (InvalidSeriesError, ModelError) as exc:
         repo.transition(job_id, JobStatus.FAILED, str(exc), error_code=exc.code, owner=me)
         logger.warning("job %d failed: %s", job_id, exc)

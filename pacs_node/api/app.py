@@ -195,6 +195,18 @@ def create_app(
         status: JobStatus = act(lambda: admin.retry(job_id, who.name, force=force))
         return {"job": job_id, "status": status.value}
 
+    @app.post("/api/jobs/{job_id}/release", tags=["actions"])
+    def release(job_id: int, who: Principal = admin_only) -> dict[str, Any]:
+        """HELD → QUEUED: the output the QA gate held is sent as it is."""
+        act(lambda: admin.release(job_id, who.name))
+        return {"job": job_id, "status": JobStatus.QUEUED.value}
+
+    @app.post("/api/jobs/{job_id}/reject", tags=["actions"])
+    def reject(job_id: int, who: Principal = admin_only) -> dict[str, Any]:
+        """HELD → FAILED (qa_rejected): the held output is never sent."""
+        act(lambda: admin.reject(job_id, who.name))
+        return {"job": job_id, "status": JobStatus.FAILED.value}
+
     @app.post("/api/jobs/{job_id}/cancel", tags=["actions"])
     def cancel(job_id: int, who: Principal = admin_only) -> dict[str, Any]:
         """RECEIVING or QUEUED → FAILED (cancelled)."""

@@ -10,11 +10,16 @@ for the same job cannot both win.
 ::
 
     RECEIVING ──▶ QUEUED ──▶ RUNNING ──▶ SENDING ──▶ DONE
-        │  │         │          │  ▲        │
-        │  └─────────┴──────────┴──┼────────┴──▶ FAILED ──▶ QUEUED (retry)
-        ▼                          │                │
-     SKIPPED ──▶ FAILED (forward) ◀┘ back to QUEUED └──▶ SKIPPED (retry of a forward)
-                                     (lease expired, send retry)
+        │  │         │  ▲       │  ▲        │
+        │  └─────────┴──┼───────┴──┼────────┴──▶ FAILED ──▶ QUEUED (retry)
+        ▼               │       │  │                │
+     SKIPPED ◀──────────┼───────┘  back to QUEUED   └──▶ SKIPPED (retry of a forward)
+        │   QA failed:  │          (lease expired, send retry)
+        │   send_original
+        ▼               │
+     FAILED (forward)   └── HELD ◀── RUNNING (QA failed: hold)
+                            │  released by an admin: QUEUED (the output is sent)
+                            └─ rejected by an admin: FAILED
 """
 
 from __future__ import annotations
@@ -27,20 +32,22 @@ from sqlalchemy.orm import Session
 
 from pacs_node.db.models import Job, JobEvent, JobStatus, utcnow
 
-R, Q, RUN, S, D, F, K = (
+R, Q, RUN, S, D, F, K, H = (
     JobStatus.RECEIVING, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SENDING,
-    JobStatus.DONE, JobStatus.FAILED, JobStatus.SKIPPED,
+    JobStatus.DONE, JobStatus.FAILED, JobStatus.SKIPPED, JobStatus.HELD,
 )  # fmt: skip
 
 # Which states each state may move to. Finished states leave only by an admin's retry.
 TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
     R: frozenset({Q, K, F}),  # series complete; nothing to do for it; cancelled
     Q: frozenset({RUN, F}),  # claimed by a worker; cancelled
-    RUN: frozenset({S, D, F, Q}),  # Q: lease expired, or retried by an admin
+    # Q: lease expired, or retried by an admin; H, K: the QA gate's hold and send_original
+    RUN: frozenset({S, D, F, Q, H, K}),
     S: frozenset({D, F, Q}),  # Q: a send to retry later, lease expired, admin retry
     D: frozenset(),
     F: frozenset({Q, K}),  # retry: enhance again, or forward again
     K: frozenset({F}),  # forwarding untouched failed for good
+    H: frozenset({Q, F}),  # an admin released (send the output) or rejected it
 }
 
 # States the system or an admin may leave a job in for good; FAILED carries a reason.
@@ -106,7 +113,7 @@ def move(
     changes: dict[str, object] = {"status": to, "updated_at": now}
     if to is F:
         changes.update(error_code=error_code or "error", error_message=message)
-    elif to in (Q, RUN, S):
+    elif to in (Q, RUN, S, H):
         changes.update(error_code=None, error_message=None, finished_at=None)
     if to in FINISHED:
         changes["finished_at"] = now

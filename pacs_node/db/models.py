@@ -53,6 +53,9 @@ class JobStatus(enum.StrEnum):
     DONE = "DONE"
     FAILED = "FAILED"
     SKIPPED = "SKIPPED"
+    # The output failed the QA gate under the ``hold`` policy: nothing is sent until an
+    # admin releases (send it) or rejects (FAILED) the job.
+    HELD = "HELD"
 
     @property
     def finished(self) -> bool:
@@ -154,6 +157,12 @@ class Job(Base):
     # A QUEUED job waiting to retry its sends is not published before this time (back-off
     # kept in the database, so it survives restarts of the node, workers and broker).
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The QA gate's figures and verdict of the last enhancement (JSON, pacs_node/qa.py),
+    # and what its rule does with a failed output (send_original | hold | fail; None: the
+    # worker's qa.failure_policy).
+    qa: Mapped[str | None] = mapped_column(Text)
+    qa_verdict: Mapped[str | None] = mapped_column(String(8), index=True)  # pass | fail
+    qa_policy: Mapped[str | None] = mapped_column(String(16))
 
     series: Mapped[Series] = relationship(back_populates="jobs")
     events: Mapped[list[JobEvent]] = relationship(

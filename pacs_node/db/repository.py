@@ -75,6 +75,7 @@ class Route:
     rule: str | None = None
     strength: str | None = None
     forward_skipped: bool = False
+    qa_failure: str | None = None  # the rule's QA failure policy; None: the worker's
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,9 @@ class JobView:
     finished_at: datetime | None
     events: list[EventView] = field(default_factory=list)
     outputs: list[OutputView] = field(default_factory=list)
+    # The QA gate's report of the last enhancement (pacs_node/qa.py) and the rule's policy.
+    qa: dict[str, Any] | None = None
+    qa_policy: str | None = None
 
 
 def _view(job: Job, *, details: bool) -> JobView:
@@ -180,6 +184,8 @@ def _view(job: Job, *, details: bool) -> JobView:
         last_instance_at=job.last_instance_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        qa=json.loads(job.qa) if job.qa else None,
+        qa_policy=job.qa_policy,
         events=[EventView(e.at, e.status, e.message, e.actor) for e in job.events]
         if details
         else [],
@@ -278,6 +284,7 @@ class JobRepository:
                     strength=route.strength,
                     destinations=json.dumps(list(route.destinations)),
                     forward_skipped=route.forward_skipped,
+                    qa_policy=route.qa_failure,
                     calling_ae_title=received.calling_ae_title,
                     called_ae_title=received.called_ae_title,
                     instance_count=0,
@@ -608,6 +615,49 @@ class JobRepository:
             if owner is not None:
                 raise LeaseLost(f"job {job_id} is no longer held by {owner}")
             raise lifecycle.IllegalTransition(f"job {job_id} cannot move to {status.value} now")
+
+    # -- the QA gate ------------------------------------------------------------------
+
+    def record_qa(self, job_id: int, report: Mapping[str, Any], message: str, owner: str) -> None:
+        """Store the gate's report in the job row with its summary as an event, while
+        ``owner`` holds the job.
+
+        Raises
+        ------
+        LeaseLost
+            If ``owner`` no longer holds the job.
+        """
+        with self._sessions.begin() as session:
+            result = session.execute(
+                update(Job).where(Job.id == job_id, Job.status.in_(_LEASED), *_held_by(owner))
+                .values(qa=json.dumps(dict(report)), qa_verdict=str(report["verdict"]))
+            )  # fmt: skip
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                raise LeaseLost(f"job {job_id} is no longer held by {owner}")
+            lifecycle.note(session, job_id, message, actor=owner)
+
+    def qa_outcome(self, job_id: int, to: JobStatus, message: str, owner: str) -> None:
+        """The gate failed an output: HELD (the ``hold`` policy; nothing sent until an admin
+        decides) or SKIPPED with the source forwarded untouched (``send_original``); the
+        worker's lease ends either way.
+
+        Raises
+        ------
+        LeaseLost
+            If ``owner`` no longer holds the job.
+        """
+        values: dict[str, object] = {"lease_owner": None, "lease_expires_at": None}
+        if to is JobStatus.SKIPPED:  # the completion monitor publishes the forward
+            values.update(forward_skipped=True, dispatched_at=None, next_attempt_at=None,
+                          attempts=0, error_code="qa_failed", error_message=message)  # fmt: skip
+        elif to is not JobStatus.HELD:
+            raise lifecycle.IllegalTransition(f"a QA outcome is HELD or SKIPPED, not {to.value}")
+        with self._sessions.begin() as session:
+            moved = lifecycle.move(session, job_id, to, message, actor=owner,
+                                   expect=[JobStatus.RUNNING], where=_held_by(owner),
+                                   values=values)  # fmt: skip
+        if not moved:
+            raise LeaseLost(f"job {job_id} is no longer held by {owner}")
 
     def add_event(self, job_id: int, message: str) -> None:
         """Append an audit line without changing the status."""

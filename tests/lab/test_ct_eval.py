@@ -24,13 +24,11 @@ from lab.ct_eval import (
     aggregate_phantoms,
     baseline_methods,
     bm3d_available,
-    edge_correlation,
     evaluate_all,
     evaluate_low_dose,
     evaluate_phantoms,
     evaluate_slices,
     evaluation_phantoms,
-    flat_noise_sigma,
     paired_differences,
     scan_field,
     t_interval,
@@ -40,6 +38,7 @@ from lab.data import SliceEntry
 from lab.noise import TESTING, NoiseRecipe, soft_tissue_mask
 from models.fanbeam import FanBeamGeometry
 from models.metrics import gaussian_baseline
+from pacs_node.qa import edge_correlation, flat_noise_sigma
 
 torch.set_num_threads(1)
 

@@ -8,16 +8,15 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import FileDataset
 from pydicom.filebase import DicomBytesIO
 from sqlalchemy import update
 
 from models.noise import ct_like_noise
 from pacs_node.db.models import Job, JobStatus, utcnow
-from pacs_node.db.repository import JobRepository, ReceivedInstance, Route
+from pacs_node.db.repository import ReceivedInstance, Route
 from pacs_node.errors import DispatchError
-from pacs_node.settings import CStoreDestination, Settings
-from pacs_node.storage import InstanceStore
+from pacs_node.settings import Settings
+from tests.helpers.jobs import queue_series
 from tests.helpers.synthetic import make_ct_series
 from tests.integration.peers import CaptureSCP, free_port
 from workers.context import WorkerContext
@@ -29,56 +28,22 @@ def ctx(tmp_path: Path, db_url: str) -> WorkerContext:
     return WorkerContext.from_settings(Settings(data_dir=tmp_path, database_url=db_url))
 
 
-def _queue(
-    ctx: WorkerContext, datasets: list[FileDataset], *, preset: str, destination: str | None = None
-) -> int:
-    """File the datasets as the SCP would and close the series: a QUEUED job."""
-    store: InstanceStore = ctx.store
-    repo: JobRepository = ctx.repository
-    job_id = None
-    for ds in datasets:
-        buffer = DicomBytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        path = store.received_path(str(ds.SOPInstanceUID))
-        store.write_atomic(path, buffer.getvalue())
-        job_id = repo.record_instance(
-            ReceivedInstance(
-                sop_instance_uid=str(ds.SOPInstanceUID),
-                sop_class_uid=str(ds.SOPClassUID),
-                transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-                study_instance_uid=str(ds.StudyInstanceUID),
-                series_instance_uid=str(ds.SeriesInstanceUID),
-                modality=str(ds.Modality),
-                series_number=int(ds.SeriesNumber),
-                series_description=str(ds.SeriesDescription),
-                path=str(path),
-                size_bytes=len(buffer.getvalue()),
-                calling_ae_title="SCANNER",
-                called_ae_title="ENHANCE",
-            ),
-            Route(preset, [_destination(destination)] if destination else []),
-        ).job_id
-    assert job_id is not None
-    assert repo.close_receiving(job_id, timedelta(0), None) is JobStatus.QUEUED
-    return job_id
-
-
-def _destination(text: str) -> dict[str, object]:
-    return CStoreDestination.parse(text).model_dump()
-
-
 def test_identity_preset_returns_hu_exact_derived_series(ctx: WorkerContext) -> None:
     sources = make_ct_series(None, n_slices=5, rows=48, cols=48, tilt_deg=12.0)
     with CaptureSCP("PACS") as pacs:
-        job_id = _queue(ctx, sources, preset="identity", destination=f"PACS@127.0.0.1:{pacs.port}")
+        job_id = queue_series(
+            ctx, sources, preset="identity", destination=f"PACS@127.0.0.1:{pacs.port}"
+        )
         assert run_job(job_id, ctx) is JobStatus.DONE
         received = pacs.wait_for(5, timeout_s=10)
     job = ctx.repository.get_job(job_id)
     assert job is not None and job.status is JobStatus.DONE
     assert [e.status for e in job.events] == [
         JobStatus.RECEIVING, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RUNNING,
-        JobStatus.SENDING, JobStatus.DONE,
+        JobStatus.RUNNING, JobStatus.SENDING, JobStatus.DONE,
     ]  # fmt: skip
+    assert job.events[4].message.startswith("QA passed: ")  # the identity's output is its input
+    assert job.qa is not None and job.qa["verdict"] == "pass" and job.qa["action"] == "send"
     assert len(job.outputs) == 5 and all(o.send_status == 0 for o in job.outputs)
     by_source = {str(s.SOPInstanceUID): s for s in sources}
     for ds in received:
@@ -94,7 +59,7 @@ def test_identity_preset_returns_hu_exact_derived_series(ctx: WorkerContext) -> 
 
 def test_rerun_gives_the_same_derived_uids(ctx: WorkerContext, tmp_path: Path) -> None:
     sources = make_ct_series(None, n_slices=2, rows=32, cols=32)
-    first = _queue(ctx, sources, preset="gaussian")
+    first = queue_series(ctx, sources, preset="gaussian")
     assert run_job(first, ctx) is JobStatus.DONE
     other = WorkerContext.from_settings(
         Settings(
@@ -104,7 +69,7 @@ def test_rerun_gives_the_same_derived_uids(ctx: WorkerContext, tmp_path: Path) -
     from pacs_node.db.migrate import upgrade
 
     upgrade(other.settings.db_url)
-    second = _queue(other, sources, preset="gaussian")
+    second = queue_series(other, sources, preset="gaussian")
     assert run_job(second, other) is JobStatus.DONE
     a, b = ctx.repository.get_job(first), other.repository.get_job(second)
     assert a is not None and b is not None
@@ -124,7 +89,7 @@ def test_denoiser_changes_pixels_but_keeps_geometry(ctx: WorkerContext) -> None:
         info = np.iinfo(stored.dtype)
         noisy_stored = np.clip(np.round(stored + field), info.min, info.max)
         ds.PixelData = noisy_stored.astype(stored.dtype).tobytes()
-    job_id = _queue(ctx, sources, preset="ct-denoise")
+    job_id = queue_series(ctx, sources, preset="ct-denoise")
     assert run_job(job_id, ctx) is JobStatus.DONE
     job = ctx.repository.get_job(job_id)
     assert job is not None
@@ -146,7 +111,9 @@ def test_denoiser_changes_pixels_but_keeps_geometry(ctx: WorkerContext) -> None:
 def test_refused_instances_raise_dispatch_error_with_results_recorded(ctx: WorkerContext) -> None:
     sources = make_ct_series(None, n_slices=2, rows=32, cols=32)
     with CaptureSCP("PACS", store_status=0xA700) as pacs:
-        job_id = _queue(ctx, sources, preset="identity", destination=f"PACS@127.0.0.1:{pacs.port}")
+        job_id = queue_series(
+            ctx, sources, preset="identity", destination=f"PACS@127.0.0.1:{pacs.port}"
+        )
         with pytest.raises(DispatchError, match="2 of 2 instances not stored"):
             run_job(job_id, ctx)
     job = ctx.repository.get_job(job_id)
@@ -156,7 +123,9 @@ def test_refused_instances_raise_dispatch_error_with_results_recorded(ctx: Worke
 
 def test_unreachable_destination_raises_dispatch_error(ctx: WorkerContext) -> None:
     sources = make_ct_series(None, n_slices=1, rows=32, cols=32)
-    job_id = _queue(ctx, sources, preset="identity", destination=f"PACS@127.0.0.1:{free_port()}")
+    job_id = queue_series(
+        ctx, sources, preset="identity", destination=f"PACS@127.0.0.1:{free_port()}"
+    )
     with pytest.raises(DispatchError, match="association"):
         run_job(job_id, ctx)
 
@@ -168,7 +137,7 @@ def test_slices_of_different_size_fail_the_job_with_a_reason(ctx: WorkerContext)
         series_uid=str(big[0].SeriesInstanceUID),
     )  # fmt: skip
     small[0].ImagePositionPatient = [0.0, 0.0, 100.0]
-    job_id = _queue(ctx, big + small, preset="ct-denoise")
+    job_id = queue_series(ctx, big + small, preset="ct-denoise")
     assert run_job(job_id, ctx) is JobStatus.FAILED
     job = ctx.repository.get_job(job_id)
     assert job is not None and job.error_code == "invalid_series"
@@ -177,7 +146,7 @@ def test_slices_of_different_size_fail_the_job_with_a_reason(ctx: WorkerContext)
 
 
 def test_unknown_preset_fails_the_job(ctx: WorkerContext) -> None:
-    job_id = _queue(ctx, make_ct_series(None, n_slices=1, rows=32, cols=32), preset="nope")
+    job_id = queue_series(ctx, make_ct_series(None, n_slices=1, rows=32, cols=32), preset="nope")
     assert run_job(job_id, ctx) is JobStatus.FAILED
     job = ctx.repository.get_job(job_id)
     assert job is not None and job.error_code == "model_error"
@@ -185,7 +154,9 @@ def test_unknown_preset_fails_the_job(ctx: WorkerContext) -> None:
 
 
 def test_a_duplicate_task_does_nothing(ctx: WorkerContext) -> None:
-    job_id = _queue(ctx, make_ct_series(None, n_slices=1, rows=32, cols=32), preset="identity")
+    job_id = queue_series(
+        ctx, make_ct_series(None, n_slices=1, rows=32, cols=32), preset="identity"
+    )
     assert run_job(job_id, ctx) is JobStatus.DONE
     assert run_job(job_id, ctx) is None
     job = ctx.repository.get_job(job_id)
@@ -203,7 +174,12 @@ def test_super_resolution_preset_writes_a_finer_grid(tmp_path: Path, db_url: str
     )  # fmt: skip
     save_checkpoint(weights, build_network("sr_light", features=8), card)
     presets = tmp_path / "presets.yaml"
-    presets.write_text("sr:\n  description: test SR\n  modality: CT\n  model: sr-test\n")
+    # An untrained network: the QA gate stops its output (overshoot, edges; tested in
+    # tests/workers/test_qa_gate.py), so this test of the grid lets those two through.
+    presets.write_text(
+        "sr:\n  description: test SR\n  modality: CT\n  model: sr-test\n"
+        "  qa: {range_excess_hu: null, edge_correlation: null}\n"
+    )
     settings = Settings(
         data_dir=tmp_path / "data",
         database_url=db_url,
@@ -211,7 +187,7 @@ def test_super_resolution_preset_writes_a_finer_grid(tmp_path: Path, db_url: str
     )
     ctx = WorkerContext.from_settings(settings)
     sources = make_ct_series(None, n_slices=3, rows=32, cols=32, pixel_spacing_mm=0.8)
-    job_id = _queue(ctx, sources, preset="sr")
+    job_id = queue_series(ctx, sources, preset="sr")
     assert run_job(job_id, ctx) is JobStatus.DONE
     job = ctx.repository.get_job(job_id)
     assert job is not None
@@ -227,7 +203,9 @@ def test_super_resolution_preset_writes_a_finer_grid(tmp_path: Path, db_url: str
 def test_a_requeued_job_whose_instances_were_all_stored_sends_nothing(ctx: WorkerContext) -> None:
     sources = make_ct_series(None, n_slices=2, rows=32, cols=32)
     with CaptureSCP("PACS") as pacs:
-        job_id = _queue(ctx, sources, preset="identity", destination=f"PACS@127.0.0.1:{pacs.port}")
+        job_id = queue_series(
+            ctx, sources, preset="identity", destination=f"PACS@127.0.0.1:{pacs.port}"
+        )
         assert run_job(job_id, ctx) is JobStatus.DONE
         pacs.wait_for(2)
         # As if the worker had died after the stores but before recording DONE: the job is
@@ -252,7 +230,9 @@ def test_a_model_out_of_memory_even_at_the_smallest_batch_fails_with_the_reason(
     settings = Settings(data_dir=tmp_path, database_url=db_url,
                         models={"max_batch_pixels": 16, "batch_size": 4})  # fmt: skip
     ctx = WorkerContext.from_settings(settings)
-    job_id = _queue(ctx, make_ct_series(None, n_slices=3, rows=64, cols=64), preset="ct-denoise")
+    job_id = queue_series(
+        ctx, make_ct_series(None, n_slices=3, rows=64, cols=64), preset="ct-denoise"
+    )
     assert run_job(job_id, ctx) is JobStatus.FAILED
     job = ctx.repository.get_job(job_id)
     assert job is not None and job.error_code == "model_error"
@@ -263,7 +243,9 @@ def test_a_model_fits_after_smaller_batches_and_tiles(tmp_path: Path, db_url: st
     settings = Settings(data_dir=tmp_path, database_url=db_url,
                         models={"max_batch_pixels": 2 * 48 * 48, "batch_size": 4})  # fmt: skip
     ctx = WorkerContext.from_settings(settings)
-    job_id = _queue(ctx, make_ct_series(None, n_slices=3, rows=64, cols=64), preset="ct-denoise")
+    job_id = queue_series(
+        ctx, make_ct_series(None, n_slices=3, rows=64, cols=64), preset="ct-denoise"
+    )
     assert run_job(job_id, ctx) is JobStatus.DONE
 
 
@@ -303,7 +285,7 @@ def test_a_remote_worker_never_deletes_the_nodes_own_files(tmp_path: Path, db_ur
                         worker={"node_url": "http://node:8000", "node_token": "pn_x"})  # fmt: skip
     ctx = WorkerContext.from_settings(settings)
     sources = make_ct_series(None, n_slices=2, rows=16, cols=16)
-    job_id = _queue(ctx, sources, preset="identity")
+    job_id = queue_series(ctx, sources, preset="identity")
     derived = ctx.store.derived_path("2.25.1", "2.25.2")
     ctx.store.write_atomic(derived, b"DICM")
     ctx.repository.replace_outputs(job_id, "2.25.1", [("2.25.2", "1.1", str(derived))])

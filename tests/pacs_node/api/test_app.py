@@ -172,3 +172,50 @@ def _broken_engine() -> Engine:
     from pacs_node.db.session import make_engine
 
     return make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+
+
+def _held_job(repository: JobRepository, sop: str) -> int:
+    """A job whose output the QA gate held (as a worker leaves it)."""
+    route = Route("identity", qa_failure="hold")
+    job_id = repository.record_instance(_instance(sop, series=f"1.2.9.{sop}"), route=route).job_id
+    assert job_id is not None
+    repository.close_receiving(job_id, timedelta(0), None)
+    assert repository.claim(job_id, "w1", lease=timedelta(seconds=60))
+    report = {"verdict": "fail", "unit": "HU", "noise_sigma": 12.0, "slices_measured": 4,
+              "checks": {"mean_shift": {"value": 40.0, "limit": 5.0, "passed": False,
+                                        "detail": ""}},
+              "policy": "hold", "action": "hold"}  # fmt: skip
+    repository.record_qa(job_id, report, "QA failed: mean_shift 40 (limit 5)", owner="w1")
+    repository.qa_outcome(job_id, JobStatus.HELD, "held", owner="w1")
+    return job_id
+
+
+def test_held_jobs_are_shown_and_released_or_rejected_by_admins(
+    repository: JobRepository, engine: Engine, tokens: dict[str, str]
+) -> None:
+    client = TestClient(create_app(repository, engine))
+    held, other = _held_job(repository, "7.1"), _held_job(repository, "7.2")
+    shown = client.get(f"/api/jobs/{held}", headers=_headers(tokens["viewer"])).json()
+    assert shown["status"] == "HELD" and shown["qa"]["checks"]["mean_shift"]["value"] == 40.0
+    assert shown["qa_policy"] == "hold"
+    listed = client.get("/api/jobs?status=HELD", headers=_headers(tokens["viewer"])).json()
+    assert sorted(j["id"] for j in listed) == [held, other]
+    assert (
+        client.post(f"/api/jobs/{held}/release", headers=_headers(tokens["viewer"])).status_code
+        == 403
+    )
+    client.cookies.set("pacs_node_token", tokens["admin"])
+    page = client.get(f"/ui/jobs/{held}").text
+    assert 'id="qa-checks"' in page and "mean_shift" in page and 'id="release"' in page
+    admin = _headers(tokens["admin"])
+    assert client.post(f"/api/jobs/{held}/release", headers=admin).json()["status"] == "QUEUED"
+    released = repository.get_job(held)
+    assert released is not None and released.status is JobStatus.QUEUED
+    assert released.qa is not None and released.qa["released_by"] == "alice"
+    assert held in repository.undispatched_jobs()
+    assert client.post(f"/api/jobs/{held}/release", headers=admin).status_code == 409
+    assert client.post(f"/api/jobs/{other}/reject", headers=admin).status_code == 200
+    rejected = repository.get_job(other)
+    assert rejected is not None and rejected.status is JobStatus.FAILED
+    assert (rejected.error_code, rejected.events[-1].actor) == ("qa_rejected", "alice")
+    assert 'id="release"' not in client.get(f"/ui/jobs/{other}").text
