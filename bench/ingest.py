@@ -121,17 +121,21 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--receivers", nargs="+", choices=sorted(RECEIVERS), default=None,
+                        help="a subset (default: all); the node is always measured")  # fmt: skip
     args = parser.parse_args()
+    chosen = {n: r for n, r in RECEIVERS.items() if args.receivers is None
+              or n in args.receivers or n == "node"}  # fmt: skip
     # Every process here (storescu, storescp, Orthanc, the node) inherits it: DCMTK-based
     # peers then send without Nagle's delay, as dcmtk recommends for throughput.
     os.environ["TCP_NODELAY"] = "1"
     if shutil.which("storescu") is None or shutil.which("storescp") is None:
         raise SystemExit("dcmtk is needed (make test-deps installs it)")
-    times: dict[str, dict[str, list[float]]] = {r: {"1": [], "4": []} for r in RECEIVERS}
+    times: dict[str, dict[str, list[float]]] = {r: {"1": [], "4": []} for r in chosen}
     size_mb = 0.0
     for round_ in range(args.rounds):
         for parallel in (1, 4):
-            for name, receiver in RECEIVERS.items():
+            for name, receiver in chosen.items():
                 with tempfile.TemporaryDirectory() as tmp:
                     work = Path(tmp)
                     folders = [work / f"in{i}" for i in range(parallel)]
@@ -159,7 +163,7 @@ def main() -> None:
         "median_s": medians,
         "node_ratio": {
             ref: {p: medians["node"][p] / medians[ref][p] for p in ("1", "4")}
-            for ref in RECEIVERS
+            for ref in chosen
             if ref != "node"
         },
     }

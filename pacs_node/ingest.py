@@ -208,7 +208,7 @@ class Receiver:
                     study_description=_text(ds, "StudyDescription", 64),
                     source=origin.source,
                 ),
-                self.route(ds, origin),
+                lambda: self.route(ds, origin),  # routed once per series, when its job opens
             )
         except EnhancementError as exc:
             logger.error("%s: instance %s: storage failed: %s", origin.source, uid, exc)

@@ -28,6 +28,7 @@ class InstanceStore:
         self.root = root
         self.received_dir = root / "received"
         self.derived_dir = root / "derived"
+        self._folders: set[Path] = set()  # made or found already by this store
 
     def received_path(self, sop_instance_uid: str) -> Path:
         """Where a received instance with this SOP Instance UID is stored."""
@@ -45,8 +46,7 @@ class InstanceStore:
         so the rename itself survives a power loss.
         """
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+            fd, tmp_name = self._temporary(path.parent)
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
@@ -63,6 +63,18 @@ class InstanceStore:
                 os.close(dir_fd)
         except OSError as exc:
             raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+    def _temporary(self, folder: Path) -> tuple[int, str]:
+        """A new temporary file in ``folder``, made once if missing (folders this store has
+        seen are not asked for again: a system call less per instance)."""
+        if folder not in self._folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._folders.add(folder)
+        try:
+            return tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
+        except FileNotFoundError:  # removed behind this store's back: make it again
+            folder.mkdir(parents=True, exist_ok=True)
+            return tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
 
     def write_dataset(self, path: Path, ds: Dataset) -> int:
         """Encode ``ds`` as a DICOM file (preamble, file meta) and write it atomically.

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -205,11 +207,22 @@ def _view(job: Job, *, details: bool) -> JobView:
     )
 
 
+class _NotOpen(Exception):
+    """The job the hot path expected is no longer RECEIVING."""
+
+
+OPEN_SERIES_CACHE = 1024  # series whose open job a process remembers
+
+
 class JobRepository:
     """The job database behind one session factory; each method is one transaction."""
 
     def __init__(self, session_factory: sessionmaker[Session]) -> None:
         self._sessions = session_factory
+        # Series UID -> (series id, id of its RECEIVING job) as this process last saw them:
+        # the next instance of the series is then two statements (see _append).
+        self._open: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._open_lock = threading.Lock()
 
     @property
     def session_factory(self) -> sessionmaker[Session]:
@@ -218,21 +231,67 @@ class JobRepository:
 
     # -- receiving -----------------------------------------------------------------
 
+    def _engine(self) -> Engine:
+        bind = self._sessions.kw["bind"]
+        assert isinstance(bind, Engine)
+        return bind
+
     def find_instance(self, sop_instance_uid: str) -> bool:
         """Whether an instance with this SOP Instance UID is already stored."""
-        with self._sessions() as session:
-            found = session.scalar(
+        with self._engine().connect() as connection:
+            found = connection.scalar(
                 select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)
             )
             return found is not None
 
-    def record_instance(self, received: ReceivedInstance, route: Route) -> StoreOutcome:
+    def _remember_open(self, series_uid: str, series_id: int, job_id: int) -> None:
+        with self._open_lock:
+            self._open[series_uid] = (series_id, job_id)
+            self._open.move_to_end(series_uid)
+            while len(self._open) > OPEN_SERIES_CACHE:
+                self._open.popitem(last=False)
+
+    def _append(self, received: ReceivedInstance, series_id: int, job_id: int) -> bool:
+        """The hot path: one more instance of a series whose RECEIVING job this process
+        knows, in one transaction of two statements. False (nothing written) when the
+        job is no longer RECEIVING or the instance is a duplicate: the full path decides."""
+        now = utcnow()
+        try:
+            with self._engine().begin() as connection:
+                counted = connection.execute(
+                    update(Job).where(Job.id == job_id, Job.status == JobStatus.RECEIVING)
+                    .values(instance_count=Job.instance_count + 1, last_instance_at=now,
+                            updated_at=now)
+                )  # fmt: skip
+                if counted.rowcount != 1:
+                    raise _NotOpen
+                connection.execute(insert(Instance).values(
+                    series_id=series_id, job_id=job_id,
+                    sop_instance_uid=received.sop_instance_uid,
+                    sop_class_uid=received.sop_class_uid,
+                    transfer_syntax_uid=received.transfer_syntax_uid, path=received.path,
+                    size_bytes=received.size_bytes, calling_ae_title=received.calling_ae_title,
+                    received_at=now,
+                ))  # fmt: skip
+        except (_NotOpen, IntegrityError):
+            with self._open_lock:
+                self._open.pop(received.series_instance_uid, None)
+            return False
+        return True
+
+    def record_instance(
+        self, received: ReceivedInstance, route: Route | Callable[[], Route]
+    ) -> StoreOutcome:
         """Record a stored instance and attach it to its series' open job.
 
         The series' job in RECEIVING is reused; if the series has none (first
-        instance, or new instances after an earlier job finished) one is created.
+        instance, or new instances after an earlier job finished) one is created with
+        ``route`` (a callable is called only then, so routing runs once per series).
         A duplicate SOP Instance UID changes nothing and is reported as such.
         """
+        known = self._open.get(received.series_instance_uid)
+        if known is not None and self._append(received, *known):
+            return StoreOutcome(job_id=known[1], duplicate=False)
         for attempt in range(3):
             try:
                 return self._record_instance_once(received, route)
@@ -243,7 +302,9 @@ class JobRepository:
                     raise
         raise AssertionError("unreachable")
 
-    def _record_instance_once(self, received: ReceivedInstance, route: Route) -> StoreOutcome:
+    def _record_instance_once(
+        self, received: ReceivedInstance, route: Route | Callable[[], Route]
+    ) -> StoreOutcome:
         now = utcnow()
         with self._sessions.begin() as session:
             existing = session.scalar(
@@ -251,10 +312,13 @@ class JobRepository:
             )
             if existing is not None:
                 return StoreOutcome(job_id=existing.job_id, duplicate=True)
+            # FOR NO KEY UPDATE (PostgreSQL): serialises job creation per series, yet lets
+            # the hot path's instance insert take its foreign-key share lock meanwhile
+            # (FOR UPDATE would deadlock with it).
             series = session.scalar(
                 select(Series)
                 .where(Series.series_instance_uid == received.series_instance_uid)
-                .with_for_update()
+                .with_for_update(key_share=True)
             )
             if series is None:
                 series = Series(
@@ -276,6 +340,8 @@ class JobRepository:
                 select(Job).where(Job.series_id == series.id, Job.status == JobStatus.RECEIVING)
             )
             if job is None:
+                if callable(route):
+                    route = route()
                 job = Job(
                     series_id=series.id,
                     status=JobStatus.RECEIVING,
@@ -298,7 +364,8 @@ class JobRepository:
                 if route.rule is not None:
                     message += f"; rule {route.rule!r}: preset {route.preset or '(none)'}"
                 lifecycle.start(session, job, message)
-            job.instance_count += 1
+            # An increment in SQL: the hot path (_append) counts without the series lock.
+            job.instance_count = Job.instance_count + 1
             job.last_instance_at = now
             session.add(
                 Instance(
@@ -313,7 +380,9 @@ class JobRepository:
                     received_at=now,
                 )
             )
-            return StoreOutcome(job_id=job.id, duplicate=False)
+            opened = (series.id, job.id)
+        self._remember_open(received.series_instance_uid, *opened)
+        return StoreOutcome(job_id=opened[1], duplicate=False)
 
     # -- completion and dispatch -----------------------------------------------------
 

@@ -38,3 +38,13 @@ def test_write_failure_is_a_storage_error(tmp_path: Path) -> None:
     store = InstanceStore(tmp_path)
     with pytest.raises(StorageError, match="cannot write"):
         store.write_atomic(store.received_path("1.2.3"), b"x")
+
+
+def test_a_folder_removed_behind_the_store_is_made_again(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path)
+    first = store.received_path("1.2.3")
+    store.write_atomic(first, b"one")
+    first.unlink()
+    first.parent.rmdir()  # e.g. an operator's clean-up
+    store.write_atomic(first, b"again")
+    assert first.read_bytes() == b"again"

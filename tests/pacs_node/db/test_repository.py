@@ -135,6 +135,36 @@ def test_new_instances_after_a_finished_job_open_a_new_job(repository: JobReposi
     assert len(repository.job_inputs(again)) == 2  # the whole series is the new job's input
 
 
+def test_routing_runs_once_per_job_and_a_stale_open_job_is_never_reused(
+    repository: JobRepository,
+) -> None:
+    calls: list[str] = []
+
+    def route() -> Route:
+        calls.append("routed")
+        return Route("p")
+
+    first = repository.record_instance(_instance("1.1"), route=route).job_id
+    for n in range(2, 5):  # the series' next instances: no routing, the same job
+        assert repository.record_instance(_instance(f"1.{n}"), route=route).job_id == first
+    assert calls == ["routed"]
+    # Another process (its own repository) closes the job and opens the next one; this
+    # process's memory of the open job is stale and must not be used.
+    other = JobRepository(repository.session_factory)
+    assert first is not None
+    other.close_receiving(first, timedelta(0), "skipped for the test")
+    second = other.record_instance(_instance("1.5"), route=route).job_id
+    third = repository.record_instance(_instance("1.6"), route=route).job_id
+    assert second == third != first and calls == ["routed", "routed"]
+    closed, opened = repository.get_job(first), repository.get_job(third or 0)
+    assert closed is not None and closed.instance_count == 4
+    assert opened is not None and opened.instance_count == 2
+    duplicate = repository.record_instance(_instance("1.6"), route=route)
+    assert duplicate.duplicate and duplicate.job_id == third
+    again = repository.get_job(third or 0)
+    assert again is not None and again.instance_count == 2
+
+
 def test_concurrent_associations_create_one_series_and_job(repository: JobRepository) -> None:
     errors: list[BaseException] = []
 
