@@ -8,12 +8,18 @@ STAMP := $(VENV)/.installed
 # torch 2.13.0: the CPU build where no GPU is present, the CUDA build from the package index otherwise.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
-.PHONY: run setup test test-deps services lint pytest clean
+.PHONY: run demo setup test test-deps services lint pytest clean
 
 run: setup
 	$(VENV)/bin/pacs-node db upgrade
 	$(VENV)/bin/pacs-node serve
+
+# Orthanc as the PACS, the node and its worker on this machine; the bundled real CT study
+# goes PACS -> node -> PACS (docker/demo.py; Ctrl-C stops it).
+demo: setup test-deps
+	$(PY) docker/demo.py $(DEMO_ARGS)
 
 setup: $(STAMP)
 
@@ -33,7 +39,7 @@ services:
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy pacs_node workers models lab
+	$(VENV)/bin/mypy pacs_node workers models lab docker/demo.py
 
 pytest: setup test-deps services
 	$(PY) -m pytest $(PYTEST_ARGS)
