@@ -7,7 +7,8 @@ limit (a limit of None records the figure without judging it):
 - ``non_finite``: NaN or infinite output values (limit 0, always judged);
 - ``geometry``: the output grid and the derived instances' geometry against the source
   (slice count, matrix, spacing, positions, orientation, frame of reference);
-- ``range_excess``: how far the output leaves the input's value range (overshoot, rims);
+- ``range_excess``: how far the output leaves the input's value range (overshoot, rims;
+  for CT, values in air at or below -1000 HU do not count);
 - ``mean_shift``: the mean of output - input in large uniform regions (a HU bias);
 - ``residual_noise_ratio``: σ of the residual (input - output) in flat regions against the
   series' own noise σ, estimated blind from the input (removed or added texture beyond
@@ -38,6 +39,9 @@ Verdict = Literal["pass", "fail"]
 
 FLAT_WINDOW_PX = 9
 REPORT_VERSION = 1
+# CT values at or below this are air: an output a few HU below the input's clipped air
+# (-1000 or -1024) next to the skin is not a range excess.
+AIR_HU = -1000.0
 
 
 def flat_noise_sigma(image: np.ndarray, mask: np.ndarray, window: int = FLAT_WINDOW_PX) -> float:
@@ -277,7 +281,10 @@ def measure(
     unit_sigma = max(noise or 0.0, floor)  # the unit of non-CT shift and range figures
 
     top, bottom = float(output.max()), float(output.min())
-    excess = max(0.0, top - float(src.max()), float(src.min()) - bottom)
+    lowest = float(src.min())
+    if ct:  # air: values at or below AIR_HU do not count (scanners clip air at -1000/-1024)
+        bottom, lowest = max(bottom, AIR_HU), max(lowest, AIR_HU)
+    excess = max(0.0, top - float(src.max()), lowest - bottom)
     if ct:
         checks.append(_judge("range_excess", excess, limits.range_excess_hu))
     else:

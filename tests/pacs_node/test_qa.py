@@ -88,6 +88,20 @@ def test_overshoot_at_edges_fails_range_excess() -> None:
     assert report.check("range_excess").value == pytest.approx(150.0)
 
 
+def test_an_undershoot_in_air_is_not_a_range_excess() -> None:
+    # A scanner that clips air at -1000 HU; the output dips 18 HU below it beside the skin
+    # (seen with ct-denoise-fast on a real series): air, not a rim.
+    volume = np.maximum(_phantom(), -1000.0)
+    out = volume.copy()
+    out[volume <= -1000.0] -= 18.0
+    assert measure(volume, out, modality="CT").check("range_excess").value == 0.0
+    # Bodies with no air (a crop): the low end counts again.
+    crop = volume[:, 40:88, 40:88]
+    low = crop.copy()
+    low[0, 10, 10] = crop.min() - 30.0
+    assert measure(crop, low, modality="CT").check("range_excess").value == pytest.approx(30.0)
+
+
 def test_non_finite_values_fail_and_leave_the_rest_unmeasured() -> None:
     volume = _phantom()
     out = volume.copy()
