@@ -77,7 +77,8 @@ def worker_environment(settings: Settings) -> dict[str, str]:
         PACS_NODE_BROKER_URL=settings.celery_broker_url,
         PACS_NODE_DEVICE=settings.device,
     )
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    if (REPO_ROOT / "workers").is_dir():  # a source checkout: its packages first
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return env
 
 
@@ -101,7 +102,7 @@ class EmbeddedWorker:
             # live as long as the node.
             self._process = subprocess.Popen(
                 self._command, env=self._env, stdout=log, stderr=subprocess.STDOUT,
-                cwd=REPO_ROOT, preexec_fn=_die_with_parent(),
+                preexec_fn=_die_with_parent(),
             )  # fmt: skip
         logger.info("embedded worker started (pid %d, log %s)", self._process.pid, self._log_path)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -32,7 +33,17 @@ from pydantic_settings import (
 from pacs_node.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
+
+
+def _config_dir() -> Path:
+    """Where the shipped ``configs/`` are: the checkout's (or an editable install's), else
+    the installed package's (a wheel puts them in ``<prefix>/share/pacs-node/configs``)."""
+    candidates = (REPO_ROOT / "configs", Path(sys.prefix) / "share" / "pacs-node" / "configs")
+    return next((c for c in candidates if (c / "default.yaml").is_file()), candidates[0])
+
+
+CONFIG_DIR = _config_dir()
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 CONFIG_ENV = "PACS_NODE_CONFIG"
 
 # AE titles: 1-16 characters of the default character repertoire, no backslash or
@@ -164,7 +175,7 @@ class ModelSettings(_Section):
     @property
     def presets_path(self) -> Path:
         """The presets file in use."""
-        return self.presets_file or REPO_ROOT / "configs" / "presets.yaml"
+        return self.presets_file or CONFIG_DIR / "presets.yaml"
 
 
 class WorkerSettings(_Section):
