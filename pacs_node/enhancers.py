@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from collections.abc import Iterable
 
@@ -113,3 +114,25 @@ class EnhancerCache:
             return self.get(self._settings.preset)
         except ModelError as exc:
             raise ConfigError(f"preset {self._settings.preset!r} cannot be used: {exc}") from exc
+
+
+def _startup_problem(settings: Settings) -> str | None:
+    try:
+        EnhancerCache(settings).check_startup()
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def check_startup_isolated(settings: Settings) -> None:
+    """:meth:`EnhancerCache.check_startup` in a fresh (spawned) process.
+
+    For a process that forks workers afterwards (Celery's prefork pool): PyTorch's OpenMP
+    thread pool is not fork-safe, and a child forked after the parent ran tensor work
+    (loading the weights does) hangs in its first tensor operation.
+    """
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        problem = pool.apply(_startup_problem, (settings,))
+    if problem is not None:
+        raise ConfigError(problem)

@@ -14,7 +14,7 @@ from celery.signals import worker_init, worker_ready
 
 from pacs_node.db.models import JobStatus
 from pacs_node.db.repository import LeaseLost
-from pacs_node.enhancers import EnhancerCache
+from pacs_node.enhancers import EnhancerCache, check_startup_isolated
 from pacs_node.errors import DispatchError, EnhancementError
 from workers.app import app, settings
 from workers.context import WorkerContext
@@ -31,8 +31,15 @@ def _context() -> WorkerContext:
 
 @worker_init.connect
 def _check_preset(**_kwargs: object) -> None:
-    """Refuse to start a worker whose default preset cannot be loaded (names the file)."""
-    EnhancerCache(settings).check_startup()
+    """Refuse to start a worker whose default preset cannot be loaded (names the file).
+
+    A prefork pool's parent checks in a spawned process: its forked children would hang
+    in PyTorch's thread pool had the parent used it (tests/integration/test_prefork.py).
+    """
+    if settings.worker.pool == "prefork":
+        check_startup_isolated(settings)
+    else:
+        EnhancerCache(settings).check_startup()
 
 
 HEARTBEAT_S = 10.0
