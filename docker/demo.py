@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = {"philips": "ct_study_philips.tar.xz", "pancreas": "ct_pancreas_tcia.tar.xz"}
@@ -58,9 +58,9 @@ def _wait(url: str, seconds: float, process: subprocess.Popen[bytes], what: str)
         if process.poll() is not None:
             raise SystemExit(f"{what} exited during start-up (code {process.returncode})")
         try:
-            if httpx.get(url, timeout=2).status_code < 500:
+            if requests.get(url, timeout=2).status_code < 500:
                 return
-        except httpx.HTTPError:
+        except requests.RequestException:
             pass
         time.sleep(0.3)
     raise SystemExit(f"{what} did not answer at {url} within {seconds:.0f} s")
@@ -122,7 +122,7 @@ def load_study(work: Path, study: str, orthanc: str, data_dir: Path) -> str:
             tar.extractall(target, filter="data")
     studies: set[str] = set()
     for path in sorted(p for p in target.rglob("*") if p.is_file()):
-        answer = httpx.post(f"{orthanc}/instances", content=path.read_bytes(), timeout=30)
+        answer = requests.post(f"{orthanc}/instances", data=path.read_bytes(), timeout=30)
         if answer.status_code == 200:  # DICOMDIR files and licences are refused: skipped
             studies.add(answer.json()["ParentStudy"])
     if len(studies) != 1:
@@ -136,7 +136,7 @@ def wait_for_jobs(api: str, token: str, timeout_s: float) -> list[dict[str, Any]
     deadline = time.monotonic() + timeout_s
     jobs: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
-        jobs = httpx.get(f"{api}/api/jobs", headers=headers, timeout=10).json()
+        jobs = requests.get(f"{api}/api/jobs", headers=headers, timeout=10).json()
         if jobs and all(j["status"] in FINISHED for j in jobs):
             return jobs
         time.sleep(1)
@@ -180,10 +180,10 @@ def main() -> int:
             orthanc = f"http://127.0.0.1:{ports['orthanc_http']}"
             api = f"http://127.0.0.1:{ports['node_http']}"
         study = load_study(args.work, args.study, orthanc, args.data_dir)
-        before = httpx.get(f"{orthanc}/studies/{study}", timeout=10).json()["Series"]
+        before = requests.get(f"{orthanc}/studies/{study}", timeout=10).json()["Series"]
         print(f"PACS (Orthanc) holds the {args.study} study: {len(before)} series; "
               f"sending it to the node by C-STORE", flush=True)  # fmt: skip
-        sent = httpx.post(f"{orthanc}/modalities/node/store", json={"Resources": [study],
+        sent = requests.post(f"{orthanc}/modalities/node/store", json={"Resources": [study],
                           "Synchronous": True}, timeout=600)  # fmt: skip
         sent.raise_for_status()
         jobs = wait_for_jobs(api, token, args.timeout)
@@ -192,7 +192,7 @@ def main() -> int:
         after = before
         while time.monotonic() < deadline and len(after) < len(before) + len(done):
             time.sleep(1)
-            after = httpx.get(f"{orthanc}/studies/{study}", timeout=10).json()["Series"]
+            after = requests.get(f"{orthanc}/studies/{study}", timeout=10).json()["Series"]
         print(f"\n{'job':>4}  {'status':8}  {'QA':5}  series")
         for job in sorted(jobs, key=lambda j: j["id"]):
             qa = (job.get("qa") or {}).get("verdict", "-")

@@ -283,7 +283,8 @@ class JobAdmin:
             new = Job(
                 series_id=job.series_id, status=JobStatus.QUEUED, rule=f"re-run of job {job_id}",
                 preset=chosen, strength=strength or job.strength, destinations=job.destinations,
-                forward_skipped=False, calling_ae_title=job.calling_ae_title,
+                forward_skipped=False, qa_policy=job.qa_policy,
+                calling_ae_title=job.calling_ae_title,
                 called_ae_title=job.called_ae_title, instance_count=job.instance_count,
                 attempts=0, created_at=now, updated_at=now, last_instance_at=job.last_instance_at,
             )  # fmt: skip

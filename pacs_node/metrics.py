@@ -20,6 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from pacs_node.db.models import Job, JobEvent, JobOutput, JobStatus
 
 # Seconds; the same buckets for every stage (a second to an hour).
+# The latest failed QA reports whose checks are counted at each scrape.
+QA_REPORTS_SCANNED = 5000
 BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
 
@@ -83,7 +85,10 @@ class JobCollector(Collector):
                 .where(Job.qa_verdict.is_not(None))
                 .group_by(Job.preset, Job.qa_verdict)
             ).all()
-            failed_reports = session.scalars(select(Job.qa).where(Job.qa_verdict == "fail")).all()
+            failed_reports = session.scalars(
+                select(Job.qa).where(Job.qa_verdict == "fail")
+                .order_by(Job.id.desc()).limit(QA_REPORTS_SCANNED)
+            ).all()  # fmt: skip
             failures = session.execute(
                 select(Job.destinations, func.count())
                 .join(JobOutput, JobOutput.job_id == Job.id)
@@ -151,7 +156,9 @@ def _qa(verdicts: Iterable[Any], failed_reports: Iterable[str | None]) -> Iterat
         report = json.loads(text or "{}")
         checks.update(name for name, c in report.get("checks", {}).items() if not c["passed"])
     failed = GaugeMetricFamily(
-        "pacs_node_qa_check_failures", "Jobs whose output failed each QA check", labels=["check"]
+        "pacs_node_qa_check_failures",
+        f"Jobs whose output failed each QA check (the latest {QA_REPORTS_SCANNED} failures)",
+        labels=["check"],
     )
     for name, count in sorted(checks.items()):
         failed.add_metric([name], float(count))

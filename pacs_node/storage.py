@@ -12,6 +12,8 @@ from pydicom.filebase import DicomBytesIO
 
 from pacs_node.errors import StorageError
 
+FOLDERS_REMEMBERED = 4096
+
 
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
@@ -69,6 +71,8 @@ class InstanceStore:
         seen are not asked for again: a system call less per instance)."""
         if folder not in self._folders:
             folder.mkdir(parents=True, exist_ok=True)
+            if len(self._folders) >= FOLDERS_REMEMBERED:  # one per derived series: bounded
+                self._folders.clear()
             self._folders.add(folder)
         try:
             return tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")

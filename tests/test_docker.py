@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,21 @@ def test_the_stack_has_a_pacs_a_node_workers_and_health_checks() -> None:
     # Web ports on 127.0.0.1 only; the node's DICOM port is for the scanners.
     published = [p for s in services.values() for p in s.get("ports", [])]
     assert all(p.startswith("127.0.0.1:") or p == "11112:11112" for p in published)
+
+
+def test_the_demo_service_runs_a_script_the_image_holds() -> None:
+    command = _compose()["services"]["demo"]["command"]
+    script = re.search(r"python (\S+\.py)", command)
+    assert script is not None
+    text = (DOCKER / "Dockerfile").read_text()
+    assert f"COPY {script.group(1)} ./{script.group(1)}" in text
+    # Its imports are the node's own dependencies (the image installs no extras).
+    source = (ROOT / script.group(1)).read_text()
+    imported = set(re.findall(r"^import (\w+)|^from (\w+)", source, re.MULTILINE))
+    third_party = {a or b for a, b in imported} - set(sys.stdlib_module_names) - {"__future__"}
+    dependencies = (ROOT / "pyproject.toml").read_text().split("[project.optional-dependencies]")[0]
+    for module in third_party:
+        assert f'"{module}' in dependencies.lower(), f"{module} is not a runtime dependency"
 
 
 def test_gpu_workers_are_a_profile_with_a_cuda_build() -> None:

@@ -92,7 +92,7 @@ def _apply_gate(ctx: WorkerContext, job: JobView, report: QAReport) -> JobStatus
     data = report.to_json()
     data["policy"] = policy
     summary = report.summary()
-    if report.verdict == "pass" or earlier.get("released_by"):
+    if report.verdict == "pass" or (earlier.get("released_by") and report.usable):
         if report.verdict == "fail":
             data.update(released_by=earlier["released_by"], released_at=earlier.get("released_at"))
             summary += f"; released by {earlier['released_by']}: sent anyway"
@@ -149,8 +149,9 @@ def _pending_outputs(ctx: WorkerContext, job: JobView) -> list[Path] | None:
     if not job.outputs or job.output_series_instance_uid is None:
         return None
     qa = job.qa or {}
-    if qa and qa.get("action") != "send" and not qa.get("released_by"):
-        return None  # the gate stopped these outputs; only a fresh run may send
+    passed = qa.get("action") == "send" or bool(qa.get("released_by"))
+    if ctx.settings.qa.enabled and not passed:
+        return None  # not measured, or stopped by the gate: only a fresh run may send
     # This worker's own copies: the node's files, or on another host its local ones.
     series_uid = job.output_series_instance_uid
     local = {o.sop_instance_uid: _local_output(ctx, series_uid, o.sop_instance_uid)
@@ -285,6 +286,8 @@ def run_job(job_id: int, ctx: WorkerContext) -> JobStatus | None:
             outcome = _apply_gate(ctx, job, report) if report is not None else None
             if outcome is not None:
                 return outcome
+            if not paths:
+                raise ModelError(f"preset {job.preset} produced no derived instance")
     except (InvalidSeriesError, ModelError) as exc:
         repo.transition(job_id, JobStatus.FAILED, str(exc), error_code=exc.code, owner=me)
         logger.warning("job %d failed: %s", job_id, exc)

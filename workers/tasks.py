@@ -100,7 +100,8 @@ def _enhance(ctx: WorkerContext, job_id: int) -> str | None:
         raise
     except TimeLimitExceeded as exc:
         job = repo.get_job(job_id)
-        if job is not None and not job.status.finished:  # not if it ended as the alarm rang
+        # Not if it ended, or was held by the QA gate, as the alarm rang.
+        if job is not None and not job.status.finished and job.status is not JobStatus.HELD:
             repo.transition(job_id, JobStatus.FAILED, str(exc), error_code=exc.code, owner=me)
         return JobStatus.FAILED.value
     except DispatchError as exc:

@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pacs_node.db.models import Instance, Job, JobOutput, Series
+from pacs_node.db.models import Instance, Job, JobOutput, JobStatus, Series
+
+# Error codes of jobs whose derived outputs the QA gate kept from the destinations.
+QA_STOPPED = ("qa_failed", "qa_rejected")
 
 
 @dataclass(frozen=True)
@@ -119,13 +122,18 @@ class ArchiveIndex:
         series: str | None = None,
         sop: str | None = None,
     ) -> list[StoredInstance]:
-        """Received instances and sent-or-unsent derived outputs, in arrival order."""
+        """Received instances and derived outputs (sent or not, but none the QA gate
+        stopped), in arrival order."""
         received = select(Instance, Series).join(Series, Instance.series_id == Series.id)
         derived = (
             select(JobOutput, Job, Series)
             .join(Job, JobOutput.job_id == Job.id)
             .join(Series, Job.series_id == Series.id)
             .where(Job.output_series_instance_uid.is_not(None))
+            # Outputs the QA gate stopped (held, failed, rejected, the original sent
+            # instead) are not served; the dashboard's viewer still shows them to admins.
+            .where(Job.status != JobStatus.HELD)
+            .where(or_(Job.error_code.is_(None), Job.error_code.not_in(QA_STOPPED)))
         )
         if study:
             received = received.where(Series.study_instance_uid == study)

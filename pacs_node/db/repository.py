@@ -258,8 +258,15 @@ class JobRepository:
         now = utcnow()
         try:
             with self._engine().begin() as connection:
+                # The job must still be RECEIVING and still belong to this series: ids of
+                # deleted rows may be reused (SQLite), so the series UID is checked too.
+                same_series = select(Series.id).where(
+                    Series.id == series_id,
+                    Series.series_instance_uid == received.series_instance_uid,
+                )
                 counted = connection.execute(
-                    update(Job).where(Job.id == job_id, Job.status == JobStatus.RECEIVING)
+                    update(Job).where(Job.id == job_id, Job.status == JobStatus.RECEIVING,
+                                      Job.series_id == series_id, same_series.exists())
                     .values(instance_count=Job.instance_count + 1, last_instance_at=now,
                             updated_at=now)
                 )  # fmt: skip
@@ -338,7 +345,8 @@ class JobRepository:
                 session.flush()
             job = session.scalar(
                 select(Job).where(Job.series_id == series.id, Job.status == JobStatus.RECEIVING)
-            )
+                .with_for_update(key_share=True)  # not closed while this instance joins it
+            )  # fmt: skip
             if job is None:
                 if callable(route):
                     route = route()
@@ -764,6 +772,8 @@ class JobRepository:
             job.outputs.clear()
             session.flush()
             job.output_series_instance_uid = output_series_uid
+            # New outputs are unmeasured until the QA gate records its report on them.
+            job.qa, job.qa_verdict = None, None
             for sop_uid, source_uid, path in outputs:
                 job.outputs.append(
                     JobOutput(

@@ -15,7 +15,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from models.base import ModelInfo, ProgressCallback, Spacing
 from pacs_node.admin import JobAdmin
+from pacs_node.db.archive import ArchiveIndex
 from pacs_node.db.models import JobStatus
+from pacs_node.errors import DispatchError
 from pacs_node.metrics import JobCollector
 from pacs_node.settings import Settings
 from tests.helpers.dicom_checks import philips_slices
@@ -205,3 +207,69 @@ def test_the_gate_can_be_turned_off(
     assert run_job(job_id, ctx) is JobStatus.DONE
     job = ctx.repository.get_job(job_id)
     assert job is not None and job.qa is None
+
+
+def test_outputs_never_measured_are_not_reused(
+    ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that stored outputs but died before the gate recorded its report: the next
+    attempt enhances and measures again instead of sending what was never measured."""
+    with CaptureSCP("PACS", store_status=0xA700) as pacs:
+        job_id = queue_series(ctx, _series(), preset="identity",
+                              destination=f"PACS@127.0.0.1:{pacs.port}")  # fmt: skip
+        with pytest.raises(DispatchError):  # measured, passed, refused by the PACS
+            run_job(job_id, ctx)
+        job = ctx.repository.get_job(job_id)
+        assert job is not None and job.qa is not None and job.qa["action"] == "send"
+        # The crash: outputs (re)written, no report yet.
+        assert job.output_series_instance_uid is not None
+        ctx.repository.replace_outputs(job_id, job.output_series_instance_uid,
+                                       [(o.sop_instance_uid, o.source_sop_instance_uid, o.path)
+                                        for o in job.outputs])  # fmt: skip
+        cleared = ctx.repository.get_job(job_id)
+        assert cleared is not None and cleared.qa is None
+        JobAdmin(ctx.repository.session_factory).retry(job_id, "admin", force=True)
+        _with_model(ctx, monkeypatch, _shift)
+        assert run_job(job_id, ctx) is JobStatus.FAILED  # measured again, and stopped
+    failed = ctx.repository.get_job(job_id)
+    assert failed is not None and failed.error_code == "qa_failed"
+
+
+def test_a_released_job_whose_fresh_output_is_unusable_fails(
+    ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _with_model(ctx, monkeypatch, _shift)
+    with CaptureSCP("PACS") as pacs:
+        job_id = queue_series(ctx, _series(), preset="identity", qa_failure="hold",
+                              destination=f"PACS@127.0.0.1:{pacs.port}")  # fmt: skip
+        assert run_job(job_id, ctx) is JobStatus.HELD
+        JobAdmin(ctx.repository.session_factory).release(job_id, "admin")
+        held = ctx.repository.get_job(job_id)
+        assert held is not None
+        for output in held.outputs:  # another host's worker takes it: no local copies
+            Path(output.path).unlink()
+        _with_model(ctx, monkeypatch, _nan)
+        assert run_job(job_id, ctx) is JobStatus.FAILED
+        assert pacs.datasets == []
+    job = ctx.repository.get_job(job_id)
+    assert job is not None and job.error_code == "qa_failed"
+    assert "non_finite" in (job.error_message or "")
+
+
+def test_dicomweb_does_not_serve_outputs_the_gate_stopped(
+    ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = ArchiveIndex(ctx.repository.session_factory)
+    passed = queue_series(ctx, _series(), preset="identity")
+    assert run_job(passed, ctx) is JobStatus.DONE
+    _with_model(ctx, monkeypatch, _shift)
+    stopped = [queue_series(ctx, make_ct_series(None, n_slices=2, rows=48, cols=48, seed=s),
+                            preset="identity", qa_failure=policy)
+               for s, policy in ((11, "fail"), (12, "hold"), (13, "send_original"))]  # fmt: skip
+    assert [run_job(j, ctx) for j in stopped] == [JobStatus.FAILED, JobStatus.HELD,
+                                                   JobStatus.SKIPPED]  # fmt: skip
+    served = {i.series_instance_uid for i in archive.instances()}
+    for job_id in [passed, *stopped]:
+        job = ctx.repository.get_job(job_id)
+        assert job is not None and job.output_series_instance_uid is not None
+        assert (job.output_series_instance_uid in served) is (job_id == passed)

@@ -219,3 +219,7 @@ def test_held_jobs_are_shown_and_released_or_rejected_by_admins(
     assert rejected is not None and rejected.status is JobStatus.FAILED
     assert (rejected.error_code, rejected.events[-1].actor) == ("qa_rejected", "alice")
     assert 'id="release"' not in client.get(f"/ui/jobs/{other}").text
+    # A re-run keeps the rule's QA policy.
+    rerun = client.post(f"/api/jobs/{other}/rerun", headers=admin).json()["job"]
+    again = repository.get_job(rerun)
+    assert again is not None and again.qa_policy == "hold"

@@ -9,6 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine
 
+from pacs_node.admin import JobAdmin
 from pacs_node.db.migrate import is_current
 from pacs_node.db.models import Base, JobStatus
 from pacs_node.db.repository import JobRepository, ReceivedInstance, Route
@@ -192,3 +193,21 @@ def test_used_series_numbers(repository: JobRepository) -> None:
         _instance("1.3", series="7", study="other", number=4), route=Route("p")
     )
     assert repository.used_series_numbers("1.2.3") == {3, 1003}
+
+
+def test_a_deleted_series_whose_ids_are_reused_never_takes_a_late_instance(
+    repository: JobRepository,
+) -> None:
+    """SQLite reuses the ids of deleted rows: a late instance of a deleted series must not
+    join the job that a new series got with the same ids."""
+    old = repository.record_instance(_instance("1.1", series="7.7"), route=Route("p")).job_id
+    assert old is not None
+    repository.close_receiving(old, timedelta(0), "skipped for the test")
+    JobAdmin(repository.session_factory).delete(old, "admin")
+    new = repository.record_instance(_instance("2.1", series="8.8"), route=Route("p")).job_id
+    late = repository.record_instance(_instance("1.2", series="7.7"), route=Route("p")).job_id
+    assert late is not None and late != new
+    other = repository.get_job(late)
+    assert other is not None and other.series_instance_uid == "7.7"
+    mine = repository.get_job(new or 0)
+    assert mine is not None and mine.instance_count == 1
