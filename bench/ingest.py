@@ -1,7 +1,8 @@
 """Ingest: the same CT series sent by dcmtk's storescu to the node and to three reference
 receivers (dcmtk storescp, a bare pynetdicom SCP that only writes files, Orthanc), with 1
-and 4 parallel associations, fresh receiver and fresh UIDs each round; prints a table with
-ratios and writes JSON.
+and 4 parallel associations, fresh receiver and fresh UIDs each round; then the same series
+by STOW-RS to the node and to Orthanc's DICOMweb plugin (``--stow-per-request`` instances
+per request, one request after the other); prints a table with ratios and writes JSON.
 
 Usage: python bench/ingest.py --slices 128 --rounds 3 --out bench/results/ingest-cpu-2cores.json
 
@@ -28,12 +29,15 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import requests
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pynetdicom import AE, AllStoragePresentationContexts, evt  # noqa: E402
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # noqa: E402
 
+from pacs_node.api.multipart import build_related  # noqa: E402
 from tests.helpers.synthetic import make_ct_series  # noqa: E402
 from tests.integration.node import NodeProcess  # noqa: E402
 from tests.integration.peers import OrthancPeer, free_port  # noqa: E402
@@ -97,6 +101,36 @@ def node(work: Path) -> Iterator[int]:
         yield process.port
 
 
+@contextmanager
+def orthanc_stow(work: Path) -> Iterator[tuple[str, str | None]]:
+    with OrthancPeer("ENHANCE", dicomweb=True) as peer:
+        yield peer.dicomweb_url, None
+
+
+@contextmanager
+def node_stow(work: Path) -> Iterator[tuple[str, str | None]]:
+    with NodeProcess(work / "node", preset="identity", series_timeout_s="600") as process:
+        token = process.token("bench", "dicomweb-write")
+        yield f"http://127.0.0.1:{process.http_port}/dicom-web", token
+
+
+STOW_RECEIVERS = {"Orthanc": orthanc_stow, "node": node_stow}
+
+
+def stow(files: list[Path], base_url: str, token: str | None, per_request: int) -> float:
+    """STOW-RS of ``files`` in requests of ``per_request`` instances, one after the other."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    started = time.perf_counter()
+    for first in range(0, len(files), per_request):
+        parts = [(f.read_bytes(), "application/dicom") for f in files[first : first + per_request]]
+        chunks, content_type = build_related(parts, "application/dicom")
+        answer = requests.post(f"{base_url}/studies", data=b"".join(chunks), timeout=600,
+                               headers={**headers, "Content-Type": content_type})  # fmt: skip
+        if answer.status_code != 200:
+            raise RuntimeError(f"STOW-RS answered {answer.status_code}: {answer.text[:300]}")
+    return time.perf_counter() - started
+
+
 RECEIVERS = {"dcmtk storescp": storescp, "bare pynetdicom SCP": bare_pynetdicom,
              "Orthanc": orthanc, "node": node}  # fmt: skip
 
@@ -121,6 +155,12 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--stow-per-request",
+        type=int,
+        default=32,
+        help="instances per STOW-RS request (0: no STOW-RS rounds)",
+    )
     parser.add_argument("--receivers", nargs="+", choices=sorted(RECEIVERS), default=None,
                         help="a subset (default: all); the node is always measured")  # fmt: skip
     args = parser.parse_args()
@@ -152,6 +192,17 @@ def main() -> None:
                         seconds = send(folders, port)
                     times[name][str(parallel)].append(seconds)
                     print(f"round {round_ + 1} {name:22s} x{parallel}: {seconds:.2f} s", flush=True)
+    for round_ in range(args.rounds if args.stow_per_request else 0):
+        for name, stow_receiver in STOW_RECEIVERS.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                work = Path(tmp)
+                make_ct_series(work / "series", n_slices=args.slices, rows=512, cols=512,
+                               seed=7000 + round_)  # fmt: skip
+                files = sorted((work / "series").rglob("*.dcm"))
+                with stow_receiver(work) as (url, token):
+                    seconds = stow(files, url, token, args.stow_per_request)
+                times.setdefault(name, {}).setdefault("stow", []).append(seconds)
+                print(f"round {round_ + 1} {name:22s} STOW-RS: {seconds:.2f} s", flush=True)
     medians = {n: {p: statistics.median(v) for p, v in t.items()} for n, t in times.items()}
     report = {
         "command": "python bench/ingest.py " + " ".join(sys.argv[1:]),
@@ -161,17 +212,23 @@ def main() -> None:
         "rounds": args.rounds,
         "seconds": times,
         "median_s": medians,
+        "stow_instances_per_request": args.stow_per_request,
         "node_ratio": {
-            ref: {p: medians["node"][p] / medians[ref][p] for p in ("1", "4")}
-            for ref in chosen
+            ref: {
+                p: medians["node"][p] / medians[ref][p]
+                for p in medians[ref]
+                if p in medians["node"]
+            }
+            for ref in medians
             if ref != "node"
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n{'receiver':22s} {'1 assoc':>9s} {'4 assoc':>9s}")
+    print(f"\n{'receiver':22s} {'1 assoc':>9s} {'4 assoc':>9s} {'STOW-RS':>9s}")
     for name, value in medians.items():
-        print(f"{name:22s} {value['1']:8.2f}s {value['4']:8.2f}s")
+        cells = [f"{value[k]:8.2f}s" if k in value else f"{'-':>9s}" for k in ("1", "4", "stow")]
+        print(f"{name:22s} " + " ".join(cells))
 
 
 if __name__ == "__main__":
