@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -55,3 +55,17 @@ def parameters_sha256(name: str, parameters: Mapping[str, object]) -> str:
     """A stable checksum of a parameterised filter, standing in for a weights checksum."""
     canonical = json.dumps({"name": name, **parameters}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@runtime_checkable
+class StochasticEnhancer(Enhancer, Protocol):
+    """An enhancer that may draw noise (a diffusion sampler): other seeds, other outputs."""
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether other seeds give other outputs."""
+        ...
+
+    def resample(self, volume: np.ndarray, spacing_mm: Spacing, seed: int) -> np.ndarray:
+        """The output for ``volume`` drawn with ``seed``."""
+        ...

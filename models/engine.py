@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -101,9 +102,28 @@ class NetworkEnhancer:
             # NHWC is faster for convolutions on current CPUs and on tensor-core GPUs.
             network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.network = network
+        self._seed_lock = threading.Lock()
         self._network: Callable[[torch.Tensor], torch.Tensor] = network
         if self.options.compile:
             self._network = torch.compile(network)
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the network draws noise (a diffusion sampler with noise): its outputs
+        for other seeds differ, and their spread measures what it is unsure of."""
+        return hasattr(self.network, "seed") and float(getattr(self.network, "noise_scale", 0)) > 0
+
+    def resample(self, volume: np.ndarray, spacing_mm: Spacing, seed: int) -> np.ndarray:
+        """The output for ``volume`` drawn with another seed of the network's sampler."""
+        if not self.stochastic:
+            raise ValueError(f"{self.card.name} is deterministic: it has no other samples")
+        with self._seed_lock:
+            kept = getattr(self.network, "seed")  # noqa: B009 - a sampler's attribute
+            setattr(self.network, "seed", seed)  # noqa: B010
+            try:
+                return self(volume, spacing_mm)[0]
+            finally:
+                setattr(self.network, "seed", kept)  # noqa: B010
 
     @property
     def info(self) -> ModelInfo:

@@ -58,7 +58,9 @@ class EnhancerCache:
     def gate(self, name: str) -> Gate | None:
         """The QA gate for preset ``name``'s outputs (None when ``qa.enabled`` is off)."""
         qa = self._settings.qa
-        return Gate(self.qa_limits(name), qa.max_slices) if qa.enabled else None
+        return (
+            Gate(self.qa_limits(name), qa.max_slices, qa.diffusion_samples) if qa.enabled else None
+        )
 
     def preset(self, name: str) -> Preset:
         """The preset ``name``; ``ModelError`` listing the known ones otherwise."""

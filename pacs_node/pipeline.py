@@ -6,12 +6,13 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileDataset
 
-from models.base import Enhancer, ModelInfo
+from models.base import Enhancer, ModelInfo, StochasticEnhancer
 from pacs_node import __version__
 from pacs_node.dicom.derived import (
     DerivationInfo,
@@ -88,32 +89,58 @@ def _run(
     return out, out_spacing, time.perf_counter() - started
 
 
-def _gated(
-    gate: Gate | None,
-    enhancer: Enhancer,
-    source: np.ndarray,
-    values: np.ndarray,
-    modality: str,
-    problems: list[str],
-) -> QAReport | None:
-    """The gate's report on ``values``; without a gate, a broken model contract (wrong
-    grid, ``problems``) is a ModelError as before."""
+@dataclass(frozen=True)
+class _Run:
+    """What the gate measures: the model's input and output, and how it was run."""
+
+    enhancer: Enhancer
+    source: np.ndarray
+    values: np.ndarray
+    spacing: tuple[float, float, float]
+    modality: str
+
+
+def _spread(run: _Run, samples: int) -> Callable[[], np.ndarray] | None:
+    """For a stochastic model: the per-pixel spread (σ) of the centre slice across its
+    output and ``samples`` more drawn with other seeds (computed once, when asked)."""
+    enhancer = run.enhancer
+    if samples < 1 or not isinstance(enhancer, StochasticEnhancer) or not enhancer.stochastic:
+        return None
+
+    @cache
+    def spread() -> np.ndarray:
+        depth = run.source.shape[0]
+        centre = depth // 2
+        first, last = max(0, centre - 1), min(depth, centre + 2)  # the 2.5D context too
+        block = run.source[first:last]
+        draws = [run.values[centre].astype(np.float64)]
+        for seed in range(1, samples + 1):
+            draws.append(enhancer.resample(block, run.spacing, seed)[centre - first])
+        return np.std(np.stack(draws), axis=0, ddof=1)
+
+    return spread
+
+
+def _gated(gate: Gate | None, run: _Run, problems: list[str]) -> QAReport | None:
+    """The gate's report on the run's output; without a gate, a broken model contract
+    (wrong grid, ``problems``) is a ModelError as before."""
     if gate is None:
         if problems:
-            raise ModelError(f"model {enhancer.info.name} returned {problems[0]}")
+            raise ModelError(f"model {run.enhancer.info.name} returned {problems[0]}")
         return None
-    return measure(source, values, modality=modality, scale=enhancer.info.scale_factor,
-                   limits=gate.limits, max_slices=gate.max_slices,
-                   geometry_problems=problems)  # fmt: skip
+    return measure(run.source, run.values, modality=run.modality,
+                   scale=run.enhancer.info.scale_factor, limits=gate.limits,
+                   max_slices=gate.max_slices, geometry_problems=problems,
+                   sample_spread=_spread(run, gate.diffusion_samples))  # fmt: skip
 
 
-def _with_geometry(report: QAReport | None, problems: list[str], source: np.ndarray,
-                   values: np.ndarray, modality: str, enhancer: Enhancer, gate: Gate | None
-                   ) -> QAReport | None:  # fmt: skip
+def _with_geometry(
+    report: QAReport | None, problems: list[str], run: _Run, gate: Gate | None
+) -> QAReport | None:
     """The report again when the built instances' geometry is wrong."""
     if report is None or not problems or gate is None:
         return report
-    return _gated(gate, enhancer, source, values, modality, problems)
+    return _gated(gate, run, problems)
 
 
 def _series_number(source: Dataset, used: Collection[int], derived: DerivedSettings) -> int:
@@ -149,7 +176,8 @@ def _enhance_multiframe(
     modality = str(stack.dataset.get("Modality", ""))
     problems = ([] if values.shape == stack.values.shape
                 else [f"shape {values.shape}; expected {stack.values.shape}"])  # fmt: skip
-    report = _gated(gate, enhancer, stack.values, values, modality, problems)
+    run = _Run(enhancer, stack.values, values, stack.spacing_mm, modality)
+    report = _gated(gate, run, problems)
     sources = [str(stack.dataset.SOPInstanceUID)]
     if report is not None and not report.usable:
         return EnhancedSeries([], sources, enhancer.info, seconds, report)
@@ -160,7 +188,7 @@ def _enhance_multiframe(
     dataset = build_derived_multiframe(stack.dataset, in_frame_order, info, datetime.now(UTC))
     frames = int(dataset.get("NumberOfFrames", 1))
     wrong = [] if frames == len(stack.order) else [f"{frames} frames for {len(stack.order)}"]
-    report = _with_geometry(report, wrong, stack.values, values, modality, enhancer, gate)
+    report = _with_geometry(report, wrong, run, gate)
     return EnhancedSeries([dataset], sources, enhancer.info, seconds, report)
 
 
@@ -207,7 +235,8 @@ def enhance_series(
     if not all(abs(a - b) < 1e-6 for a, b in zip(spacing, expected_spacing, strict=True)):
         problems.append(f"spacing {spacing}; expected {expected_spacing}")
     modality = str(volume.datasets[0].get("Modality", ""))
-    report = _gated(gate, enhancer, volume.values, values, modality, problems)
+    run = _Run(enhancer, volume.values, values, volume.spacing_mm, modality)
+    report = _gated(gate, run, problems)
     sources = [str(ds.SOPInstanceUID) for ds in volume.datasets]
     if report is not None and not report.usable:
         return EnhancedSeries([], sources, enhancer.info, seconds, report)
@@ -217,5 +246,5 @@ def enhance_series(
     # from the values' shape.
     datasets = build_derived_series(volume.datasets, values, info, datetime.now(UTC))
     wrong = geometry_problems(volume.datasets, datasets, scale) if gate is not None else []
-    report = _with_geometry(report, wrong, volume.values, values, modality, enhancer, gate)
+    report = _with_geometry(report, wrong, run, gate)
     return EnhancedSeries(datasets, sources, enhancer.info, seconds, report)

@@ -14,7 +14,10 @@ limit (a limit of None records the figure without judging it):
   series' own noise σ, estimated blind from the input (removed or added texture beyond
   the noise);
 - ``edge_correlation``: correlation of the residual's magnitude with the source's edges
-  (structure removed or invented along edges).
+  (structure removed or invented along edges);
+- ``sample_spread``: for a stochastic model (a diffusion sampler), the per-pixel spread
+  across samples drawn with other seeds (what the model is unsure of), 99th percentile
+  over the body of the centre slice.
 
 Super-resolution outputs are compared on the input's grid: the output is averaged over
 each ``scale`` x ``scale`` block first. For CT the shift and range figures are in HU; for
@@ -25,7 +28,7 @@ up to ``max_slices`` evenly spaced slices; the non-finite and range checks on ev
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -91,6 +94,7 @@ class Gate:
 
     limits: QALimits
     max_slices: int = 16
+    diffusion_samples: int = 2
 
 
 @dataclass(frozen=True)
@@ -232,6 +236,7 @@ def measure(
     limits: QALimits | None = None,
     max_slices: int = 16,
     geometry_problems: Sequence[str] = (),
+    sample_spread: Callable[[], np.ndarray] | None = None,
 ) -> QAReport:
     """Measure ``output`` (depth, rows x scale, columns x scale) against ``source``
     (depth, rows, columns), both in modality units (HU for CT).
@@ -239,6 +244,9 @@ def measure(
     ``geometry_problems`` are what the caller found wrong with the derived instances'
     geometry; a wrong output shape is found here. Either fails the geometry check, and a
     wrong shape or a non-finite value leaves the statistical checks unmeasured.
+
+    ``sample_spread`` (stochastic models) gives the per-pixel spread across samples of the
+    centre slice, on the output grid; its 99th percentile over the body is judged.
     """
     limits = limits or QALimits()
     ct = modality.upper() == "CT"
@@ -253,7 +261,8 @@ def measure(
     checks.append(Check("non_finite", float(bad), 0.0, bad == 0,
                         f"{bad} NaN or infinite values" if bad else ""))  # fmt: skip
     if problems or bad:
-        for name in ("range_excess", "mean_shift", "residual_noise_ratio", "edge_correlation"):
+        for name in ("range_excess", "mean_shift", "residual_noise_ratio", "edge_correlation",
+                     "sample_spread"):  # fmt: skip
             checks.append(Check(name, None, None, True, "not measured: unusable output"))
         return QAReport(checks, None, unit, 0)
 
@@ -304,6 +313,20 @@ def measure(
     correlation = float(np.mean(finite)) if finite else None
     checks.append(_judge("edge_correlation", correlation, limits.edge_correlation,
                          "" if finite else "no residual"))  # fmt: skip
+    if sample_spread is None:
+        checks.append(Check("sample_spread", None, None, True, "a deterministic model"))
+    else:
+        centre = src[depth // 2]
+        body = _regions(centre, ct)[1]
+        if scale > 1:
+            body = np.repeat(np.repeat(body, scale, axis=0), scale, axis=1)
+        spread = sample_spread()
+        value = float(np.percentile(spread[body], 99.0)) if body.any() else None
+        if ct:
+            checks.append(_judge("sample_spread", value, limits.sample_spread_hu))
+        else:
+            value = None if value is None else value / unit_sigma
+            checks.append(_judge("sample_spread", value, limits.sample_spread_sigma))
     return QAReport(checks, noise, unit, len(sigmas))
 
 

@@ -266,6 +266,10 @@ class QALimits(_Section):
     # How far the output leaves the input's value range: HU for CT, noise σ otherwise.
     range_excess_hu: Limit = 20.0
     range_excess_sigma: Limit = 1.0
+    # A stochastic model (diffusion): the 99th percentile over the body of the per-pixel
+    # spread (σ) across samples drawn with other seeds: HU for CT, noise σ otherwise.
+    sample_spread_hu: Limit = 10.0
+    sample_spread_sigma: Limit = 0.5
     # The noise σ divided by is at least this (CT, HU) or this fraction of the input's
     # 2-98 % range (other modalities), so a noiseless input is not a failure.
     noise_floor_hu: float = Field(default=2.0, gt=0)
@@ -287,6 +291,9 @@ class QASettings(_Section):
     # Slices the statistical checks measure (evenly spaced); every voxel is checked for
     # NaN / Inf and range.
     max_slices: int = Field(default=16, ge=1)
+    # Extra samples a stochastic (diffusion) preset draws, with other seeds, for the
+    # centre slice of a series (0: its spread is not measured).
+    diffusion_samples: int = Field(default=2, ge=0)
     limits: QALimits = QALimits()
 
 

@@ -166,3 +166,17 @@ def test_geometry_problems_name_what_moved() -> None:
     assert problems == ["instance 2: position moved", "instance 3: frame of reference changed"]
     assert geometry_problems(sources, same[:2], 1) == ["2 derived instances for 3 sources"]
     assert "pixel spacing" in geometry_problems(sources, same, 2)[0]
+
+
+def test_sample_spread_is_judged_for_stochastic_models_only() -> None:
+    volume = _phantom()
+    out = _clean(volume)
+    deterministic = measure(volume, out, modality="CT").check("sample_spread")
+    assert deterministic.passed and deterministic.value is None
+    assert deterministic.detail == "a deterministic model"
+    rng = np.random.default_rng(3)
+    unsure = lambda: np.abs(rng.normal(0.0, 20.0, volume.shape[1:]))  # noqa: E731
+    check = measure(volume, out, modality="CT", sample_spread=unsure).check("sample_spread")
+    assert check.failed and check.value is not None and check.value > 40.0
+    sure = lambda: np.full(volume.shape[1:], 0.5)  # noqa: E731
+    assert measure(volume, out, modality="CT", sample_spread=sure).check("sample_spread").passed

@@ -79,8 +79,10 @@ def test_a_real_denoiser_on_real_ct_passes_the_gate(ctx: WorkerContext, tmp_path
     assert job is not None and job.qa is not None
     assert job.qa["verdict"] == "pass" and job.qa["action"] == "send"
     assert job.qa["slices_measured"] == 3 and job.qa["noise_sigma"] > 1.0
-    assert set(job.qa["checks"]) == {"geometry", "non_finite", "range_excess", "mean_shift",
-                                     "residual_noise_ratio", "edge_correlation"}  # fmt: skip
+    assert set(job.qa["checks"]) == {
+        "geometry", "non_finite", "range_excess", "mean_shift", "residual_noise_ratio",
+        "edge_correlation", "sample_spread",
+    }  # fmt: skip
     assert abs(job.qa["checks"]["mean_shift"]["value"]) < 2.0
 
 
@@ -273,3 +275,37 @@ def test_dicomweb_does_not_serve_outputs_the_gate_stopped(
         job = ctx.repository.get_job(job_id)
         assert job is not None and job.output_series_instance_uid is not None
         assert (job.output_series_instance_uid in served) is (job_id == passed)
+
+
+class UnsureModel(FaultyModel):
+    """A stochastic model whose samples disagree by tens of HU."""
+
+    @property
+    def stochastic(self) -> bool:
+        return True
+
+    def resample(self, volume: np.ndarray, spacing_mm: Spacing, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        return volume + rng.normal(0.0, 40.0, volume.shape).astype(np.float32)
+
+
+def test_a_diffusion_model_whose_samples_disagree_fails(
+    ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ctx.enhancers, "get", lambda *_args: UnsureModel(lambda v: v))
+    job_id = queue_series(ctx, _series(), preset="identity")
+    assert run_job(job_id, ctx) is JobStatus.FAILED
+    job = ctx.repository.get_job(job_id)
+    assert job is not None and job.qa is not None
+    assert job.qa["checks"]["sample_spread"]["passed"] is False
+    assert job.qa["checks"]["sample_spread"]["value"] > 50.0
+
+
+def test_the_shipped_diffusion_preset_has_its_spread_measured(ctx: WorkerContext) -> None:
+    job_id = queue_series(ctx, make_ct_series(None, n_slices=3, rows=48, cols=48, seed=4),
+                          preset="ct-diffusion")  # fmt: skip
+    assert run_job(job_id, ctx) is JobStatus.DONE
+    job = ctx.repository.get_job(job_id)
+    assert job is not None and job.qa is not None
+    spread = job.qa["checks"]["sample_spread"]
+    assert spread["passed"] and spread["value"] is not None and 0.0 < spread["value"] < 10.0
