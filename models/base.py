@@ -66,6 +66,8 @@ class StochasticEnhancer(Enhancer, Protocol):
         """Whether other seeds give other outputs."""
         ...
 
-    def resample(self, volume: np.ndarray, spacing_mm: Spacing, seed: int) -> np.ndarray:
-        """The output for ``volume`` drawn with ``seed``."""
+    def resample(
+        self, volume: np.ndarray, spacing_mm: Spacing, draw: int, index: int
+    ) -> np.ndarray:
+        """Slice ``index`` of ``volume`` enhanced again with another draw (``draw`` ≥ 1)."""
         ...

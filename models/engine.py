@@ -102,7 +102,7 @@ class NetworkEnhancer:
             # NHWC is faster for convolutions on current CPUs and on tensor-core GPUs.
             network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.network = network
-        self._seed_lock = threading.Lock()
+        self._local = threading.local()  # a per-thread stand-in network (resample)
         self._network: Callable[[torch.Tensor], torch.Tensor] = network
         if self.options.compile:
             self._network = torch.compile(network)
@@ -111,19 +111,28 @@ class NetworkEnhancer:
     def stochastic(self) -> bool:
         """Whether the network draws noise (a diffusion sampler with noise): its outputs
         for other seeds differ, and their spread measures what it is unsure of."""
-        return hasattr(self.network, "seed") and float(getattr(self.network, "noise_scale", 0)) > 0
+        sample = getattr(self.network, "sample", None)
+        noise = float(getattr(self.network, "noise_scale", 0))
+        return callable(sample) and hasattr(self.network, "seed") and noise > 0
 
-    def resample(self, volume: np.ndarray, spacing_mm: Spacing, seed: int) -> np.ndarray:
-        """The output for ``volume`` drawn with another seed of the network's sampler."""
+    def resample(
+        self, volume: np.ndarray, spacing_mm: Spacing, draw: int, index: int
+    ) -> np.ndarray:
+        """Slice ``index`` of ``volume`` enhanced again with another draw of the network's
+        sampler (seed: the network's own plus ``draw``), normalised and post-processed as
+        in a run over the whole volume; (rows x scale, columns x scale)."""
         if not self.stochastic:
             raise ValueError(f"{self.card.name} is deterministic: it has no other samples")
-        with self._seed_lock:
-            kept = getattr(self.network, "seed")  # noqa: B009 - a sampler's attribute
-            setattr(self.network, "seed", seed)  # noqa: B010
-            try:
-                return self(volume, spacing_mm)[0]
-            finally:
-                setattr(self.network, "seed", kept)  # noqa: B010
+        if not 0 <= index < volume.shape[0]:
+            raise ValueError(f"index {index} is outside a volume of {volume.shape[0]} slices")
+        seed = int(getattr(self.network, "seed")) + draw  # noqa: B009 - a sampler's attribute
+        sample = getattr(self.network, "sample")  # noqa: B009
+        # Per thread: a run of another series at the same time keeps the network's seed.
+        self._local.network = lambda batch: sample(batch, seed=seed)
+        try:
+            return self._enhance(volume, [index])[0]
+        finally:
+            self._local.network = None
 
     @property
     def info(self) -> ModelInfo:
@@ -159,8 +168,9 @@ class NetworkEnhancer:
         )
         if self.options.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
+        network = getattr(self._local, "network", None) or self._network
         with autocast:
-            out = self._network(batch)
+            out = network(batch)
         return out.float().cpu()
 
     def _forward_tiled(self, batch: torch.Tensor) -> torch.Tensor:
@@ -223,6 +233,15 @@ class NetworkEnhancer:
         if volume.ndim != 3:
             raise ValueError(f"volume must be 3-D (z, y, x), got shape {volume.shape}")
         scale = self.card.scale_factor
+        result = self._enhance(volume, list(range(volume.shape[0])), progress)
+        new_spacing = (spacing_mm[0], spacing_mm[1] / scale, spacing_mm[2] / scale)
+        return result, new_spacing
+
+    def _enhance(
+        self, volume: np.ndarray, indices: list[int], progress: ProgressCallback | None = None
+    ) -> np.ndarray:
+        """Slices ``indices`` of ``volume`` enhanced, normalised from the whole volume."""
+        scale = self.card.scale_factor
         low, high = self.card.intensity_range(volume)
         valid_low, valid_high = self.card.output_range(volume)
         # Pixels outside the range the network was trained on (padding at -2048 or -3024,
@@ -231,25 +250,26 @@ class NetworkEnhancer:
         source = torch.from_numpy(
             self._normalise(np.clip(volume, valid_low, valid_high), low, high)
         )
-        depth, height, width = source.shape
-        output = np.empty((depth, height * scale, width * scale), dtype=np.float32)
+        _, height, width = source.shape
+        output = np.empty((len(indices), height * scale, width * scale), dtype=np.float32)
         with torch.inference_mode():
             start = 0
-            while start < depth:
-                stop = min(depth, start + self._batch_size)
-                batch = torch.stack([self._context_stack(source, i) for i in range(start, stop)])
+            while start < len(indices):
+                stop = min(len(indices), start + self._batch_size)
+                batch = torch.stack([self._context_stack(source, i) for i in indices[start:stop]])
                 output[start:stop] = self._run_batch(batch)[:, 0].numpy()
                 start = stop
                 if progress is not None:
-                    progress(stop, depth)
+                    progress(stop, len(indices))
         result = self._denormalise(output, low, high)
+        whole = len(indices) == volume.shape[0]  # the whole volume: no copy of it
+        original_values = volume if whole else volume[indices]
         if scale == 1 and self.strength < 1.0:
-            original = volume.astype(np.float32)
+            original = original_values.astype(np.float32)
             result = original + np.float32(self.strength) * (result - original)
         np.clip(result, valid_low, valid_high, out=result)
-        _restore_out_of_range(volume, result, valid_low, valid_high, scale)
-        new_spacing = (spacing_mm[0], spacing_mm[1] / scale, spacing_mm[2] / scale)
-        return result, new_spacing
+        _restore_out_of_range(original_values, result, valid_low, valid_high, scale)
+        return result
 
 
 def _restore_out_of_range(

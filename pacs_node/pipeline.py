@@ -100,25 +100,27 @@ class _Run:
     modality: str
 
 
-def _spread(run: _Run, samples: int) -> Callable[[], np.ndarray] | None:
+def _spread(run: _Run, samples: int) -> tuple[Callable[[], np.ndarray] | None, str]:
     """For a stochastic model: the per-pixel spread (σ) of the centre slice across its
-    output and ``samples`` more drawn with other seeds (computed once, when asked)."""
+    output and ``samples`` more draws (computed once, when asked), else None and why."""
     enhancer = run.enhancer
-    if samples < 1 or not isinstance(enhancer, StochasticEnhancer) or not enhancer.stochastic:
-        return None
+    if not isinstance(enhancer, StochasticEnhancer) or not enhancer.stochastic:
+        return None, "a deterministic model"
+    if samples < 1:
+        return None, "not measured: qa.diffusion_samples is 0"
 
     @cache
     def spread() -> np.ndarray:
-        depth = run.source.shape[0]
-        centre = depth // 2
-        first, last = max(0, centre - 1), min(depth, centre + 2)  # the 2.5D context too
-        block = run.source[first:last]
+        centre = run.source.shape[0] // 2
         draws = [run.values[centre].astype(np.float64)]
-        for seed in range(1, samples + 1):
-            draws.append(enhancer.resample(block, run.spacing, seed)[centre - first])
+        try:
+            for draw in range(1, samples + 1):
+                draws.append(enhancer.resample(run.source, run.spacing, draw, centre))
+        except (RuntimeError, ValueError, MemoryError) as exc:
+            raise ModelError(f"model {enhancer.info.name} failed drawing samples: {exc}") from exc
         return np.std(np.stack(draws), axis=0, ddof=1)
 
-    return spread
+    return spread, ""
 
 
 def _gated(gate: Gate | None, run: _Run, problems: list[str]) -> QAReport | None:
@@ -128,10 +130,11 @@ def _gated(gate: Gate | None, run: _Run, problems: list[str]) -> QAReport | None
         if problems:
             raise ModelError(f"model {run.enhancer.info.name} returned {problems[0]}")
         return None
+    spread, why_not = _spread(run, gate.diffusion_samples)
     return measure(run.source, run.values, modality=run.modality,
                    scale=run.enhancer.info.scale_factor, limits=gate.limits,
                    max_slices=gate.max_slices, geometry_problems=problems,
-                   sample_spread=_spread(run, gate.diffusion_samples))  # fmt: skip
+                   sample_spread=spread, sample_spread_detail=why_not)  # fmt: skip
 
 
 def _with_geometry(

@@ -237,6 +237,7 @@ def measure(
     max_slices: int = 16,
     geometry_problems: Sequence[str] = (),
     sample_spread: Callable[[], np.ndarray] | None = None,
+    sample_spread_detail: str = "a deterministic model",
 ) -> QAReport:
     """Measure ``output`` (depth, rows x scale, columns x scale) against ``source``
     (depth, rows, columns), both in modality units (HU for CT).
@@ -314,7 +315,7 @@ def measure(
     checks.append(_judge("edge_correlation", correlation, limits.edge_correlation,
                          "" if finite else "no residual"))  # fmt: skip
     if sample_spread is None:
-        checks.append(Check("sample_spread", None, None, True, "a deterministic model"))
+        checks.append(Check("sample_spread", None, None, True, sample_spread_detail))
     else:
         centre = src[depth // 2]
         body = _regions(centre, ct)[1]

@@ -195,3 +195,32 @@ def test_gpu_matches_cpu_within_bf16_tolerance() -> None:
     cpu, _ = NetworkEnhancer(network, card, EngineOptions(device="cpu"))(volume, (1, 1, 1))
     gpu, _ = NetworkEnhancer(network, card, EngineOptions(device="cuda"))(volume, (1, 1, 1))
     assert np.abs(gpu - cpu).mean() < 5.0
+
+
+def test_resample_draws_another_sample_without_touching_the_shared_seed() -> None:
+    from models.registry import ModelRegistry
+
+    network, card = ModelRegistry().load("ct-diffusion-cold")
+    enhancer = NetworkEnhancer(network, card, EngineOptions(device="cpu"))
+    assert enhancer.stochastic
+    rng = np.random.default_rng(0)
+    volume = (rng.normal(40.0, 30.0, (3, 32, 32))).astype(np.float32)
+    first, _ = enhancer(volume, (2.5, 0.7, 0.7))
+    seed = network.seed
+    draw = enhancer.resample(volume, (2.5, 0.7, 0.7), draw=1, index=1)
+    assert draw.shape == (32, 32) and network.seed == seed
+    assert not np.array_equal(draw, first[1])  # another draw of the sampler
+    assert np.abs(draw - first[1]).mean() < 5.0  # of the same image
+    again, _ = enhancer(volume, (2.5, 0.7, 0.7))
+    np.testing.assert_array_equal(again, first)  # the fixed seed, as before
+    with pytest.raises(ValueError, match="outside"):
+        enhancer.resample(volume, (2.5, 0.7, 0.7), draw=1, index=3)
+
+
+def test_deterministic_networks_have_no_other_samples() -> None:
+    card = ModelCard(name="t", version="0", task="denoise", modality="CT",
+                     architecture="dncnn", arch_kwargs={"depth": 3, "features": 4})  # fmt: skip
+    enhancer = NetworkEnhancer(build_network("dncnn", depth=3, features=4), card)
+    assert not enhancer.stochastic
+    with pytest.raises(ValueError, match="deterministic"):
+        enhancer.resample(np.zeros((1, 8, 8), np.float32), (1.0, 1.0, 1.0), draw=1, index=0)

@@ -284,9 +284,11 @@ class UnsureModel(FaultyModel):
     def stochastic(self) -> bool:
         return True
 
-    def resample(self, volume: np.ndarray, spacing_mm: Spacing, seed: int) -> np.ndarray:
-        rng = np.random.default_rng(seed)
-        return volume + rng.normal(0.0, 40.0, volume.shape).astype(np.float32)
+    def resample(
+        self, volume: np.ndarray, spacing_mm: Spacing, draw: int, index: int
+    ) -> np.ndarray:
+        rng = np.random.default_rng(draw)
+        return volume[index] + rng.normal(0.0, 40.0, volume.shape[1:]).astype(np.float32)
 
 
 def test_a_diffusion_model_whose_samples_disagree_fails(
