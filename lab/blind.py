@@ -23,7 +23,7 @@ import torch
 
 from lab import CT_MANIFEST as MANIFEST
 from lab.noise import TRAINING, noise_bank
-from models.checkpoint import ModelCard, save_checkpoint
+from models.checkpoint import ModelCard, initialise_from_checkpoint, save_checkpoint
 from models.networks import build_network
 from models.phantoms import low_contrast_phantom
 from models.train import StepCallback, TrainConfig, train
@@ -160,6 +160,7 @@ def train_blind(
     log: Callable[[str], None] = print,
     device: str = "cpu",
     time_budget_s: float | None = None,
+    init_from: Path | None = None,
 ) -> Path:
     """Train a 2D denoiser on fan-beam noise of σ 8-110 HU; write its card and weights.
 
@@ -170,6 +171,9 @@ def train_blind(
     budget (counted from this call, timed on a throwaway copy of the network after the noise
     bank is ready), so the cosine schedule still runs to its end; the card records the steps,
     and a run with that step count repeats it.
+
+    ``init_from`` (a model card) starts the network from that checkpoint's verified weights
+    (fine-tuning: the same architecture and arguments); the card records it.
     """
     started_call = time.monotonic()
     torch.manual_seed(config.seed)
@@ -179,6 +183,11 @@ def train_blind(
     bank = noise_bank(images, spacings, TRAINING, draws, config.seed, cache_dir, log, device)
     log(f"noise bank ready in {time.perf_counter() - started:.0f} s")
     network = build_network(architecture, **arch_kwargs)
+    initialised_from = (
+        initialise_from_checkpoint(network, init_from, architecture, arch_kwargs, 1, "CT")
+        if init_from is not None
+        else None
+    )
     card = ModelCard(
         name=name,
         version=version,
@@ -212,6 +221,7 @@ def train_blind(
                 asdict(TRAINING),
                 draws,
                 training_set.manifest_sha256,
+                initialised_from,
             ],
             sort_keys=True,
             default=str,
@@ -241,6 +251,8 @@ def train_blind(
         "device": "cpu" if not device.startswith("cuda") else torch.cuda.get_device_name(),
         "torch": torch.__version__,
     }
+    if initialised_from is not None:
+        training["init_from"] = initialised_from
     if done < config.steps:
         training["stopped_at_step"] = done  # time ran out before the schedule's end
     card = ModelCard(**{**asdict(card), "training": training})

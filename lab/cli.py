@@ -193,6 +193,14 @@ def train_blind_command(
     noise_cache: Annotated[
         Path, typer.Option(help="folder keeping simulated noise between runs")
     ] = Path("var/cache/noise-bank"),
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="model card (.json) whose verified weights start the network "
+            "(fine-tuning: the same architecture and arguments)",
+            exists=True,
+        ),
+    ] = None,
 ) -> None:
     """Train a blind 2D CT denoiser on the manifest's training patients with fan-beam noise
     of σ 8-110 HU (resumable: a stopped run continues from its last saved state)."""
@@ -226,7 +234,7 @@ def train_blind_command(
             images, output, name=name, version=version, architecture=architecture,
             arch_kwargs=json.loads(arch_kwargs), description=description, config=config,
             command=command, draws=noise_draws, cache_dir=noise_cache, on_step=on_step,
-            log=console.print, device=device, time_budget_s=time_budget,
+            log=console.print, device=device, time_budget_s=time_budget, init_from=init_from,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[red]{exc}[/red]")

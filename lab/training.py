@@ -16,10 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import ndimage
-from torch import nn
 
 from models.base import Task
-from models.checkpoint import CheckpointError, ModelCard, load_checkpoint, save_checkpoint
+from models.checkpoint import (
+    ModelCard,
+    initialise_from_checkpoint,
+    save_checkpoint,
+)
 from models.classical import AnisotropicDiffusionFilter
 from models.engine import EngineOptions, NetworkEnhancer, bicubic_upsample
 from models.metrics import (
@@ -319,7 +322,9 @@ def train_model(
     log(f"data: {len(volumes.train)} series, {sum(len(v) for v in volumes.train)} training slices")
     network = build_network(architecture, **arch_kwargs)
     initialised_from = (
-        _initialise(network, init_from, architecture, arch_kwargs, context_slices, modality)
+        initialise_from_checkpoint(
+            network, init_from, architecture, arch_kwargs, context_slices, modality
+        )
         if init_from is not None
         else None
     )
@@ -389,48 +394,6 @@ def train_model(
         }
     )
     return save_checkpoint(output, network, card)
-
-
-def _initialise(
-    network: nn.Module,
-    card_path: Path,
-    architecture: str,
-    arch_kwargs: dict[str, Any],
-    context_slices: int,
-    modality: str,
-) -> dict[str, str]:
-    """Load the checkpoint of ``card_path`` into ``network``; its provenance for the card.
-
-    Raises
-    ------
-    ValueError
-        If the checkpoint cannot be loaded (missing, corrupt) or does not fit: another
-        modality or slice context, the same architecture with tensors of other shapes, or
-        another architecture that the network's ``initialise_from`` does not take.
-    """
-    try:
-        source, card = load_checkpoint(card_path)
-    except CheckpointError as exc:
-        raise ValueError(f"--init-from: {exc}") from exc
-    if card.modality.upper() != modality.upper() or card.context_slices != context_slices:
-        raise ValueError(
-            f"--init-from {card_path}: {card.modality} with {card.context_slices} slices does "
-            f"not fit a {modality} network with {context_slices} slices"
-        )
-    initialise = getattr(network, "initialise_from", None)
-    try:
-        if card.architecture == architecture:  # fine-tuning: the state must fit exactly
-            network.load_state_dict(source.state_dict(), strict=True)
-        elif callable(initialise):
-            initialise(source)
-        else:
-            raise ValueError("it has no way to start from another architecture")
-    except (RuntimeError, ValueError) as exc:
-        raise ValueError(
-            f"--init-from {card_path}: a {card.architecture} {card.arch_kwargs} checkpoint "
-            f"does not fit a {architecture} {arch_kwargs} network: {exc}"
-        ) from exc
-    return {"name": card.name, "version": card.version, "sha256": card.weights_sha256}
 
 
 def _data_statement(data: Path | None, phantoms: int, mr: bool) -> str:

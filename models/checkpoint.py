@@ -203,3 +203,46 @@ def load_checkpoint(
     except (KeyError, TypeError, RuntimeError, SafetensorError) as exc:
         raise CheckpointError(f"cannot load {weights} into {card.architecture}: {exc}") from exc
     return network.to(device).eval(), card
+
+
+def initialise_from_checkpoint(
+    network: nn.Module,
+    card_path: Path,
+    architecture: str,
+    arch_kwargs: dict[str, Any],
+    context_slices: int,
+    modality: str,
+) -> dict[str, str]:
+    """Load the checkpoint of ``card_path`` into ``network`` (``--init-from`` of the
+    training commands); its provenance for the card.
+
+    Raises
+    ------
+    ValueError
+        If the checkpoint cannot be loaded (missing, corrupt) or does not fit: another
+        modality or slice context, the same architecture with tensors of other shapes, or
+        another architecture that the network's ``initialise_from`` does not take.
+    """
+    try:
+        source, card = load_checkpoint(card_path)
+    except CheckpointError as exc:
+        raise ValueError(f"--init-from: {exc}") from exc
+    if card.modality.upper() != modality.upper() or card.context_slices != context_slices:
+        raise ValueError(
+            f"--init-from {card_path}: {card.modality} with {card.context_slices} slices does "
+            f"not fit a {modality} network with {context_slices} slices"
+        )
+    initialise = getattr(network, "initialise_from", None)
+    try:
+        if card.architecture == architecture:  # fine-tuning: the state must fit exactly
+            network.load_state_dict(source.state_dict(), strict=True)
+        elif callable(initialise):
+            initialise(source)
+        else:
+            raise ValueError("it has no way to start from another architecture")
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(
+            f"--init-from {card_path}: a {card.architecture} {card.arch_kwargs} checkpoint "
+            f"does not fit a {architecture} {arch_kwargs} network: {exc}"
+        ) from exc
+    return {"name": card.name, "version": card.version, "sha256": card.weights_sha256}

@@ -114,3 +114,32 @@ def test_the_gpu_driver_trains_within_its_budget_without_the_node_stack(tmp_path
     assert "steps fit the budget" in log
     assert json.loads(card_path.read_text())["weights_sha256"] == card.weights_sha256
     assert sum(p.numel() for p in network.parameters()) > 0
+
+
+def test_train_blind_fine_tunes_from_a_card_and_records_it(tmp_path: Path) -> None:
+    from lab.blind import train_blind
+    from models.checkpoint import save_checkpoint
+
+    kwargs = {"in_channels": 1, "features": 4, "depth": 2}
+    start = build_network("resunet", **kwargs)
+    with torch.no_grad():
+        for parameter in start.parameters():
+            parameter.add_(0.01)
+    card_path = save_checkpoint(tmp_path / "start", start, ModelCard(
+        "start", "0.0.1", "denoise", "CT", "resunet", kwargs))  # fmt: skip
+    training_set = _set(tmp_path / "set.npz")
+    config = TrainConfig(steps=1, patch=32, batch_size=2, learning_rate=0.0, sampling="slice")
+    common = {"description": "", "config": config, "command": "test", "draws": 1,
+              "log": lambda _m: None, "init_from": card_path}  # fmt: skip
+    out = train_blind(training_set, tmp_path / "out", name="tuned", version="0.0.2",
+                      architecture="resunet", arch_kwargs=kwargs, **common)  # fmt: skip
+    tuned, card = load_checkpoint(out)
+    assert card.training is not None
+    assert card.training["init_from"]["name"] == "start"
+    # Learning rate 0: the starting weights, unchanged (BatchNorm's running statistics move).
+    for a, b in zip(start.parameters(), tuned.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="does not fit"):
+        wider = {**kwargs, "features": 8}
+        train_blind(training_set, tmp_path / "other", name="x", version="0",
+                    architecture="resunet", arch_kwargs=wider, **common)  # fmt: skip
