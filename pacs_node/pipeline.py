@@ -24,7 +24,7 @@ from pacs_node.dicom.derived_multiframe import build_derived_multiframe
 from pacs_node.dicom.multiframe import is_multiframe_enhanceable, load_frames
 from pacs_node.dicom.volume import load_series
 from pacs_node.errors import InvalidSeriesError, ModelError
-from pacs_node.qa import Gate, QAReport, geometry_problems, measure
+from pacs_node.qa import Gate, QAReport, geometry_problems, measure, unusable_report
 from pacs_node.settings import DerivedSettings
 
 Progress = Callable[[int, int], None]
@@ -137,13 +137,12 @@ def _gated(gate: Gate | None, run: _Run, problems: list[str]) -> QAReport | None
                    sample_spread=spread, sample_spread_detail=why_not)  # fmt: skip
 
 
-def _with_geometry(
-    report: QAReport | None, problems: list[str], run: _Run, gate: Gate | None
-) -> QAReport | None:
-    """The report again when the built instances' geometry is wrong."""
-    if report is None or not problems or gate is None:
+def _with_geometry(report: QAReport | None, problems: list[str]) -> QAReport | None:
+    """The report on instances built with the wrong geometry: unusable, as a wrong grid
+    (nothing measured again)."""
+    if report is None or not problems:
         return report
-    return _gated(gate, run, problems)
+    return unusable_report(problems, 0, report.unit)
 
 
 def _series_number(source: Dataset, used: Collection[int], derived: DerivedSettings) -> int:
@@ -191,7 +190,7 @@ def _enhance_multiframe(
     dataset = build_derived_multiframe(stack.dataset, in_frame_order, info, datetime.now(UTC))
     frames = int(dataset.get("NumberOfFrames", 1))
     wrong = [] if frames == len(stack.order) else [f"{frames} frames for {len(stack.order)}"]
-    report = _with_geometry(report, wrong, run, gate)
+    report = _with_geometry(report, wrong)
     return EnhancedSeries([dataset], sources, enhancer.info, seconds, report)
 
 
@@ -249,5 +248,5 @@ def enhance_series(
     # from the values' shape.
     datasets = build_derived_series(volume.datasets, values, info, datetime.now(UTC))
     wrong = geometry_problems(volume.datasets, datasets, scale) if gate is not None else []
-    report = _with_geometry(report, wrong, run, gate)
+    report = _with_geometry(report, wrong)
     return EnhancedSeries(datasets, sources, enhancer.info, seconds, report)

@@ -257,15 +257,10 @@ def measure(
     expected = (depth, rows * scale, columns * scale)
     if output.shape != expected:
         problems.append(f"output shape {output.shape}, expected {expected}")
-    checks = [Check("geometry", float(len(problems)), 0.0, not problems, "; ".join(problems))]
     bad = int(np.size(output) - np.count_nonzero(np.isfinite(output))) if not problems else 0
-    checks.append(Check("non_finite", float(bad), 0.0, bad == 0,
-                        f"{bad} NaN or infinite values" if bad else ""))  # fmt: skip
     if problems or bad:
-        for name in ("range_excess", "mean_shift", "residual_noise_ratio", "edge_correlation",
-                     "sample_spread"):  # fmt: skip
-            checks.append(Check(name, None, None, True, "not measured: unusable output"))
-        return QAReport(checks, None, unit, 0)
+        return unusable_report(problems, bad, unit)
+    checks = [Check("geometry", 0.0, 0.0, True), Check("non_finite", 0.0, 0.0, True)]
 
     src = source.astype(np.float32, copy=False)
     low_res = _on_input_grid(output.astype(np.float32, copy=False), scale)
@@ -329,6 +324,20 @@ def measure(
             value = None if value is None else value / unit_sigma
             checks.append(_judge("sample_spread", value, limits.sample_spread_sigma))
     return QAReport(checks, noise, unit, len(sigmas))
+
+
+def unusable_report(problems: Sequence[str], non_finite: int, unit: str) -> QAReport:
+    """The report on an output that cannot be written: its geometry ``problems`` and
+    ``non_finite`` values; the statistical checks are not measured."""
+    checks = [
+        Check("geometry", float(len(problems)), 0.0, not problems, "; ".join(problems)),
+        Check("non_finite", float(non_finite), 0.0, non_finite == 0,
+              f"{non_finite} NaN or infinite values" if non_finite else ""),
+    ]  # fmt: skip
+    for name in ("range_excess", "mean_shift", "residual_noise_ratio", "edge_correlation",
+                 "sample_spread"):  # fmt: skip
+        checks.append(Check(name, None, None, True, "not measured: unusable output"))
+    return QAReport(checks, None, unit, 0)
 
 
 def _floats(value: Any, count: int) -> np.ndarray | None:
