@@ -1,4 +1,5 @@
-"""The ``pacs-node`` command (an entry point): serve, worker, echo, enhance, jobs, models, db."""
+"""The ``pacs-node`` command (an entry point): serve, worker, echo, enhance, jobs, models, db,
+config."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pacs_node.config_cli import config_app
 from pacs_node.errors import ConfigError, EnhancementError
 from pacs_node.settings import CStoreDestination, Settings, load_settings
 
@@ -30,6 +32,7 @@ tokens_app = typer.Typer(help="API tokens (admin, viewer and worker roles).", no
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(models_app, name="models")
 app.add_typer(rules_app, name="rules")
+app.add_typer(config_app, name="config")
 console = Console()
 
 ConfigOption = Annotated[

@@ -86,12 +86,17 @@ class CStoreDestination(_Section):
     ae_title: AETitle
     host: str = Field(min_length=1)
     port: Port
-    # Derived series are sent uncompressed unless a lossless syntax is named here (JPEG
-    # 2000, JPEG-LS or RLE lossless); a peer that does not accept it gets Explicit VR LE.
-    transfer_syntax: OutputSyntax | None = None
-    # TLS to this peer: its certificate is checked against tls.ca_file, and the node
-    # presents tls.cert_file / tls.key_file.
-    tls: bool = False
+    transfer_syntax: OutputSyntax | None = Field(
+        default=None,
+        description="derived series are sent uncompressed unless a lossless syntax is named "
+        "(JPEG 2000, JPEG-LS or RLE lossless); a peer that does not accept it gets "
+        "Explicit VR Little Endian",
+    )
+    tls: bool = Field(
+        default=False,
+        description="TLS to this peer: its certificate is checked against `tls.ca_file`, and "
+        "the node presents `tls.cert_file` / `tls.key_file`",
+    )
 
     @classmethod
     def parse(cls, text: str) -> CStoreDestination:
@@ -110,12 +115,24 @@ class TlsSettings(_Section):
     """DICOM TLS (PS3.15 B.1, BCP 195): a second Storage SCP port that speaks only TLS, and
     the node's certificate for outgoing TLS associations."""
 
-    port: Port | None = None  # None: no TLS port
-    cert_file: Path | None = None  # PEM certificate of the node (chain allowed)
-    key_file: Path | None = None  # its PEM private key
-    # PEM CA bundle: set, callers to the TLS port must present a certificate it signed;
-    # also the CAs trusted for destinations reached over TLS.
-    ca_file: Path | None = None
+    port: Port | None = Field(
+        default=None,
+        description="a second DICOM port that speaks only TLS (TLS 1.2 or later, PS3.15 B.1 / "
+        "BCP 195), with the same AE titles, routing and association limit as the plain "
+        "port; null: no TLS port",
+    )
+    cert_file: Path | None = Field(
+        default=None,
+        description="the node's PEM certificate (chain allowed): presented on the TLS port and "
+        "to destinations reached over TLS",
+    )
+    key_file: Path | None = Field(default=None, description="the private key of `tls.cert_file`")
+    ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: callers of the TLS port must present a certificate it "
+        "signed (else they are refused during the handshake), and destinations with "
+        "`tls: true` must present one too (their host name checked)",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> TlsSettings:
@@ -131,46 +148,106 @@ class TlsSettings(_Section):
 class ScpSettings(_Section):
     """Storage SCP tuning."""
 
-    bind_address: str = "0.0.0.0"
-    max_pdu_bytes: int = Field(default=0, ge=0)
-    acse_timeout_s: float = Field(default=30.0, gt=0)
-    dimse_timeout_s: float = Field(default=60.0, gt=0)
-    network_timeout_s: float = Field(default=60.0, gt=0)
-    maximum_associations: int = Field(default=16, ge=1)
+    bind_address: str = Field(
+        default="0.0.0.0", description="the interface the DICOM port(s) listen on"
+    )
+    max_pdu_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="the largest PDU the SCP receives, announced at association (0: "
+        "unlimited); senders split larger instances",
+    )
+    acse_timeout_s: float = Field(default=30.0, gt=0, description="association set-up and release")
+    dimse_timeout_s: float = Field(default=60.0, gt=0, description="one DIMSE message")
+    network_timeout_s: float = Field(
+        default=60.0, gt=0, description="an association silent this long is closed by the SCP"
+    )
+    maximum_associations: int = Field(
+        default=16,
+        ge=1,
+        description="associations at once; one more is rejected (A-ASSOCIATE-RJ, local limit "
+        "exceeded) until one ends",
+    )
 
 
 class SendSettings(_Section):
     """C-STORE sending of derived series."""
 
-    connect_timeout_s: float = Field(default=10.0, gt=0)
-    dimse_timeout_s: float = Field(default=120.0, gt=0)
-    acse_timeout_s: float = Field(default=30.0, gt=0)
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="TCP connection to a C-STORE destination"
+    )
+    dimse_timeout_s: float = Field(
+        default=120.0, gt=0, description="one C-STORE response from the destination"
+    )
+    acse_timeout_s: float = Field(
+        default=30.0, gt=0, description="association set-up with the destination"
+    )
 
 
 class DerivedSettings(_Section):
     """How derived series are labelled."""
 
-    series_description_template: str = "{source} [{preset}]"
-    series_number_offset: int = Field(default=1000, ge=1, le=100000)
-    manufacturer: str = "PACS Enhancement Node"
-    equipment_model_name: str = "pacs-node"
+    series_description_template: str = Field(
+        default="{source} [{preset}]",
+        description="Series Description of a derived series; placeholders `{source}` (the "
+        "source's description), `{preset}`, `{model}`, `{version}`; cut to 64 characters",
+    )
+    series_number_offset: int = Field(
+        default=1000,
+        ge=1,
+        le=100000,
+        description="derived Series Number = the source's + this offset, bumped past "
+        "numbers in use in the study",
+    )
+    manufacturer: str = Field(
+        default="PACS Enhancement Node",
+        description="Manufacturer in the Contributing Equipment of derived series; series "
+        "carrying it are never enhanced again",
+    )
+    equipment_model_name: str = Field(
+        default="pacs-node",
+        description="Manufacturer's Model Name in the same Contributing Equipment item",
+    )
 
 
 class ModelSettings(_Section):
     """Where presets and weights come from and how the inference engine runs."""
 
-    presets_file: Path | None = None  # None: configs/presets.yaml
-    weights_dir: Path | None = None  # searched before the shipped models/weights
-    strength: Literal["low", "medium", "high"] | None = None  # None: each preset's own
-    batch_size: int = Field(default=8, ge=1)
-    max_batch_pixels: int = Field(default=0, ge=0)
-    tile_size: int = Field(default=512, ge=16)
-    tile_overlap: int = Field(default=32, ge=0)
-    amp: bool = True
-    compile: bool = False
-    # Presets marked experimental (not shown to beat the classical baseline on real data)
-    # run only when this is true; otherwise start-up and jobs refuse them with the reason.
-    allow_experimental: bool = False
+    presets_file: Path | None = Field(
+        default=None,
+        description="the preset definitions; null: the shipped `configs/presets.yaml`",
+    )
+    weights_dir: Path | None = Field(
+        default=None,
+        description="an extra folder of model cards, searched before the shipped `models/weights`",
+    )
+    strength: Literal["low", "medium", "high"] | None = Field(
+        default=None, description="the strength of every preset; null: each preset's own"
+    )
+    batch_size: int = Field(
+        default=8,
+        ge=1,
+        description="slices per forward pass (halved on GPU out-of-memory)",
+    )
+    max_batch_pixels: int = Field(
+        default=0,
+        ge=0,
+        description="memory budget: input pixels per forward pass (0: unbounded)",
+    )
+    tile_size: int = Field(
+        default=512, ge=16, description="slices larger than this are processed in tiles"
+    )
+    tile_overlap: int = Field(
+        default=32, ge=0, description="overlap of neighbouring tiles, discarded from each"
+    )
+    amp: bool = Field(default=True, description="bf16 autocast on a GPU")
+    compile: bool = Field(default=False, description="run the networks through `torch.compile`")
+    allow_experimental: bool = Field(
+        default=False,
+        description="presets marked `experimental` in the presets file (not shown to help on "
+        "real data) run only when true; otherwise `serve`, workers and `pacs-node enhance` "
+        "refuse them with the reason, and `pacs-node models list` marks them",
+    )
 
     @property
     def presets_path(self) -> Path:
@@ -181,30 +258,71 @@ class ModelSettings(_Section):
 class WorkerSettings(_Section):
     """Celery worker behaviour."""
 
-    # None: start a worker beside ``serve`` exactly when the broker is the embedded SQLite one.
-    embedded: bool | None = None
-    pool: Literal["solo", "prefork", "threads"] = "solo"
-    concurrency: int = Field(default=1, ge=1)
-    queue: str = Field(default="pacs_node", pattern=r"^[A-Za-z0-9_.-]+$")
-    max_attempts: int = Field(default=3, ge=1)
-    retry_backoff_s: float = Field(default=10.0, ge=0)
-    # A worker on another host sets the node's HTTP address: it then fetches inputs by
-    # WADO-RS instead of reading the node's data directory (none is shared).
-    node_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
-    # Such a worker uploads each derived series back to the node, with a token of role
-    # ``worker`` (`pacs-node tokens create NAME --role worker`); a secret, so set it only
-    # in the environment: PACS_NODE_WORKER__NODE_TOKEN.
-    node_token: SecretStr | None = None
-    # A running job is leased to its worker, which renews the lease with its heartbeat
-    # (every 10 s); the node takes back a job whose lease expired (worker killed or hung)
-    # and queues it again, or fails it once max_attempts are used.
-    lease_s: float = Field(default=60.0, ge=5)
-    # A QUEUED job no worker took for this long is published again (a lost broker message).
-    requeue_after_s: float = Field(default=600.0, gt=0)
-    # A job's time limit: base + per slice x instances; past it the task ends FAILED
-    # (time_limit), and 5 minutes later its lease is let go even if the task is stuck.
-    time_limit_base_s: float = Field(default=600.0, gt=0)
-    time_limit_per_slice_s: float = Field(default=20.0, ge=0)
+    embedded: bool | None = Field(
+        default=None,
+        description="start a worker process beside `serve`; null: exactly when the broker is "
+        "the embedded SQLite one",
+    )
+    pool: Literal["solo", "prefork", "threads"] = Field(
+        default="solo", description="the Celery pool of `pacs-node worker`"
+    )
+    concurrency: int = Field(default=1, ge=1, description="jobs one worker runs at once")
+    queue: str = Field(
+        default="pacs_node",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="the Celery queue, shared by the node and its workers",
+    )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="attempts of a job before it is FAILED (the dead letter; `pacs-node jobs "
+        "retry` starts it again); a failed send goes back to the queue with its next "
+        "attempt scheduled in the database, and only the instances not yet stored are "
+        "sent again",
+    )
+    retry_backoff_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="delay before attempt n+1: `retry_backoff_s × 2^(n-1)` ±25 % jitter "
+        "(kept in the database, so it survives restarts of the node, workers and broker)",
+    )
+    node_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://\S+$",
+        description="a worker on another host: the node's `http://host:port`; inputs then "
+        "come by WADO-RS and each derived instance is uploaded back to the node (no shared "
+        "data directory)",
+    )
+    node_token: SecretStr | None = Field(
+        default=None,
+        description="with `worker.node_url` (required then): a token of role `worker` "
+        "(`pacs-node tokens create NAME --role worker`); a secret, set only in the "
+        "environment",
+    )
+    lease_s: float = Field(
+        default=60.0,
+        ge=5,
+        description="a running job is leased to its worker, which renews the lease every 10 s "
+        "with its heartbeat; the node takes back a job whose lease expired (worker killed "
+        "or hung) and queues it again, or marks it FAILED (`worker_lost`) once "
+        "`worker.max_attempts` are used",
+    )
+    requeue_after_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="a QUEUED job no worker took for this long is published again (its broker "
+        "message may be lost); a duplicate message is harmless, only one claim succeeds",
+    )
+    time_limit_base_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="a job's time limit is this + `time_limit_per_slice_s` × instances; past "
+        "it the job is FAILED (`time_limit`); a task stuck 5 minutes longer ends its worker "
+        "process (exit 70: run workers under a supervisor) and the node takes the job back",
+    )
+    time_limit_per_slice_s: float = Field(
+        default=20.0, ge=0, description="the per-instance part of a job's time limit"
+    )
 
     @model_validator(mode="after")
     def _token_for_the_node(self) -> WorkerSettings:
@@ -219,20 +337,46 @@ class WorkerSettings(_Section):
 class DicomwebSettings(_Section):
     """Who may use the DICOMweb routes."""
 
-    # True opens STOW-RS, QIDO-RS and WADO-RS to anyone who reaches the HTTP port, without
-    # a token (a trusted network only; the node logs a warning at start).
-    allow_anonymous: bool = False
+    allow_anonymous: bool = Field(
+        default=False,
+        description="true opens STOW-RS, QIDO-RS and WADO-RS to callers without a token "
+        "(trusted networks only; a warning is logged at start); otherwise each needs a "
+        "token of a role that allows it",
+    )
 
 
 class RetentionSettings(_Section):
-    """How long data is kept, and the disk watermark (None: kept forever)."""
+    """How long data is kept, and the disk watermark (null: kept forever)."""
 
-    derived_days: float | None = Field(default=None, gt=0)
-    received_days: float | None = Field(default=None, gt=0)
-    jobs_days: float | None = Field(default=None, gt=0)
-    disk_watermark_percent: float = Field(default=90.0, gt=0, le=100)
-    disk_target_percent: float = Field(default=80.0, gt=0, le=100)
-    interval_s: float = Field(default=3600.0, gt=0)
+    derived_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="derived files of finished jobs older than this are deleted (null: kept)",
+    )
+    received_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="received files of finished jobs older than this are deleted (null: kept)",
+    )
+    jobs_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="finished jobs older than this are deleted with their files (null: kept); "
+        "unfinished jobs' data never is",
+    )
+    disk_watermark_percent: float = Field(
+        default=90.0,
+        gt=0,
+        le=100,
+        description="above this disk usage the oldest finished jobs are deleted until usage "
+        "reaches `disk_target_percent`",
+    )
+    disk_target_percent: float = Field(
+        default=80.0, gt=0, le=100, description="where the watermark clean-up stops"
+    )
+    interval_s: float = Field(
+        default=3600.0, gt=0, description="period of the clean-up inside `serve`"
+    )
 
     @model_validator(mode="after")
     def _target_below_watermark(self) -> RetentionSettings:
@@ -245,8 +389,17 @@ class AdmissionSettings(_Section):
     """Disk admission: instances are refused while the data directory's disk is past the
     watermark (C-STORE 0xA700, STOW-RS 507)."""
 
-    max_used_percent: float = Field(default=90.0, gt=0, le=100)
-    min_free_gib: float = Field(default=5.0, ge=0)
+    max_used_percent: float = Field(
+        default=90.0,
+        gt=0,
+        le=100,
+        description="while the data directory's disk is fuller than this, new instances are "
+        "refused (C-STORE 0xA700 with the reason, STOW-RS 507 before the body is read); "
+        "accepted again as soon as space returns",
+    )
+    min_free_gib: float = Field(
+        default=5.0, ge=0, description="likewise while less than this is free"
+    )
 
 
 Limit = Annotated[float, Field(gt=0)] | None
@@ -256,24 +409,51 @@ FailurePolicy = Literal["send_original", "hold", "fail"]
 class QALimits(_Section):
     """The limit of each QA check (pacs_node/qa.py); null measures without judging."""
 
-    # Mean of output - input in large uniform regions: HU for CT, noise σ otherwise.
-    mean_shift_hu: Limit = 5.0
-    mean_shift_sigma: Limit = 0.5
-    # σ of the residual in flat regions over the series' estimated noise σ.
-    residual_noise_ratio: Limit = 1.5
-    # Correlation of the residual's magnitude with the source's edges.
-    edge_correlation: Limit = 0.5
-    # How far the output leaves the input's value range: HU for CT, noise σ otherwise.
-    range_excess_hu: Limit = 20.0
-    range_excess_sigma: Limit = 1.0
-    # A stochastic model (diffusion): the 99th percentile over the body of the per-pixel
-    # spread (σ) across samples drawn with other seeds: HU for CT, noise σ otherwise.
-    sample_spread_hu: Limit = 10.0
-    sample_spread_sigma: Limit = 0.5
-    # The noise σ divided by is at least this (CT, HU) or this fraction of the input's
-    # 2-98 % range (other modalities), so a noiseless input is not a failure.
-    noise_floor_hu: float = Field(default=2.0, gt=0)
-    noise_floor_fraction: float = Field(default=0.002, gt=0)
+    mean_shift_hu: Limit = Field(
+        default=5.0,
+        description="CT: largest |mean of output − input| (HU) in large uniform regions; "
+        "null measures without judging (so for every limit here)",
+    )
+    mean_shift_sigma: Limit = Field(
+        default=0.5, description="the same for other modalities, in units of the noise σ"
+    )
+    residual_noise_ratio: Limit = Field(
+        default=1.5,
+        description="σ of the residual in flat regions over the series' own noise σ "
+        "(estimated blind from the input)",
+    )
+    edge_correlation: Limit = Field(
+        default=0.5,
+        description="correlation of the residual's magnitude with the source's edges "
+        "(structure removed or invented)",
+    )
+    range_excess_hu: Limit = Field(
+        default=20.0,
+        description="CT: how far (HU) the output may leave the input's value range (air at "
+        "−1000 HU or below not counted)",
+    )
+    range_excess_sigma: Limit = Field(
+        default=1.0, description="the same for other modalities, in units of the noise σ"
+    )
+    sample_spread_hu: Limit = Field(
+        default=10.0,
+        description="a stochastic preset (diffusion): the 99th percentile over the body of "
+        "the per-pixel spread across samples drawn with other seeds, HU",
+    )
+    sample_spread_sigma: Limit = Field(
+        default=0.5, description="the same for other modalities, in units of the noise σ"
+    )
+    noise_floor_hu: float = Field(
+        default=2.0,
+        gt=0,
+        description="CT: the noise σ the ratios divide by is at least this, so a noiseless "
+        "input does not fail",
+    )
+    noise_floor_fraction: float = Field(
+        default=0.002,
+        gt=0,
+        description="other modalities: that floor as a fraction of the input's 2–98 % value range",
+    )
 
     def with_overrides(self, overrides: dict[str, float | None]) -> QALimits:
         """These limits with a preset's ``qa`` overrides (validated like the settings)."""
@@ -283,17 +463,30 @@ class QALimits(_Section):
 class QASettings(_Section):
     """The QA gate between the model and the send, run by the worker on every job."""
 
-    enabled: bool = True
-    # What a job whose output fails a check does, unless its routing rule says otherwise:
-    # send_original (forward the source untouched instead), hold (nothing sent until an
-    # admin releases or rejects it) or fail (FAILED with the checks that failed).
-    failure_policy: FailurePolicy = "fail"
-    # Slices the statistical checks measure (evenly spaced); every voxel is checked for
-    # NaN / Inf and range.
-    max_slices: int = Field(default=16, ge=1)
-    # Extra samples a stochastic (diffusion) preset draws, with other seeds, for the
-    # centre slice of a series (0: its spread is not measured).
-    diffusion_samples: int = Field(default=2, ge=0)
+    enabled: bool = Field(
+        default=True,
+        description="the QA gate runs on every job in the worker, between the model and the "
+        "send; false skips it (figures not measured, nothing gated)",
+    )
+    failure_policy: FailurePolicy = Field(
+        default="fail",
+        description="what a job whose output fails a check does, unless its routing rule "
+        "sets `qa_failure`: `send_original` (the source forwarded untouched instead; the "
+        "job ends SKIPPED), `hold` (nothing sent; HELD until an admin releases or rejects "
+        "it) or `fail` (FAILED, `qa_failed`, with the checks that failed)",
+    )
+    max_slices: int = Field(
+        default=16,
+        ge=1,
+        description="slices (evenly spaced) the statistical checks measure; NaN / Inf and "
+        "range are checked on every voxel",
+    )
+    diffusion_samples: int = Field(
+        default=2,
+        ge=0,
+        description="a stochastic preset draws this many more samples of the series' centre "
+        "slice with other seeds for the `sample_spread` check (0: not measured)",
+    )
     limits: QALimits = QALimits()
 
 
@@ -307,24 +500,64 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    ae_title: AETitle = "ENHANCE"
-    port: Port = 11112
-    http_host: str = "127.0.0.1"
-    http_port: Port = 8000
-    data_dir: Path = Path("./var")
-    database_url: str | None = None
-    broker_url: str | None = None
-    # Where derived series go with the default routing: AET@host:port (C-STORE) or a
-    # DICOMweb root http(s)://server/dicom-web (STOW-RS), as in a routing file.
-    destination: CStoreDestination | DicomwebUrl | None = None
-    # Routing rules, AE titles per pipeline and admission control (configs/routing.example.yaml);
-    # None: one pipeline on ae_title running ``preset`` to ``destination``.
-    routing_file: Path | None = None
-    series_timeout_s: float = Field(default=10.0, gt=0)
-    monitor_interval_s: float = Field(default=1.0, gt=0)
-    preset: str = Field(default="ct-denoise", min_length=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    ae_title: AETitle = Field(
+        default="ENHANCE",
+        description="the AE title scanners and PACS send to (1–16 printable characters, no "
+        "backslash)",
+    )
+    port: Port = Field(default=11112, description="the DICOM (DIMSE) port")
+    http_host: str = Field(
+        default="127.0.0.1",
+        description="bind address of the admin API, dashboard and DICOMweb (all with bearer "
+        "tokens)",
+    )
+    http_port: Port = Field(default=8000, description="their port")
+    data_dir: Path = Field(
+        default=Path("./var"),
+        description="received and derived files, the SQLite files and logs; made absolute, "
+        "so a worker started elsewhere sees the same files",
+        json_schema_extra={"default_text": "./var"},
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="the job database, any SQLAlchemy URL (PostgreSQL: "
+        "`postgresql+psycopg://user@host/db`); null: SQLite `jobs.sqlite` in `data_dir`",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="the Celery broker (Redis: `redis://host:6379/0`); null: the embedded "
+        "SQLite broker `broker.sqlite` in `data_dir`",
+    )
+    destination: CStoreDestination | DicomwebUrl | None = Field(
+        default=None,
+        description="where derived series go without a routing file: `AET@host:port` "
+        "(C-STORE) or a DICOMweb root `http(s)://server/dicom-web` (STOW-RS); null: kept "
+        "in `data_dir` only",
+        json_schema_extra={"type_text": "AET@host:port or URL"},
+    )
+    routing_file: Path | None = Field(
+        default=None,
+        description="routing rules, AE titles per pipeline, admission control and several "
+        "destinations (`configs/routing.example.yaml`); null: one pipeline on `ae_title` "
+        "running `preset` to `destination`",
+    )
+    series_timeout_s: float = Field(
+        default=10.0, gt=0, description="quiet time after which a series is complete"
+    )
+    monitor_interval_s: float = Field(
+        default=1.0, gt=0, description="period of the completion monitor"
+    )
+    preset: str = Field(
+        default="ct-denoise",
+        min_length=1,
+        description="the enhancement preset of the default pipeline (`pacs-node models list`)",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="where models run; auto: CUDA when present"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="logging threshold of the node and its workers"
+    )
     scp: ScpSettings = ScpSettings()
     send: SendSettings = SendSettings()
     derived: DerivedSettings = DerivedSettings()
