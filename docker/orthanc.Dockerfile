@@ -4,7 +4,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends orthanc orthanc-dicomweb orthanc-webviewer curl \
     && rm -rf /var/lib/apt/lists/* \
     && usermod --uid 10002 orthanc \
-    && mkdir -p /var/lib/orthanc/db && chown -R orthanc:orthanc /var/lib/orthanc
+    && mkdir -p /var/lib/orthanc/db \
+    && chown -R orthanc:orthanc /var/lib/orthanc /var/log/orthanc
 COPY docker/orthanc.json /etc/orthanc/orthanc.json
 # The package's orthanc user, given a fixed uid so that the host can resolve it.
 USER 10002
