@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LightSR", "PixelShuffleSR", "bicubic_centre"]
+__all__ = ["LightSR", "PixelShuffleSR", "bicubic_centre", "clamp_to_local_range"]
 
 _SCALE = 2
 
@@ -33,6 +33,22 @@ def bicubic_centre(x: Tensor, scale: int = _SCALE) -> Tensor:
     return F.interpolate(
         x[:, centre : centre + 1], scale_factor=scale, mode="bicubic", align_corners=False
     )
+
+
+def clamp_to_local_range(estimate: Tensor, guide: Tensor, window: int) -> Tensor:
+    """``estimate`` limited, pixel by pixel, to the min..max of ``guide`` over a
+    ``window`` × ``window`` neighbourhood (odd; same-size output).
+
+    With the bicubic upsampling as the guide, a super-resolved edge may be steeper than
+    bicubic's but can never ring past the values on either side of it: no dark or bright
+    rim beside bone, whatever the residual learned.
+    """
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be odd and >= 1, got {window}")
+    pad = window // 2
+    high = F.max_pool2d(F.pad(guide, (pad,) * 4, mode="replicate"), window, stride=1)
+    low = -F.max_pool2d(F.pad(-guide, (pad,) * 4, mode="replicate"), window, stride=1)
+    return torch.maximum(torch.minimum(estimate, high), low)
 
 
 def _subpixel_tail(features: int, scale: int) -> tuple[nn.Conv2d, nn.PixelShuffle]:
@@ -122,6 +138,10 @@ class PixelShuffleSR(nn.Module):
         Number of residual blocks.
     res_scale
         Multiplier of each block's residual branch (EDSR uses 0.1 for wide networks).
+    clamp_window
+        0: the output is bicubic + residual. Odd ``k`` ≥ 1: the output is also clamped to
+        the local min..max of the bicubic image over ``k`` × ``k`` output pixels
+        (:func:`clamp_to_local_range`), so it draws no halo beyond that range.
     """
 
     task: ClassVar[str] = "super_resolution"
@@ -133,8 +153,12 @@ class PixelShuffleSR(nn.Module):
         features: int = 32,
         num_blocks: int = 8,
         res_scale: float = 1.0,
+        clamp_window: int = 0,
     ) -> None:
         super().__init__()
+        if clamp_window < 0 or (clamp_window and clamp_window % 2 == 0):
+            raise ValueError(f"clamp_window must be 0 or odd, got {clamp_window}")
+        self.clamp_window = clamp_window
         if in_channels < 1 or features < 1 or num_blocks < 0:
             raise ValueError(
                 f"in_channels and features must be ≥ 1 and num_blocks ≥ 0, got {in_channels}, "
@@ -150,4 +174,7 @@ class PixelShuffleSR(nn.Module):
         head = self.head(x)
         features = head + self.body_conv(self.blocks(head))
         residual = self.shuffle(self.tail(features))
-        return bicubic_centre(x, self.scale) + residual
+        bicubic = bicubic_centre(x, self.scale)
+        if not self.clamp_window:
+            return bicubic + residual
+        return clamp_to_local_range(bicubic + residual, bicubic, self.clamp_window)

@@ -10,7 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.networks.superres import LightSR, PixelShuffleSR
+from models.networks.superres import (
+    LightSR,
+    PixelShuffleSR,
+    bicubic_centre,
+    clamp_to_local_range,
+)
 
 SMALL: dict[type[nn.Module], dict[str, Any]] = {
     LightSR: {"features": 8, "num_layers": 3},
@@ -125,3 +130,40 @@ def test_state_dict_round_trip(cls: type[nn.Module]) -> None:
 def test_invalid_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="num_layers"):
         LightSR(num_layers=0)
+
+
+def test_clamp_keeps_every_pixel_inside_the_local_range_of_its_guide() -> None:
+    generator = torch.Generator().manual_seed(0)
+    guide = torch.randn(2, 1, 24, 24, generator=generator)
+    estimate = guide + 3 * torch.randn(2, 1, 24, 24, generator=generator)
+    clamped = clamp_to_local_range(estimate, guide, 3)
+    padded = torch.nn.functional.pad(guide, (1, 1, 1, 1), mode="replicate")
+    windows = padded.unfold(2, 3, 1).unfold(3, 3, 1)  # (N, 1, 24, 24, 3, 3)
+    low, high = windows.amin(dim=(-1, -2)), windows.amax(dim=(-1, -2))
+    assert torch.all(clamped >= low) and torch.all(clamped <= high)
+    inside = (estimate >= low) & (estimate <= high)
+    assert inside.any() and torch.equal(clamped[inside], estimate[inside])  # untouched there
+    assert not torch.equal(clamped, estimate)  # and the rest was clamped
+    with pytest.raises(ValueError, match="odd"):
+        clamp_to_local_range(estimate, guide, 4)
+
+
+def test_a_clamped_network_draws_no_rim_beside_an_edge() -> None:
+    torch.manual_seed(0)
+    free = PixelShuffleSR(features=8, num_blocks=1)
+    clamped = PixelShuffleSR(features=8, num_blocks=1, clamp_window=5)
+    with torch.no_grad():
+        for parameter in free.parameters():
+            parameter.normal_(0.0, 0.5)  # a residual far from zero: rings everywhere
+    clamped.load_state_dict(free.state_dict())
+    step = torch.zeros(1, 1, 16, 16)
+    step[..., 8:] = 1.0  # an edge: 0 on one side, 1 on the other
+    with torch.no_grad():
+        assert free(step).min() < -0.05 or free(step).max() > 1.05
+        out = clamped(step)
+    bicubic = bicubic_centre(step)
+    assert out.min() >= bicubic.min() and out.max() <= bicubic.max()
+    # Untrained (zero tail) the clamp changes nothing: still exactly bicubic.
+    assert torch.equal(PixelShuffleSR(features=8, num_blocks=1, clamp_window=5)(step), bicubic)
+    with pytest.raises(ValueError, match="clamp_window"):
+        PixelShuffleSR(clamp_window=2)
