@@ -25,6 +25,7 @@ from pacs_node.db.models import (
     WorkerHeartbeat,
     utcnow,
 )
+from pacs_node.db.session import READ_ONLY
 from pacs_node.errors import EnhancementError
 
 
@@ -238,7 +239,7 @@ class JobRepository:
 
     def find_instance(self, sop_instance_uid: str) -> bool:
         """Whether an instance with this SOP Instance UID is already stored."""
-        with self._engine().connect() as connection:
+        with self._engine().connect().execution_options(**{READ_ONLY: True}) as connection:
             found = connection.scalar(
                 select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)
             )

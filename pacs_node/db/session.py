@@ -9,6 +9,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+READ_ONLY = "read_only"  # execution option: this connection only reads (SQLite: deferred BEGIN)
+
 
 def make_engine(url: str) -> Engine:
     """Create an engine tuned for the node's access pattern.
@@ -17,7 +19,8 @@ def make_engine(url: str) -> Engine:
     because an instance is acknowledged to the sender only after its row is
     committed, a busy timeout so short write bursts queue instead of failing, and
     ``BEGIN IMMEDIATE`` so a transaction takes the write lock up front (a deferred
-    transaction that upgrades to writing fails at once with "database is locked").
+    transaction that upgrades to writing fails at once with "database is locked"), except
+    on connections with the execution option ``read_only``, which only read.
 
     Both: ``hide_parameters``, so a database error (logged, or kept as a job's reason)
     never carries the statement's values, which include patient names and IDs.
@@ -44,7 +47,10 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read-only connection (execution option ``read_only``) takes no write lock, so
+        # it never waits behind another association's commit and fsync.
+        deferred = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
     return engine
 
