@@ -3,6 +3,7 @@
 Usage::
 
     python bench/qa_calibration.py OUT.json [--data-dir ../shared/data] [--per-split 12]
+        [--preset P ...]
 
 The slices are the training and validation splits of ``lab/manifests/ct.json`` (never the
 test split), as acquired: normal-dose slices of every vendor and kernel, and the real
@@ -40,6 +41,8 @@ def main() -> int:
     parser.add_argument("output", type=Path)
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--per-split", type=int, default=12, help="slices per split and kind")
+    parser.add_argument("--preset", nargs="+", choices=PRESETS, default=PRESETS,
+                        help="a subset of the CT presets (default: all)")  # fmt: skip
     args = parser.parse_args()
 
     entries = read_manifest()
@@ -54,7 +57,7 @@ def main() -> int:
     registry = ModelRegistry()
     limits = QALimits()
     rows = []
-    for name in PRESETS:
+    for name in args.preset:
         enhancer = build_enhancer(presets[name], registry, EngineOptions(device="cpu"))
         scale = enhancer.info.scale_factor
         for ct_slice in slices:
@@ -76,7 +79,7 @@ def main() -> int:
                                        "rows": rows}, indent=1))  # fmt: skip
     print("| preset | " + " | ".join(f"{c}: median / max (fails)" for c in CHECKS) + " |")
     print("|---" * (len(CHECKS) + 1) + "|")
-    for name in PRESETS:
+    for name in args.preset:
         mine = [r for r in rows if r["preset"] == name]
         cells = []
         for check in CHECKS:

@@ -426,7 +426,9 @@ def train_sr_command(
     patch: Annotated[int, typer.Option(min=16, help="HR patch side, even")] = 96,
     features: Annotated[int, typer.Option(min=1)] = 32,
     blocks: Annotated[int, typer.Option(min=0)] = 6,
-    clamp_window: Annotated[int, typer.Option(min=0, help="0 or odd")] = 5,
+    clamp_window: Annotated[
+        int, typer.Option(min=0, help="0 or odd: input pixels whose range bounds the output")
+    ] = 3,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Train the ×2 CT super-resolution network on randomised degradations of the training

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LightSR", "PixelShuffleSR", "bicubic_centre", "clamp_to_local_range"]
+__all__ = ["LightSR", "PixelShuffleSR", "bicubic_centre", "clamp_to_local_range", "local_range"]
 
 _SCALE = 2
 
@@ -35,19 +35,32 @@ def bicubic_centre(x: Tensor, scale: int = _SCALE) -> Tensor:
     )
 
 
-def clamp_to_local_range(estimate: Tensor, guide: Tensor, window: int) -> Tensor:
-    """``estimate`` limited, pixel by pixel, to the min..max of ``guide`` over a
-    ``window`` × ``window`` neighbourhood (odd; same-size output).
-
-    With the bicubic upsampling as the guide, a super-resolved edge may be steeper than
-    bicubic's but can never ring past the values on either side of it: no dark or bright
-    rim beside bone, whatever the residual learned.
-    """
+def local_range(image: Tensor, window: int) -> tuple[Tensor, Tensor]:
+    """The min and max of ``image`` (N, 1, H, W) over each ``window`` × ``window``
+    neighbourhood (odd; edges replicated), both the size of ``image``."""
     if window < 1 or window % 2 == 0:
         raise ValueError(f"window must be odd and >= 1, got {window}")
     pad = window // 2
-    high = F.max_pool2d(F.pad(guide, (pad,) * 4, mode="replicate"), window, stride=1)
-    low = -F.max_pool2d(F.pad(-guide, (pad,) * 4, mode="replicate"), window, stride=1)
+    high = F.max_pool2d(F.pad(image, (pad,) * 4, mode="replicate"), window, stride=1)
+    low = -F.max_pool2d(F.pad(-image, (pad,) * 4, mode="replicate"), window, stride=1)
+    return low, high
+
+
+def clamp_to_local_range(estimate: Tensor, guide: Tensor, window: int) -> Tensor:
+    """``estimate`` limited, pixel by pixel, to the min..max of ``guide`` over a
+    ``window`` × ``window`` neighbourhood (odd; ``guide`` the size of ``estimate``, or
+    ``1/scale`` of it: then each input pixel's range covers its ``scale`` × ``scale``
+    output pixels).
+
+    With the acquired low-resolution image as the guide, a super-resolved edge may be
+    steeper than bicubic's but can hold no value that is not already present nearby in the
+    input: no dark or bright rim beside bone, whatever the residual learned.
+    """
+    low, high = local_range(guide, window)
+    factor = estimate.shape[-1] // guide.shape[-1]
+    if factor > 1:
+        low = F.interpolate(low, scale_factor=factor, mode="nearest")
+        high = F.interpolate(high, scale_factor=factor, mode="nearest")
     return torch.maximum(torch.minimum(estimate, high), low)
 
 
@@ -140,8 +153,9 @@ class PixelShuffleSR(nn.Module):
         Multiplier of each block's residual branch (EDSR uses 0.1 for wide networks).
     clamp_window
         0: the output is bicubic + residual. Odd ``k`` ≥ 1: the output is also clamped to
-        the local min..max of the bicubic image over ``k`` × ``k`` output pixels
-        (:func:`clamp_to_local_range`), so it draws no halo beyond that range.
+        the local min..max of the input's centre channel over ``k`` × ``k`` input pixels
+        (:func:`clamp_to_local_range`), so it holds no value beyond what the input has
+        nearby: no halo, no rim.
     """
 
     task: ClassVar[str] = "super_resolution"
@@ -174,7 +188,8 @@ class PixelShuffleSR(nn.Module):
         head = self.head(x)
         features = head + self.body_conv(self.blocks(head))
         residual = self.shuffle(self.tail(features))
-        bicubic = bicubic_centre(x, self.scale)
+        estimate = bicubic_centre(x, self.scale) + residual
         if not self.clamp_window:
-            return bicubic + residual
-        return clamp_to_local_range(bicubic + residual, bicubic, self.clamp_window)
+            return estimate
+        centre = x.shape[1] // 2
+        return clamp_to_local_range(estimate, x[:, centre : centre + 1], self.clamp_window)

@@ -20,6 +20,7 @@ from lab.sr import (
     evaluate,
     fit_linear_filter,
     halo_hu,
+    input_range_excess_hu,
     methods,
     native_halo,
     prepare,
@@ -104,14 +105,14 @@ def test_linear_baseline_recovers_a_sharpening_filter() -> None:
 
 def test_a_short_training_run_improves_on_bicubic_and_reports(tmp_path: Path) -> None:
     slices = [_phantom(96, i) for i in range(6)]
-    config = SrTrainConfig(features=8, num_blocks=2, clamp_window=5, steps=150,
+    config = SrTrainConfig(features=8, num_blocks=2, clamp_window=3, steps=150,
                            batch_size=8, patch=32, learning_rate=3e-3)  # fmt: skip
     card_path = train_sr(
         slices, config, name="sr-test", version="0.0.1", command="test",
         data_note="synthetic", output=tmp_path / "card", log=lambda _: None,
     )  # fmt: skip
     _, card = load_checkpoint(card_path)
-    assert card.task == "super_resolution" and card.arch_kwargs["clamp_window"] == 5
+    assert card.task == "super_resolution" and card.arch_kwargs["clamp_window"] == 3
     assert card.training["config"]["steps"] == 150
     held_out = [_slice(i + 10, 96) for i in range(3)]
     upscalers = methods(card_path, _delta())
@@ -126,8 +127,10 @@ def test_a_short_training_run_improves_on_bicubic_and_reports(tmp_path: Path) ->
     assert by_family["sr-test"]["psnr_full_db"] > by_family["bicubic"]["psnr_full_db"]
     gain = by_family["sr-test"]["gain_over_bicubic_psnr_full_db"]
     assert gain[1] <= gain[0] <= gain[2]
-    # The clamp's guarantee (up to float rounding of the HU <-> [0, 1] mapping).
-    assert summary["native_halo_vs_bicubic_hu"]["sr-test"] < 1e-3
+    # The clamp's guarantee: no value beyond the input's neighbourhood (up to the float
+    # rounding of the HU <-> [0, 1] mapping), where bicubic overshoots beside the bone.
+    excess = summary["native_input_range_excess_max_hu"]
+    assert excess["sr-test"] < 1e-3 and excess["bicubic"] > 10.0
     assert summary["native_halo_vs_bicubic_hu"]["bicubic"] == 0.0
     report = write_report(tmp_path / "report", split="validation", command="test",
                           candidate="sr-test", rows=rows, native=native, summary=summary,
@@ -155,7 +158,17 @@ def test_the_bar_needs_one_db_in_every_family() -> None:
                              "psnr_soft_db": value, "halo_vs_reference_hu": 0.5,
                              "halo_vs_reference_p99_hu": 2.0})  # fmt: skip
     native = [{"slice": "s0", "method": "cand", "halo_vs_bicubic_hu": 3.5,
-               "halo_vs_bicubic_p99_hu": 9.0}]  # fmt: skip
+               "halo_vs_bicubic_p99_hu": 9.0, "input_range_excess_max_hu": 0.0}]  # fmt: skip
     bar = summarise(rows, native, "cand")["bar"]
     assert bar["gain_passes"] == {"area": True, "bicubic-aa": False}
     assert bar["halo_passes"] is False and bar["halo_native_hu"] == 3.5
+
+
+def test_input_range_excess_is_zero_inside_and_measures_overshoot() -> None:
+    image = np.zeros((8, 8), dtype=np.float32)
+    image[:, 4:] = 1000.0
+    inside = np.kron(image, np.ones((2, 2), dtype=np.float32))
+    assert input_range_excess_hu(inside, image) == 0.0
+    overshoot = inside.copy()
+    overshoot[0, 0] = -40.0  # far from the edge: the neighbourhood holds only 0 HU
+    assert input_range_excess_hu(overshoot, image) == 40.0

@@ -151,7 +151,7 @@ def test_clamp_keeps_every_pixel_inside_the_local_range_of_its_guide() -> None:
 def test_a_clamped_network_draws_no_rim_beside_an_edge() -> None:
     torch.manual_seed(0)
     free = PixelShuffleSR(features=8, num_blocks=1)
-    clamped = PixelShuffleSR(features=8, num_blocks=1, clamp_window=5)
+    clamped = PixelShuffleSR(features=8, num_blocks=1, clamp_window=3)
     with torch.no_grad():
         for parameter in free.parameters():
             parameter.normal_(0.0, 0.5)  # a residual far from zero: rings everywhere
@@ -161,9 +161,22 @@ def test_a_clamped_network_draws_no_rim_beside_an_edge() -> None:
     with torch.no_grad():
         assert free(step).min() < -0.05 or free(step).max() > 1.05
         out = clamped(step)
+    assert out.shape == (1, 1, 32, 32)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0  # only values the input has
+    # Far from the edge the input's neighbourhood is flat, so the output is exactly it.
+    assert torch.equal(out[..., :, :10], torch.zeros(1, 1, 32, 10))
+    assert torch.equal(out[..., :, 22:], torch.ones(1, 1, 32, 10))
+    # Untrained (zero tail) it is bicubic without bicubic's own overshoot at the edge.
     bicubic = bicubic_centre(step)
-    assert out.min() >= bicubic.min() and out.max() <= bicubic.max()
-    # Untrained (zero tail) the clamp changes nothing: still exactly bicubic.
-    assert torch.equal(PixelShuffleSR(features=8, num_blocks=1, clamp_window=5)(step), bicubic)
+    assert bicubic.min() < 0.0 and bicubic.max() > 1.0
+    untrained = PixelShuffleSR(features=8, num_blocks=1, clamp_window=3)(step)
+    assert torch.equal(untrained, bicubic.clamp(0.0, 1.0))
     with pytest.raises(ValueError, match="clamp_window"):
         PixelShuffleSR(clamp_window=2)
+
+
+def test_clamp_to_a_coarser_guide_uses_each_input_pixels_range_for_its_outputs() -> None:
+    guide = torch.tensor([[[[0.0, 10.0], [20.0, 30.0]]]])
+    estimate = torch.full((1, 1, 4, 4), 100.0)
+    out = clamp_to_local_range(estimate, guide, 1)  # window 1: each input pixel's own value
+    assert torch.equal(out, torch.nn.functional.interpolate(guide, scale_factor=2))
