@@ -18,15 +18,20 @@ config_app = typer.Typer(
     help="Settings: what is in effect, and the reference.", no_args_is_help=True
 )
 
-_URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]*):([^@/\s]+)@")
+# user:password@ after the scheme, up to the last "@" (as SQLAlchemy and redis-py parse
+# it: a password may hold "/" or "@"), and password=... in a query string.
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):\S*@")
+_QUERY_PASSWORD = re.compile(r"([?&](?:password|passwd|pwd)=)[^&\s]*", re.IGNORECASE)
 
 
 def _mask(value: Any) -> Any:
     """Passwords inside URLs (database, broker) replaced by ``***``."""
     if isinstance(value, dict):
         return {key: _mask(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_mask(item) for item in value]
     if isinstance(value, str):
-        return _URL_PASSWORD.sub(r"\1:***@", value)
+        return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", value))
     return value
 
 

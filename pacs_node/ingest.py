@@ -143,7 +143,7 @@ class Receiver:
         holds it (a concurrent copy of the same instance may have been recorded); while the
         database cannot say, the file stays, and the auditor would report it."""
         try:
-            if uid and not self.repository.find_instance(uid):
+            if uid and not self.repository.find_instance(uid, settled=True):
                 self.store.received_path(uid).unlink(missing_ok=True)
         except Exception:  # noqa: BLE001 - the database is still down: keep the file
             logger.warning("instance %s: file kept until the database can be asked", uid)

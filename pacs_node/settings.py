@@ -496,6 +496,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PACS_NODE_",
         env_nested_delimiter="__",
+        env_parse_none_str="null",  # PACS_NODE_X=null sets null, as in the YAML files
         extra="forbid",
         validate_default=True,
     )

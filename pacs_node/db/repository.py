@@ -237,9 +237,16 @@ class JobRepository:
         assert isinstance(bind, Engine)
         return bind
 
-    def find_instance(self, sop_instance_uid: str) -> bool:
-        """Whether an instance with this SOP Instance UID is already stored."""
-        with self._engine().connect().execution_options(**{READ_ONLY: True}) as connection:
+    def find_instance(self, sop_instance_uid: str, *, settled: bool = False) -> bool:
+        """Whether an instance with this SOP Instance UID is already stored.
+
+        By default the answer is the last commit's, without waiting for writers. With
+        ``settled`` on SQLite the lookup first waits for a transaction in flight (it takes
+        the write lock), so a row another association is committing is seen too: asked
+        before removing a file such a row may name. (PostgreSQL reads never wait.)
+        """
+        options = {} if settled else {READ_ONLY: True}
+        with self._engine().connect().execution_options(**options) as connection:
             found = connection.scalar(
                 select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)
             )

@@ -148,20 +148,35 @@ def _delta() -> np.ndarray:
     return kernel
 
 
-def test_the_bar_needs_one_db_in_every_family() -> None:
+def test_the_bar_needs_one_db_in_every_family_counting_each_patient_once() -> None:
     rows = []
-    for index in range(4):
-        for family, gain in (("area", 1.5), ("bicubic-aa", 0.4)):
-            for method, value in (("bicubic", 30.0), ("cand", 30.0 + gain + 0.01 * index)):
-                rows.append({"slice": f"s{index}", "patient": "p", "group": "g",
+    # Patient "a" has 9 slices gaining 1.5 dB in "area", patient "b" 1 slice gaining 0.3:
+    # per slice the mean would be 1.38 dB, per patient it is 0.9 dB, under the bar.
+    slices = [("a", f"a{i}", 1.5) for i in range(9)] + [("b", "b0", 0.3)]
+    for patient, name, gain in slices:
+        for family, family_gain in (("area", gain), ("bicubic-aa", 2.0)):
+            for method, value in (("bicubic", 30.0), ("cand", 30.0 + family_gain)):
+                rows.append({"slice": name, "patient": patient, "group": "g",
                              "family": family, "method": method, "psnr_full_db": value,
                              "psnr_soft_db": value, "halo_vs_reference_hu": 0.5,
                              "halo_vs_reference_p99_hu": 2.0})  # fmt: skip
-    native = [{"slice": "s0", "method": "cand", "halo_vs_bicubic_hu": 3.5,
+    native = [{"slice": "a0", "method": "cand", "halo_vs_bicubic_hu": 3.5,
                "halo_vs_bicubic_p99_hu": 9.0, "input_range_excess_max_hu": 0.0}]  # fmt: skip
-    bar = summarise(rows, native, "cand")["bar"]
-    assert bar["gain_passes"] == {"area": True, "bicubic-aa": False}
+    summary = summarise(rows, native, "cand")
+    area = summary["families"]["area"]["cand"]
+    assert (area["slices"], area["patients"]) == (10, 2)
+    assert area["gain_over_bicubic_psnr_soft_db"][0] == pytest.approx(0.9)
+    assert area["psnr_soft_db"] == pytest.approx(30.9)
+    bar = summary["bar"]
+    assert bar["gain_passes"] == {"area": False, "bicubic-aa": True}
     assert bar["halo_passes"] is False and bar["halo_native_hu"] == 3.5
+    assert summarise(rows, [], "cand")["bar"]["halo_passes"] is None  # not measured
+
+
+def test_a_delta_linear_filter_is_exactly_bicubic() -> None:
+    lr = torch.from_numpy(_phantom(32))[None, None]
+    upscalers = methods(None, _delta())
+    assert torch.allclose(upscalers["linear filter"](lr), upscalers["bicubic"](lr), atol=1e-3)
 
 
 def test_input_range_excess_is_zero_inside_and_measures_overshoot() -> None:

@@ -150,7 +150,8 @@ def test_config_show_merges_the_sources_and_masks_secrets(tmp_path: Path) -> Non
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text("series_timeout_s: 4\nqa:\n  failure_policy: hold\n", encoding="utf-8")
     env = {
-        "PACS_NODE_DATABASE_URL": "postgresql+psycopg://node:hunter2@db/pacs",
+        "PACS_NODE_DATABASE_URL": "postgresql+psycopg://node:hun/ter@2@db/pacs",
+        "PACS_NODE_BROKER_URL": "redis://r:6379/0?password=hunter2",
         "PACS_NODE_WORKER__NODE_URL": "http://node:8000",
         "PACS_NODE_WORKER__NODE_TOKEN": "tok-secret-value",
         "PACS_NODE_QA__LIMITS__MEAN_SHIFT_HU": "3",
@@ -161,9 +162,18 @@ def test_config_show_merges_the_sources_and_masks_secrets(tmp_path: Path) -> Non
     assert shown["series_timeout_s"] == 4 and shown["qa"]["failure_policy"] == "hold"
     assert shown["qa"]["limits"]["mean_shift_hu"] == 3
     assert shown["database_url"] == "postgresql+psycopg://node:***@db/pacs"
-    assert "hunter2" not in result.stdout and "tok-secret-value" not in result.stdout
+    assert shown["broker_url"] == "redis://r:6379/0?password=***"
+    for secret in ("hun/ter", "hunter2", "tok-secret-value"):
+        assert secret not in result.stdout
     as_yaml = yaml.safe_load(_cli("config", "show", "--config", str(overlay), env=env).stdout)
     assert as_yaml == shown
+
+
+def test_null_in_the_environment_is_null(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PACS_NODE_QA__LIMITS__MEAN_SHIFT_HU", "null")
+    monkeypatch.setenv("PACS_NODE_DATABASE_URL", "null")
+    settings = Settings()
+    assert settings.qa.limits.mean_shift_hu is None and settings.database_url is None
 
 
 def test_config_show_refuses_invalid_settings_with_the_reason() -> None:

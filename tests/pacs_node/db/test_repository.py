@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
+from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine
 
 from pacs_node.admin import JobAdmin
-from pacs_node.db.migrate import is_current
+from pacs_node.db.migrate import is_current, upgrade
 from pacs_node.db.models import Base, JobStatus
 from pacs_node.db.repository import JobRepository, ReceivedInstance, Route
+from pacs_node.db.session import make_engine, make_session_factory
 
 _PEER = {"kind": "dicom", "ae_title": "P", "host": "h", "port": 1}
 
@@ -211,3 +214,26 @@ def test_a_deleted_series_whose_ids_are_reused_never_takes_a_late_instance(
     assert other is not None and other.series_instance_uid == "7.7"
     mine = repository.get_job(new or 0)
     assert mine is not None and mine.instance_count == 1
+
+
+def test_a_settled_lookup_waits_for_a_commit_in_flight(tmp_path: Path) -> None:
+    """SQLite: the plain lookup answers from the last commit at once; ``settled`` waits for
+    a writer first (the receiver asks so before it removes a file a row may name)."""
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    upgrade(url)
+    repository = JobRepository(make_session_factory(make_engine(url)))
+    repository.record_instance(_instance("1.1"), route=Route("p"))
+    writer_engine = make_engine(url)
+    answers: list[bool] = []
+    with writer_engine.begin() as writer:  # BEGIN IMMEDIATE: a commit in flight
+        writer.exec_driver_sql("SELECT 1")
+        assert repository.find_instance("1.1") is True  # at once
+        waiting = threading.Thread(
+            target=lambda: answers.append(repository.find_instance("1.1", settled=True))
+        )
+        waiting.start()
+        time.sleep(0.5)
+        assert answers == []  # waits for the writer
+    waiting.join(timeout=10)
+    assert answers == [True]
+    writer_engine.dispose()
