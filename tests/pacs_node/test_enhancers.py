@@ -18,9 +18,9 @@ def test_an_experimental_preset_is_refused_without_the_opt_in() -> None:
     cache = EnhancerCache(Settings())
     with pytest.raises(ModelError, match="mr-denoise is experimental: trained on synthetic"):
         cache.get("mr-denoise")
-    with pytest.raises(ConfigError, match="ct-sr2x is experimental"):
-        cache.check_usable(["ct-denoise", "ct-sr2x"])
-    cache.check_usable(["ct-denoise", "gaussian"])  # proven or classical: fine
+    with pytest.raises(ConfigError, match="mr-denoise is experimental"):
+        cache.check_usable(["ct-denoise", "mr-denoise"])
+    cache.check_usable(["ct-denoise", "ct-sr2x", "gaussian"])  # proven or classical: fine
     with pytest.raises(ConfigError, match="allow_experimental"):
         EnhancerCache(Settings(preset="mr-denoise")).check_startup()
 
