@@ -16,7 +16,6 @@ how far the output leaves the local range of the bicubic image in a band around 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,7 @@ from models.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from models.metrics import psnr
 from models.networks import build_network
 from models.networks.superres import bicubic_centre, local_range
+from models.train import gaussian_blur
 
 HU_WINDOW = (-1024.0, 3072.0)
 SOFT_WINDOW = (-160.0, 240.0)
@@ -70,21 +70,9 @@ FAMILIES: dict[str, Degradation] = {
 }
 
 
-def _gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    if sigma <= 0:
-        return images
-    radius = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=images.dtype)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
-    out = F.conv2d(padded, kernel.view(1, 1, 1, -1))
-    return F.conv2d(out, kernel.view(1, 1, -1, 1))
-
-
 def degrade(hr: torch.Tensor, degradation: Degradation, generator: torch.Generator) -> torch.Tensor:
     """HR (N, 1, H, W), HU, even H and W → LR (N, 1, H/2, W/2), HU."""
-    blurred = _gaussian_blur(hr, degradation.blur_px)
+    blurred = gaussian_blur(hr, degradation.blur_px)
     if degradation.kernel == "area":
         low = F.avg_pool2d(blurred, 2)
     else:

@@ -63,10 +63,12 @@ def normalise(volume: np.ndarray, card: ModelCard) -> np.ndarray:
     )
 
 
-def degrade_for_sr(images: torch.Tensor, scale: int = 2) -> torch.Tensor:
-    """LR → VLR: Gaussian blur (sigma 0.5 px per scale step) then area downsampling."""
-    sigma = 0.5 * scale
-    radius = math.ceil(3 * sigma)
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of each channel of (N, C, H, W), edges reflected;
+    ``sigma`` in pixels, 0 or less returns ``images``."""
+    if sigma <= 0:
+        return images
+    radius = max(1, math.ceil(3 * sigma))
     x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     kernel = torch.exp(-(x**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
@@ -76,12 +78,16 @@ def degrade_for_sr(images: torch.Tensor, scale: int = 2) -> torch.Tensor:
         kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1),
         groups=channels,
     )
-    blurred = F.conv2d(
+    return F.conv2d(
         F.pad(blurred, (0, 0, radius, radius), mode="reflect"),
         kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1),
         groups=channels,
     )
-    return F.avg_pool2d(blurred, scale)
+
+
+def degrade_for_sr(images: torch.Tensor, scale: int = 2) -> torch.Tensor:
+    """LR → VLR: Gaussian blur (sigma 0.5 px per scale step) then area downsampling."""
+    return F.avg_pool2d(gaussian_blur(images, 0.5 * scale), scale)
 
 
 class PatchSampler:
