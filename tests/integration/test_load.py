@@ -30,7 +30,7 @@ def test_eight_associations_and_stow_requests_at_once(tmp_path: Path) -> None:
     with (
         CaptureSCP("PACS") as pacs,
         NodeProcess(tmp_path / "node", preset="identity", destination=f"PACS@127.0.0.1:{pacs.port}",
-                    series_timeout_s="3") as node,
+                    series_timeout_s="10") as node,
     ):  # fmt: skip
         token, url = node.token("pacs", "dicomweb-write"), f"http://127.0.0.1:{node.http_port}"
         started = time.monotonic()
