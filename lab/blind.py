@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -137,7 +137,10 @@ def _seconds_per_step(
 
     trial = dataclasses.replace(config, steps=2 * _CALIBRATION_STEPS, save_every=10**9)
     with tempfile.TemporaryDirectory() as scratch:
-        train(copy.deepcopy(network), card, volumes, trial, "denoise", Path(scratch), mark,
+        objective: Literal["denoise", "diffusion"] = (
+            "diffusion" if card.task == "diffusion" else "denoise"
+        )
+        train(copy.deepcopy(network), card, volumes, trial, objective, Path(scratch), mark,
               noise_bank=bank, device=device)  # fmt: skip
     last = 2 * _CALIBRATION_STEPS
     return (marks[last] - marks[_CALIBRATION_STEPS]) / _CALIBRATION_STEPS
@@ -161,8 +164,13 @@ def train_blind(
     device: str = "cpu",
     time_budget_s: float | None = None,
     init_from: Path | None = None,
+    objective: Literal["denoise", "diffusion"] = "denoise",
 ) -> Path:
     """Train a 2D denoiser on fan-beam noise of σ 8-110 HU; write its card and weights.
+
+    ``objective`` ``"diffusion"`` trains a conditional cold diffusion
+    (``ColdDiffusion.training_loss``, architecture ``cold_diffusion``) on the same pairs;
+    its card's task is then ``diffusion``.
 
     The noise bank holds ``draws`` fields per slice (recipe :data:`lab.noise.TRAINING`);
     each training patch takes one, scaled by a factor in ``config.noise_scale``.
@@ -191,7 +199,7 @@ def train_blind(
     card = ModelCard(
         name=name,
         version=version,
-        task="denoise",
+        task=objective,
         modality="CT",
         architecture=architecture,
         arch_kwargs=arch_kwargs,
@@ -222,6 +230,7 @@ def train_blind(
                 draws,
                 training_set.manifest_sha256,
                 initialised_from,
+                objective,
             ],
             sort_keys=True,
             default=str,
@@ -236,7 +245,7 @@ def train_blind(
             on_step(step, total, loss)
 
     started = time.perf_counter()
-    train(network, card, volumes, config, "denoise", output, count, noise_bank=bank,
+    train(network, card, volumes, config, objective, output, count, noise_bank=bank,
           run_key=run_key, device=device, stop_at=stop_at)  # fmt: skip
     seconds = time.perf_counter() - started
     training: dict[str, Any] = {

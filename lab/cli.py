@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -157,6 +157,14 @@ def export_training_set(
     console.print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)")
 
 
+def _objective(value: str) -> Literal["denoise", "diffusion"]:
+    if value == "denoise":
+        return "denoise"
+    if value == "diffusion":
+        return "diffusion"
+    raise ValueError(f"--objective must be denoise or diffusion, got {value!r}")
+
+
 @app.command("train-blind")
 def train_blind_command(
     name: Annotated[str, typer.Option(help="model card name")],
@@ -201,9 +209,17 @@ def train_blind_command(
             exists=True,
         ),
     ] = None,
+    objective: Annotated[
+        str,
+        typer.Option(
+            help="denoise, or diffusion (a cold_diffusion network, e.g. with a resunet "
+            "restorer started from a blind ResUNet by --init-from)"
+        ),
+    ] = "denoise",
 ) -> None:
-    """Train a blind 2D CT denoiser on the manifest's training patients with fan-beam noise
-    of σ 8-110 HU (resumable: a stopped run continues from its last saved state)."""
+    """Train a blind 2D CT denoiser (or conditional cold diffusion) on the manifest's
+    training patients with fan-beam noise of σ 8-110 HU (resumable: a stopped run continues
+    from its last saved state)."""
     import shlex
     import sys
 
@@ -235,6 +251,7 @@ def train_blind_command(
             arch_kwargs=json.loads(arch_kwargs), description=description, config=config,
             command=command, draws=noise_draws, cache_dir=noise_cache, on_step=on_step,
             log=console.print, device=device, time_budget_s=time_budget, init_from=init_from,
+            objective=_objective(objective),
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[red]{exc}[/red]")

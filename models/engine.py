@@ -139,7 +139,13 @@ class NetworkEnhancer:
         """The card's provenance summary, with the strength this enhancer applies (a
         super-resolution result is never blended, so its strength is 1)."""
         applied = self.strength if self.card.scale_factor == 1 else 1.0
-        return dataclasses.replace(self.card.info, strength=applied)
+        info = dataclasses.replace(self.card.info, strength=applied)
+        steps = getattr(self.network, "sampling_steps", None)
+        levels = getattr(self.network, "steps", None)
+        if isinstance(steps, int) and isinstance(levels, int):
+            sampled = f"sampled in {steps} of {levels} steps"
+            info = dataclasses.replace(info, description=f"{info.description}; {sampled}")
+        return info
 
     # -- normalisation -----------------------------------------------------------
 

@@ -45,6 +45,8 @@ class Preset:
     model: str | None = None
     cpu_model: str | None = None
     classical: str | None = None
+    # A classical filter's arguments; for a network preset only ``steps``: the sampling
+    # steps of a diffusion model (1 to the card's trained levels; default all of them).
     parameters: dict[str, Any] = field(default_factory=dict)
     strength: Strength = "high"
     # Why the preset is experimental (not shown to help on real data), or None.
@@ -59,6 +61,16 @@ class Preset:
         if self.classical is not None and self.classical not in _CLASSICAL:
             known = ", ".join(sorted(_CLASSICAL))
             raise ValueError(f"preset {self.name!r}: unknown classical filter; known: {known}")
+        if not isinstance(self.parameters, dict):
+            raise ValueError(f"preset {self.name!r}: parameters must be a mapping")
+        if self.model is not None:
+            unknown = sorted(set(self.parameters) - {"steps"})
+            if unknown:
+                raise ValueError(f"preset {self.name!r}: a network preset takes only the "
+                                 f"parameter 'steps', not {', '.join(unknown)}")  # fmt: skip
+            steps = self.parameters.get("steps", 1)
+            if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+                raise ValueError(f"preset {self.name!r}: steps must be a whole number >= 1")
         if self.strength not in STRENGTH_BLEND:
             raise ValueError(f"preset {self.name!r}: strength must be low, medium or high")
         if not isinstance(self.qa, dict) or not all(
@@ -147,5 +159,15 @@ def build_enhancer(
         network, card = registry.load(name, device=options.device)
     except CheckpointError as exc:
         raise PresetError(f"preset {preset.name!r}: {exc}") from exc
+    if "steps" in preset.parameters:
+        trained = getattr(network, "steps", None)
+        if not callable(getattr(network, "sample", None)) or not isinstance(trained, int):
+            raise PresetError(f"preset {preset.name!r}: steps apply to a diffusion sampler; "
+                              f"{card.name} is not one")  # fmt: skip
+        steps = int(preset.parameters["steps"])
+        if steps > trained:
+            raise PresetError(f"preset {preset.name!r}: steps {steps} exceed the "
+                              f"{trained} levels {card.name} was trained with")  # fmt: skip
+        network.sampling_steps = steps
     blend = STRENGTH_BLEND[strength or preset.strength]
     return NetworkEnhancer(network, card, options, strength=blend)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,6 +20,9 @@ from rich.table import Table
 from pacs_node.config_cli import config_app
 from pacs_node.errors import ConfigError, EnhancementError
 from pacs_node.settings import CStoreDestination, Settings, load_settings
+
+if TYPE_CHECKING:
+    from pacs_node.db.repository import JobView
 
 app = typer.Typer(help="PACS Enhancement Node", no_args_is_help=True, add_completion=False)
 jobs_app = typer.Typer(help="Inspect enhancement jobs.", no_args_is_help=True)
@@ -223,6 +226,7 @@ def jobs_show(
         ("Destinations", ", ".join(_destination_text(d) for d in job.destinations)),
         ("Attempts", job.attempts),
         ("Derived series", job.output_series_instance_uid),
+        ("Uncertainty map", _secondary_series(job)),
         ("Error", f"{job.error_code}: {job.error_message}" if job.error_message else None),
     ):
         console.print(f"  {label:<15} {value if value not in (None, '') else '-'}")
@@ -239,6 +243,12 @@ def jobs_show(
 
         sent_ok = sum(1 for o in job.outputs if acknowledged(o.send_status))
         console.print(f"  Outputs: {len(job.outputs)} derived instances, {sent_ok} acknowledged")
+
+
+def _secondary_series(job: JobView) -> str | None:
+    """The series of a job's outputs that is not its derived series (the uncertainty map)."""
+    others = {o.series_instance_uid for o in job.outputs} - {job.output_series_instance_uid}
+    return ", ".join(sorted(uid for uid in others if uid)) or None
 
 
 def _print_qa(qa: dict[str, Any]) -> None:

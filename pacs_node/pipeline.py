@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -22,6 +22,7 @@ from pacs_node.dicom.derived import (
 )
 from pacs_node.dicom.derived_multiframe import build_derived_multiframe
 from pacs_node.dicom.multiframe import is_multiframe_enhanceable, load_frames
+from pacs_node.dicom.uncertainty import build_uncertainty_series
 from pacs_node.dicom.volume import load_series
 from pacs_node.errors import InvalidSeriesError, ModelError
 from pacs_node.qa import Gate, QAReport, geometry_problems, measure, unusable_report
@@ -41,6 +42,9 @@ class EnhancedSeries:
     # The QA gate's figures (None when no gate was given); no datasets when the output
     # could not be written (wrong grid, NaN or Inf).
     qa: QAReport | None = None
+    # The uncertainty map's instances (a secondary series; derived.uncertainty_samples of
+    # a stochastic preset), else none.
+    uncertainty: list[FileDataset] = field(default_factory=list)
 
     @property
     def series_instance_uid(self) -> str:
@@ -123,14 +127,38 @@ def _spread(run: _Run, samples: int) -> tuple[Callable[[], np.ndarray] | None, s
     return spread, ""
 
 
-def _gated(gate: Gate | None, run: _Run, problems: list[str]) -> QAReport | None:
+def _uncertainty_map(run: _Run, samples: int) -> np.ndarray | None:
+    """For a stochastic model and ``samples`` ≥ 1: per pixel of every slice, the spread
+    (σ) of its output and ``samples`` more draws; else None."""
+    enhancer = run.enhancer
+    if samples < 1 or not isinstance(enhancer, StochasticEnhancer) or not enhancer.stochastic:
+        return None
+    spread = np.empty(run.values.shape, dtype=np.float32)
+    try:
+        for index in range(run.values.shape[0]):
+            draws = [run.values[index].astype(np.float64)]
+            for draw in range(1, samples + 1):
+                draws.append(enhancer.resample(run.source, run.spacing, draw, index))
+            spread[index] = np.std(np.stack(draws), axis=0, ddof=1)
+    except (RuntimeError, ValueError, MemoryError) as exc:
+        raise ModelError(f"model {enhancer.info.name} failed drawing samples: {exc}") from exc
+    return spread
+
+
+def _gated(
+    gate: Gate | None, run: _Run, problems: list[str], spread_map: np.ndarray | None = None
+) -> QAReport | None:
     """The gate's report on the run's output; without a gate, a broken model contract
-    (wrong grid, ``problems``) is a ModelError as before."""
+    (wrong grid, ``problems``) is a ModelError as before. With an uncertainty map, the
+    spread check reads its centre slice."""
     if gate is None:
         if problems:
             raise ModelError(f"model {run.enhancer.info.name} returned {problems[0]}")
         return None
     spread, why_not = _spread(run, gate.diffusion_samples)
+    if spread_map is not None:
+        centre = spread_map[spread_map.shape[0] // 2]
+        spread, why_not = (lambda: centre), ""
     return measure(run.source, run.values, modality=run.modality,
                    scale=run.enhancer.info.scale_factor, limits=gate.limits,
                    max_slices=gate.max_slices, geometry_problems=problems,
@@ -238,15 +266,27 @@ def enhance_series(
         problems.append(f"spacing {spacing}; expected {expected_spacing}")
     modality = str(volume.datasets[0].get("Modality", ""))
     run = _Run(enhancer, volume.values, values, volume.spacing_mm, modality)
-    report = _gated(gate, run, problems)
+    samples = derived.uncertainty_samples
+    spread_map = (
+        _uncertainty_map(run, samples) if not problems and np.isfinite(values).all() else None
+    )
+    report = _gated(gate, run, problems, spread_map)
     sources = [str(ds.SOPInstanceUID) for ds in volume.datasets]
     if report is not None and not report.usable:
         return EnhancedSeries([], sources, enhancer.info, seconds, report)
     number = _series_number(volume.datasets[0], used_series_numbers, derived)
     info = derivation_info(preset, enhancer.info, derived, number)
+    now = datetime.now(UTC)
     # The builder derives the new in-plane grid (Rows, Columns, PixelSpacing, positions)
     # from the values' shape.
-    datasets = build_derived_series(volume.datasets, values, info, datetime.now(UTC))
+    datasets = build_derived_series(volume.datasets, values, info, now)
     wrong = geometry_problems(volume.datasets, datasets, scale) if gate is not None else []
     report = _with_geometry(report, wrong)
-    return EnhancedSeries(datasets, sources, enhancer.info, seconds, report)
+    uncertainty = []
+    if spread_map is not None:
+        map_number = _series_number(volume.datasets[0], {*used_series_numbers, number}, derived)
+        uncertainty = build_uncertainty_series(
+            volume.datasets, spread_map, info, now, samples, map_number,
+            str(datasets[0].SeriesInstanceUID),
+        )  # fmt: skip
+    return EnhancedSeries(datasets, sources, enhancer.info, seconds, report, uncertainty)

@@ -208,6 +208,15 @@ class DerivedSettings(_Section):
         default="pacs-node",
         description="Manufacturer's Model Name in the same Contributing Equipment item",
     )
+    uncertainty_samples: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="a stochastic preset (the diffusion sampler) also sends an uncertainty "
+        "map: a secondary series, per pixel the spread (σ, HU) of the enhanced image and this "
+        "many more samples with other seeds, each slice (costs this many full sampler runs "
+        "per slice; 0: no map; single-frame series only)",
+    )
 
 
 class ModelSettings(_Section):

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
 
 from pacs_node.db.models import JobStatus
-from pacs_node.db.repository import JobView
+from pacs_node.db.repository import JobView, OutputView
 from pacs_node.errors import DispatchError, InvalidSeriesError, ModelError
 from pacs_node.pipeline import enhance_series
 from pacs_node.qa import QAReport
@@ -55,25 +55,35 @@ def _enhance_and_write(ctx: WorkerContext, job: JobView) -> tuple[list[Path], QA
     if not result.datasets:
         return [], result.qa
     series_uid = result.series_instance_uid
+    # The derived series first, then the uncertainty map (a secondary series), if any.
+    everything = [*result.datasets, *result.uncertainty]
     paths: list[Path] = []
-    for ds in result.datasets:
-        path = ctx.store.derived_path(series_uid, str(ds.SOPInstanceUID))
+    for ds in everything:
+        path = ctx.store.derived_path(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
         ctx.store.write_dataset(path, ds)
         paths.append(path)
-    sop_uids = [str(ds.SOPInstanceUID) for ds in result.datasets]
+    sop_uids = [str(ds.SOPInstanceUID) for ds in everything]
     stored = [str(p) for p in paths]
     worker = ctx.settings.worker
     if worker.node_url:  # another host: the node keeps the series it serves and retains
         assert worker.node_token is not None  # required with node_url by the settings
         stored = upload_outputs(worker.node_url, worker.node_token.get_secret_value(), job.id,
                                 list(zip(sop_uids, paths, strict=True)))  # fmt: skip
+    count = len(result.datasets)
+    map_uid = str(result.uncertainty[0].SeriesInstanceUID) if result.uncertainty else ""
     ctx.repository.replace_outputs(
-        job.id, series_uid, zip(sop_uids, result.sources, stored, strict=True)
-    )
+        job.id,
+        series_uid,
+        zip(sop_uids[:count], result.sources, stored[:count], strict=True),
+        [(sop, source, path, map_uid) for sop, source, path
+         in zip(sop_uids[count:], result.sources, stored[count:], strict=True)]
+        if map_uid else [],
+    )  # fmt: skip
     ctx.repository.add_event(
         job.id,
-        f"{result.model.name} {result.model.version} enhanced {len(paths)} slices in "
-        f"{result.seconds:.2f} s; derived series {series_uid}",
+        f"{result.model.name} {result.model.version} enhanced {count} slices in "
+        f"{result.seconds:.2f} s; derived series {series_uid}"
+        + (f"; uncertainty map series {map_uid}" if map_uid else ""),
     )
     return paths, result.qa
 
@@ -120,8 +130,10 @@ def _apply_gate(ctx: WorkerContext, job: JobView, report: QAReport) -> JobStatus
     return JobStatus.FAILED
 
 
-def _local_output(ctx: WorkerContext, series_uid: str, sop_uid: str) -> Path:
-    return ctx.store.derived_path(series_uid, sop_uid)
+def _local_output(ctx: WorkerContext, job: JobView, output: OutputView) -> Path:
+    series_uid = output.series_instance_uid or job.output_series_instance_uid
+    assert series_uid is not None
+    return ctx.store.derived_path(series_uid, output.sop_instance_uid)
 
 
 def _drop_local_copies(ctx: WorkerContext, job: JobView) -> None:
@@ -134,8 +146,7 @@ def _drop_local_copies(ctx: WorkerContext, job: JobView) -> None:
     local = {ctx.store.received_path(i.sop_instance_uid): Path(i.path)
              for i in ctx.repository.job_inputs(job.id)}  # fmt: skip
     if job.output_series_instance_uid is not None:
-        local.update({_local_output(ctx, job.output_series_instance_uid, o.sop_instance_uid):
-                      Path(o.path) for o in job.outputs})  # fmt: skip
+        local.update({_local_output(ctx, job, o): Path(o.path) for o in job.outputs})
     for copy, nodes_file in local.items():
         if copy.resolve() != nodes_file.resolve():
             copy.unlink(missing_ok=True)
@@ -153,9 +164,7 @@ def _pending_outputs(ctx: WorkerContext, job: JobView) -> list[Path] | None:
     if ctx.settings.qa.enabled and not passed:
         return None  # not measured, or stopped by the gate: only a fresh run may send
     # This worker's own copies: the node's files, or on another host its local ones.
-    series_uid = job.output_series_instance_uid
-    local = {o.sop_instance_uid: _local_output(ctx, series_uid, o.sop_instance_uid)
-             for o in job.outputs}  # fmt: skip
+    local = {o.sop_instance_uid: _local_output(ctx, job, o) for o in job.outputs}
     if not all(path.is_file() for path in local.values()):
         return None
     pending = [local[o.sop_instance_uid] for o in job.outputs if not acknowledged(o.send_status)]

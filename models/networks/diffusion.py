@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.networks.blocks import centre_channel, zero_init
-from models.networks.denoisers import DnCNN
+from models.networks.blocks import centre_channel, crop_to, pad_to_multiple, zero_init
+from models.networks.denoisers import DnCNN, ResUNet
 
-__all__ = ["ColdDiffusion", "RestoreDnCNN", "RestoreUNet"]
+__all__ = ["ColdDiffusion", "RestoreDnCNN", "RestoreResUNet", "RestoreUNet"]
 
-RESTORERS = ("unet", "dncnn")
+RESTORERS = ("unet", "dncnn", "resunet")
 
 
 def _groups(channels: int) -> int:
@@ -246,6 +246,94 @@ class RestoreDnCNN(nn.Module):
             parameter.zero_()
 
 
+class RestoreResUNet(nn.Module):
+    """Restoration network on a blind residual U-Net (:class:`ResUNet`).
+
+    ``x_t`` joins ``x_low`` as one more input channel (the first); the level t/T, through a
+    sinusoidal embedding, shifts the features after the stem and after the bottleneck. The
+    estimate is ``centre(x_low)`` plus the U-Net's residual, as in the denoiser.
+
+    Parameters
+    ----------
+    in_channels
+        Channels of ``x_low`` (1 for 2D, 3 for 2.5D); ``x_t`` has one.
+    features
+        Channels of the U-Net's first level.
+    depth
+        The U-Net's number of downsampling steps.
+    time_dim
+        Size of the sinusoidal time embedding.
+    """
+
+    def __init__(
+        self, in_channels: int = 1, features: int = 12, depth: int = 4, time_dim: int = 64
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.features, self.depth = in_channels, features, depth
+        self.time_dim = time_dim
+        self.unet = ResUNet(in_channels + 1, features, depth)
+        self.time_mlp = nn.Sequential(
+            nn.Linear(time_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)
+        )
+        self.shifts = nn.ModuleList(
+            [nn.Linear(time_dim, features), nn.Linear(time_dim, features * 2**depth)]
+        )
+        for parameter in self.shifts.parameters():  # weights and biases
+            nn.init.zeros_(parameter)
+
+    def forward(self, x_t: Tensor, x_low: Tensor, t_frac: Tensor) -> Tensor:
+        """Estimate x0 (N, 1, H, W) from ``x_t`` (N, 1, H, W), ``x_low`` (N, C, H, W) and
+        the level ``t_frac`` = t / T in [0, 1], (N,)."""
+        unet = self.unet
+        t_emb = self.time_mlp(sinusoidal_embedding(t_frac * 1000.0, self.time_dim))
+        stem_shift, bottleneck_shift = (shift(t_emb)[:, :, None, None] for shift in self.shifts)
+        padded, size = pad_to_multiple(torch.cat([x_t, x_low], dim=1), 2**unet.depth)
+        h = unet.stem(padded) + stem_shift
+        skips = []
+        for encoder, down in zip(unet.encoders, unet.downs, strict=True):
+            h = encoder(h)
+            skips.append(h)
+            h = down(h)
+        h = unet.bottleneck(h) + bottleneck_shift
+        for level in reversed(range(unet.depth)):
+            h = unet.ups[level](h)
+            h = unet.fuses[level](torch.cat([h, skips[level]], dim=1))
+            h = unet.decoders[level](h)
+        out: Tensor = centre_channel(x_low) + crop_to(unet.head(h), size)
+        return out
+
+    @torch.no_grad()
+    def load_resunet(self, source: ResUNet) -> None:
+        """Copy a trained :class:`ResUNet` denoiser of the same size (its input is ``x_low``).
+
+        The stem's weights for the ``x_t`` channel and the time shifts are set to zero, so
+        the restorer then returns ``source(x_low)`` at every level (in eval mode, where
+        both use the copied BatchNorm running statistics).
+
+        Raises
+        ------
+        ValueError
+            If ``source`` has another number of input channels, features or levels.
+        """
+        state = source.state_dict()
+        stem_key = "stem.0.weight"
+        weight = state[stem_key]
+        if (
+            weight.shape[1] != self.in_channels
+            or weight.shape[0] != self.features
+            or source.depth != self.depth
+        ):
+            raise ValueError(
+                f"cannot initialise a depth-{self.depth}, {self.features}-feature restorer on "
+                f"{self.in_channels} channels from this ResUNet (depth {source.depth}, "
+                f"{weight.shape[0]} features, {weight.shape[1]} input channels)"
+            )
+        state[stem_key] = torch.cat([torch.zeros_like(weight[:, :1]), weight], dim=1)
+        self.unet.load_state_dict(state, strict=True)
+        for parameter in self.shifts.parameters():
+            parameter.zero_()
+
+
 class ColdDiffusion(nn.Module):
     """Conditional cold diffusion from the low-dose image in a few steps (CoreDiff style).
 
@@ -282,12 +370,14 @@ class ColdDiffusion(nn.Module):
     features, depth, time_dim
         Size of the restoration network: for the U-Net, its width and number of
         down-samplings (see :class:`RestoreUNet`); for the DnCNN, its width and number of
-        convolution layers (see :class:`RestoreDnCNN`).
+        convolution layers (see :class:`RestoreDnCNN`); for the residual U-Net, its width and
+        levels (see :class:`RestoreResUNet`).
     restorer
-        ``"unet"`` (:class:`RestoreUNet`) or ``"dncnn"`` (:class:`RestoreDnCNN`, which
-        :meth:`initialise_from` can start from a trained DnCNN denoiser). ``depth``
-        keeps its U-Net default of 2 unless given, so a DnCNN restorer should name its
-        depth (the shipped one: 10).
+        ``"unet"`` (:class:`RestoreUNet`), ``"dncnn"`` (:class:`RestoreDnCNN`, which
+        :meth:`initialise_from` can start from a trained DnCNN denoiser) or ``"resunet"``
+        (:class:`RestoreResUNet`, started likewise from a trained ResUNet). ``depth`` keeps
+        its U-Net default of 2 unless given, so a DnCNN restorer should name its depth (the
+        shipped one: 10) and a residual U-Net its levels (4).
     """
 
     task: ClassVar[str] = "diffusion"
@@ -302,7 +392,7 @@ class ColdDiffusion(nn.Module):
         features: int = 32,
         depth: int = 2,
         time_dim: int = 64,
-        restorer: Literal["unet", "dncnn"] = "unet",
+        restorer: Literal["unet", "dncnn", "resunet"] = "unet",
     ) -> None:
         super().__init__()
         if restorer not in RESTORERS:
@@ -315,17 +405,23 @@ class ColdDiffusion(nn.Module):
         self.steps = steps
         self.noise_scale = noise_scale
         self.seed = seed
-        self.restorer: RestoreUNet | RestoreDnCNN = (
-            RestoreUNet(in_channels, features, depth, time_dim)
-            if restorer == "unet"
-            else RestoreDnCNN(in_channels, features, depth, time_dim)
-        )
+        # Steps of :meth:`forward` (a preset's ``steps``); None: all ``steps`` levels.
+        # Other samples (:meth:`sample` without ``steps``) always use every level.
+        self.sampling_steps: int | None = None
+        self.restorer: RestoreUNet | RestoreDnCNN | RestoreResUNet
+        if restorer == "unet":
+            self.restorer = RestoreUNet(in_channels, features, depth, time_dim)
+        elif restorer == "dncnn":
+            self.restorer = RestoreDnCNN(in_channels, features, depth, time_dim)
+        else:
+            self.restorer = RestoreResUNet(in_channels, features, depth, time_dim)
 
     def initialise_from(self, source: nn.Module) -> None:
         """Start the restorer from a trained denoiser (before diffusion training).
 
-        Only a ``"dncnn"`` restorer from a :class:`DnCNN` of the same size: afterwards every
-        restoration returns ``source``'s estimate, so in eval mode the sampler returns
+        A ``"dncnn"`` restorer from a :class:`DnCNN`, a ``"resunet"`` one from a
+        :class:`ResUNet`, of the same size: afterwards every restoration returns
+        ``source``'s estimate, so in eval mode the sampler returns
         ``source(x)`` to float rounding (the noise it adds telescopes away) until training
         changes it.
 
@@ -339,13 +435,16 @@ class ColdDiffusion(nn.Module):
         ValueError
             For another restorer or source, or a source of another size.
         """
-        if not isinstance(self.restorer, RestoreDnCNN) or not isinstance(source, DnCNN):
+        if isinstance(self.restorer, RestoreDnCNN) and isinstance(source, DnCNN):
+            self.restorer.load_dncnn(source)
+        elif isinstance(self.restorer, RestoreResUNet) and isinstance(source, ResUNet):
+            self.restorer.load_resunet(source)
+        else:
             raise ValueError(
-                "only a cold diffusion with restorer 'dncnn' can be initialised, and only "
-                f"from a DnCNN (got restorer {type(self.restorer).__name__}, source "
-                f"{type(source).__name__})"
+                "a cold diffusion can be initialised only with restorer 'dncnn' from a DnCNN "
+                f"or 'resunet' from a ResUNet (got restorer {type(self.restorer).__name__}, "
+                f"source {type(source).__name__})"
             )
-        self.restorer.load_dncnn(source)
 
     def sigma(self, s: float) -> float:
         """Noise standard deviation at degradation level ``s = t / T`` (0 at s = 0 and 1)."""
@@ -418,8 +517,9 @@ class ColdDiffusion(nn.Module):
         return x_t
 
     def forward(self, x: Tensor) -> Tensor:
-        """Restore ``x`` (N, C, H, W) → (N, 1, H, W) with ``self.steps`` steps, ``self.seed``."""
-        return self.sample(x)
+        """Restore ``x`` (N, C, H, W) → (N, 1, H, W) with ``self.sampling_steps`` steps
+        (default ``self.steps``) and ``self.seed``."""
+        return self.sample(x, steps=self.sampling_steps)
 
     def training_loss(
         self, x0: Tensor, x_low: Tensor, generator: torch.Generator | None = None

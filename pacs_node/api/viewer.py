@@ -60,7 +60,10 @@ class SliceService:
         if job is None:
             raise HTTPException(404, f"job {job_id} not found")
         inputs = [Path(i.path) for i in self._repository.job_inputs(job_id)]
-        outputs = [Path(o.path) for o in job.outputs]
+        # The derived series only: a secondary series (the uncertainty map) is not an
+        # image of the patient to compare.
+        outputs = [Path(o.path) for o in job.outputs
+                   if o.series_instance_uid == job.output_series_instance_uid]  # fmt: skip
         try:
             source = load_series(inputs).values
             derived = load_series(outputs).values if outputs else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pacs_node.db.models import Instance, Job, JobOutput, JobStatus, Series
@@ -140,7 +140,10 @@ class ArchiveIndex:
             derived = derived.where(Series.study_instance_uid == study)
         if series:
             received = received.where(Series.series_instance_uid == series)
-            derived = derived.where(Job.output_series_instance_uid == series)
+            derived = derived.where(
+                func.coalesce(JobOutput.series_instance_uid, Job.output_series_instance_uid)
+                == series
+            )
         if sop:
             received = received.where(Instance.sop_instance_uid == sop)
             derived = derived.where(JobOutput.sop_instance_uid == sop)
@@ -161,7 +164,7 @@ class ArchiveIndex:
                 rows.append(
                     StoredInstance(
                         source.study_instance_uid,
-                        job.output_series_instance_uid,
+                        output.series_instance_uid or job.output_series_instance_uid,
                         output.sop_instance_uid,
                         None,
                         output.path,

@@ -199,6 +199,9 @@ class JobOutput(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     sop_instance_uid: Mapped[str] = mapped_column(UID)
     source_sop_instance_uid: Mapped[str] = mapped_column(UID)
+    # The instance's series when it is not the job's derived series (a secondary series:
+    # the uncertainty map); None: ``Job.output_series_instance_uid``.
+    series_instance_uid: Mapped[str | None] = mapped_column(UID, nullable=True)
     path: Mapped[str] = mapped_column(String(512))
     send_status: Mapped[int | None] = mapped_column(Integer)
     send_message: Mapped[str | None] = mapped_column(Text)

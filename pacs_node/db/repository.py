@@ -109,6 +109,8 @@ class OutputView:
     send_status: int | None
     send_message: str | None
     sent_at: datetime | None
+    # Its series: the job's derived series, or a secondary one (the uncertainty map).
+    series_instance_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,7 @@ def _view(job: Job, *, details: bool) -> JobView:
                 o.send_status,
                 o.send_message,
                 o.sent_at,
+                o.series_instance_uid or job.output_series_instance_uid,
             )
             for o in job.outputs
         ]
@@ -772,9 +775,15 @@ class JobRepository:
             return [InputView(r.sop_instance_uid, r.sop_class_uid, r.path) for r in rows]
 
     def replace_outputs(
-        self, job_id: int, output_series_uid: str, outputs: Iterable[tuple[str, str, str]]
+        self,
+        job_id: int,
+        output_series_uid: str,
+        outputs: Iterable[tuple[str, str, str]],
+        secondary: Iterable[tuple[str, str, str, str]] = (),
     ) -> None:
-        """Record the derived instances ``(sop_uid, source_sop_uid, path)`` of a job."""
+        """Record the derived instances ``(sop_uid, source_sop_uid, path)`` of a job's
+        derived series, and those of a secondary series (the uncertainty map) as
+        ``(sop_uid, source_sop_uid, path, series_uid)``."""
         with self._sessions.begin() as session:
             job = session.get_one(Job, job_id, options=[selectinload(Job.outputs)])
             job.outputs.clear()
@@ -786,6 +795,15 @@ class JobRepository:
                 job.outputs.append(
                     JobOutput(
                         sop_instance_uid=sop_uid, source_sop_instance_uid=source_uid, path=path
+                    )
+                )
+            for sop_uid, source_uid, path, series_uid in secondary:
+                job.outputs.append(
+                    JobOutput(
+                        sop_instance_uid=sop_uid,
+                        source_sop_instance_uid=source_uid,
+                        path=path,
+                        series_instance_uid=series_uid,
                     )
                 )
 

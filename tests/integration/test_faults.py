@@ -24,6 +24,21 @@ pytestmark = [
 ]
 
 
+def _slow_presets(tmp_path: Path) -> str:
+    """A presets file whose one preset is slow enough on a CPU to be caught while it runs:
+    the diffusion model with every one of its 10 sampling steps (the shipped preset runs
+    fewer), the QA gate drawing its samples as well."""
+    path = tmp_path / "presets.yaml"
+    path.write_text(
+        "slow-diffusion:\n"
+        "  description: the diffusion sampler with all its steps\n"
+        "  modality: CT\n"
+        "  model: ct-diffusion-cold\n"
+        "  parameters: {steps: 10}\n"
+    )
+    return str(path)
+
+
 def _stop(workers: list[subprocess.Popen[bytes]]) -> None:
     for worker in workers:
         if worker.poll() is None:
@@ -39,15 +54,15 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_finishes_once(
     tmp_path: Path, postgres_url: str, redis_url: str
 ) -> None:
     queue = f"pacs_node_test_{uuid.uuid4().hex[:8]}"
-    # The diffusion preset is slow enough on a CPU (about 1 s per slice here) to be
-    # caught while it runs.
-    make_ct_series(tmp_path / "in", n_slices=16, rows=192, cols=192, series_number=7)
+    # 48 slices through the slow preset: several seconds of work to be caught running.
+    make_ct_series(tmp_path / "in", n_slices=48, rows=192, cols=192, series_number=7)
     workers: list[subprocess.Popen[bytes]] = []
     with (
         CaptureSCP("PACS") as pacs,
         NodeProcess(
             tmp_path / "node", database_url=postgres_url, broker_url=redis_url,
-            worker__queue=queue, worker__lease_s="5", preset="ct-diffusion",
+            worker__queue=queue, worker__lease_s="5", preset="slow-diffusion",
+            models__presets_file=_slow_presets(tmp_path),
             destination=f"PACS@127.0.0.1:{pacs.port}",
         ) as node,
     ):  # fmt: skip
@@ -70,13 +85,13 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_finishes_once(
             lost = [e["message"] for e in detail["events"] if e["actor"] == "reconciler"]
             assert any("stopped renewing its lease" in m for m in lost), detail["events"]
             # The destination holds the one derived series, each instance once.
-            derived = pacs.wait_for(16, timeout_s=60)
+            derived = pacs.wait_for(48, timeout_s=60)
             time.sleep(2)  # anything sent twice would arrive now
-            assert len(pacs.datasets) == 16
+            assert len(pacs.datasets) == 48
             assert {ds.SeriesInstanceUID for ds in derived} == {
                 detail["output_series_instance_uid"]
             }
-            assert len({ds.SOPInstanceUID for ds in pacs.datasets}) == 16
+            assert len({ds.SOPInstanceUID for ds in pacs.datasets}) == 48
             node.assert_invariants()
         finally:
             _stop(workers)
@@ -128,7 +143,8 @@ def test_a_job_past_its_time_limit_fails_with_the_reason_and_the_node_goes_on(
     with (
         CaptureSCP("PACS") as pacs,
         NodeProcess(
-            tmp_path / "node", preset="ct-diffusion", worker__time_limit_base_s="1",
+            tmp_path / "node", preset="slow-diffusion",
+            models__presets_file=_slow_presets(tmp_path), worker__time_limit_base_s="1",
             worker__time_limit_per_slice_s="0", destination=f"PACS@127.0.0.1:{pacs.port}",
         ) as node,
     ):  # fmt: skip

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from models.networks.denoisers import DnCNN
-from models.networks.diffusion import ColdDiffusion, RestoreDnCNN
+from models.networks.denoisers import DnCNN, ResUNet
+from models.networks.diffusion import ColdDiffusion, RestoreDnCNN, RestoreResUNet
 
 SMALL: dict[str, Any] = {"features": 8, "depth": 2, "time_dim": 16, "steps": 4}
 
@@ -219,3 +219,72 @@ def test_initialisation_is_refused_when_it_cannot_fit() -> None:
         )
     with pytest.raises(ValueError, match="restorer must be one of unet, dncnn"):
         ColdDiffusion(restorer="transformer")
+
+
+def _trained_resunet(in_channels: int = 1, features: int = 8, depth: int = 2) -> ResUNet:
+    torch.manual_seed(3)
+    network = ResUNet(in_channels=in_channels, features=features, depth=depth)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return network.eval()
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_initialised_from_a_resunet_the_sampler_returns_that_resunet(in_channels: int) -> None:
+    source = _trained_resunet(in_channels)
+    model = ColdDiffusion(in_channels=in_channels, noise_scale=0.05, steps=5, features=8,
+                          depth=2, restorer="resunet")  # fmt: skip
+    model.initialise_from(source)
+    model.eval()
+    x = torch.rand(2, in_channels, 20, 23)
+    with torch.inference_mode():
+        expected = source(x)
+        centre = x[:, in_channels // 2 : in_channels // 2 + 1]
+        assert not torch.allclose(expected, centre, atol=1e-3), "the source must do something"
+        x_t = torch.rand(2, 1, 20, 23)
+        torch.testing.assert_close(model.restore(x_t, x, 3), expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-5)
+
+
+def test_resunet_restorer_learns_to_use_x_t_and_t() -> None:
+    model = ColdDiffusion(in_channels=1, noise_scale=0.05, steps=4, features=8, depth=2,
+                          time_dim=16, restorer="resunet")  # fmt: skip
+    model.initialise_from(_trained_resunet())
+    model.train()
+    x0, x_low = torch.rand(4, 1, 16, 16), torch.rand(4, 1, 16, 16)
+    model.training_loss(x0, x_low, generator=torch.Generator().manual_seed(0)).backward()
+    restorer = model.restorer
+    assert isinstance(restorer, RestoreResUNet)
+    stem = restorer.unet.stem[0].weight
+    assert stem.grad is not None and stem.grad[:, 0].abs().sum() > 0  # the x_t channel
+    for shift in restorer.shifts.parameters():
+        assert shift.grad is not None and shift.grad.abs().sum() > 0
+
+
+def test_resunet_initialisation_is_refused_when_it_cannot_fit() -> None:
+    with pytest.raises(ValueError, match="depth-3, 8-feature restorer on 1 channels"):
+        ColdDiffusion(features=8, depth=3, restorer="resunet").initialise_from(_trained_resunet())
+    with pytest.raises(ValueError, match="'resunet' from a ResUNet"):
+        ColdDiffusion(features=8, depth=2, restorer="resunet").initialise_from(_trained_dncnn())
+
+
+def test_sampling_steps_set_the_forward_pass_only() -> None:
+    """A preset's steps change the output; other samples keep every trained level."""
+    model = ColdDiffusion(in_channels=1, noise_scale=0.05, steps=4, features=8, depth=2,
+                          restorer="resunet")  # fmt: skip
+    model.initialise_from(_trained_resunet())
+    with torch.no_grad():  # make the restorer depend on x_t, so steps matter
+        model.restorer.unet.stem[0].weight[:, 0].normal_(0.0, 0.3)
+    model.eval()
+    x = torch.rand(1, 1, 16, 16)
+    with torch.inference_mode():
+        full, one = model.sample(x), model.sample(x, steps=1)
+        assert not torch.allclose(full, one, atol=1e-4)
+        model.sampling_steps = 1
+        torch.testing.assert_close(model(x), one, rtol=0, atol=0)
+        torch.testing.assert_close(model.sample(x, seed=0), full, rtol=0, atol=0)

@@ -108,3 +108,54 @@ def test_network_enhancer_of_a_registered_model_runs(tmp_path: Path) -> None:
     out, _ = enhancer(volume, (1.0, 1.0, 1.0))
     np.testing.assert_array_equal(out, volume)  # an untrained DnCNN is the identity
     assert enhancer.info.name == "m" and len(enhancer.info.weights_sha256) == 64
+
+
+def _save_diffusion(directory: Path, name: str = "diff") -> None:
+    kwargs = {"in_channels": 1, "steps": 4, "noise_scale": 0.02, "features": 8, "depth": 2,
+              "restorer": "resunet"}  # fmt: skip
+    network = build_network("cold_diffusion", **kwargs)
+    with torch.no_grad():  # a restorer that reads x_t, so the number of steps matters
+        torch.manual_seed(0)
+        for parameter in network.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    card = ModelCard(name=name, version="1.0", task="diffusion", modality="CT",
+                     architecture="cold_diffusion", arch_kwargs=kwargs)  # fmt: skip
+    save_checkpoint(directory, network, card)
+
+
+def test_a_network_preset_sets_the_sampling_steps_of_a_diffusion_model(tmp_path: Path) -> None:
+    _save_diffusion(tmp_path)
+    registry, options = ModelRegistry([tmp_path]), EngineOptions(device="cpu")
+    volume = np.random.default_rng(0).normal(40.0, 30.0, (3, 32, 32)).astype(np.float32)
+    one = build_enhancer(Preset("d1", "d", "CT", model="diff", parameters={"steps": 1}),
+                         registry, options)  # fmt: skip
+    full = build_enhancer(Preset("d", "d", "CT", model="diff"), registry, options)
+    assert one.info.description.endswith("sampled in 1 of 4 steps")
+    assert "sampled in" not in full.info.description
+    assert one.info.weights_sha256 == full.info.weights_sha256
+    out_one, _ = one(volume, (1.0, 1.0, 1.0))
+    out_full, _ = full(volume, (1.0, 1.0, 1.0))
+    assert np.abs(out_one - out_full).max() > 0.01  # the steps are applied
+    again, _ = build_enhancer(Preset("d1", "d", "CT", model="diff", parameters={"steps": 1}),
+                              registry, options)(volume, (1.0, 1.0, 1.0))  # fmt: skip
+    np.testing.assert_array_equal(again, out_one)
+    # Other samples (the QA gate's spread) still run every trained level.
+    assert isinstance(one, NetworkEnhancer) and one.stochastic
+    np.testing.assert_array_equal(one.resample(volume, (1.0, 1.0, 1.0), 1, 1),
+                                  full.resample(volume, (1.0, 1.0, 1.0), 1, 1))  # fmt: skip
+
+
+def test_sampling_steps_are_refused_where_they_cannot_apply(tmp_path: Path) -> None:
+    _save_diffusion(tmp_path)
+    _save(tmp_path, "cnn")
+    registry = ModelRegistry([tmp_path])
+    with pytest.raises(PresetError, match="steps 5 exceed the 4 levels diff was trained with"):
+        build_enhancer(Preset("d", "d", "CT", model="diff", parameters={"steps": 5}), registry)
+    with pytest.raises(PresetError, match="steps apply to a diffusion sampler; cnn is not one"):
+        build_enhancer(Preset("c", "d", "CT", model="cnn", parameters={"steps": 1}), registry)
+    for bad in ("steps: 0", "steps: two", "steps: true", "seed: 3"):
+        path = tmp_path / "presets.yaml"
+        path.write_text(f"p:\n  description: x\n  modality: CT\n  model: diff\n"
+                        f"  parameters: {{{bad}}}\n")  # fmt: skip
+        with pytest.raises(PresetError, match="'p'"):
+            load_presets(path)

@@ -1,0 +1,107 @@
+"""The uncertainty map of the diffusion preset: a secondary series sent with the enhanced
+one, computed from the real sampler, with a real database and a real storage SCP."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.base import StochasticEnhancer
+from pacs_node.api.viewer import JobVolumes, SliceService
+from pacs_node.db.archive import ArchiveIndex
+from pacs_node.db.models import JobStatus
+from pacs_node.dicom.uncertainty import UNCERTAINTY_CODE
+from pacs_node.dicom.volume import load_series
+from pacs_node.settings import Settings
+from tests.helpers.jobs import queue_series
+from tests.helpers.synthetic import make_ct_series
+from tests.integration.node import BIN, node_environment
+from tests.integration.peers import CaptureSCP
+from workers.context import WorkerContext
+from workers.job import run_job
+
+SAMPLES = 2
+
+
+@pytest.fixture()
+def ctx(tmp_path: Path, db_url: str) -> WorkerContext:
+    settings = Settings(data_dir=tmp_path, database_url=db_url,
+                        derived={"uncertainty_samples": SAMPLES})  # type: ignore[arg-type]  # fmt: skip
+    return WorkerContext.from_settings(settings)
+
+
+def test_the_diffusion_preset_sends_its_uncertainty_map_beside_the_enhanced_series(
+    ctx: WorkerContext, tmp_path: Path, db_url: str
+) -> None:
+    sources = make_ct_series(None, n_slices=3, rows=48, cols=48, seed=5)
+    with CaptureSCP("PACS") as pacs:
+        job_id = queue_series(ctx, sources, preset="ct-diffusion",
+                              destination=f"PACS@127.0.0.1:{pacs.port}")  # fmt: skip
+        assert run_job(job_id, ctx) is JobStatus.DONE
+        received = pacs.wait_for(6, timeout_s=20)
+    job = ctx.repository.get_job(job_id)
+    assert job is not None and job.output_series_instance_uid is not None
+    enhanced = [ds for ds in received if ds.SeriesInstanceUID == job.output_series_instance_uid]
+    maps = [ds for ds in received if ds.SeriesInstanceUID != job.output_series_instance_uid]
+    assert len(enhanced) == 3 and len(maps) == 3
+    assert len({ds.SeriesInstanceUID for ds in maps}) == 1
+    first = maps[0]
+    # Labelled as a map of the enhanced series, in the same study, on the same grid.
+    assert first.StudyInstanceUID == sources[0].StudyInstanceUID
+    assert "uncertainty" in first.SeriesDescription
+    assert first.SeriesNumber not in (enhanced[0].SeriesNumber, sources[0].SeriesNumber)
+    code = first.DerivationCodeSequence[0]
+    assert (code.CodeValue, code.CodingSchemeDesignator) == UNCERTAINTY_CODE[:2]
+    assert job.output_series_instance_uid in first.DerivationDescription
+    assert "not an image of the patient" in first.DerivationDescription
+    assert list(first.ImageType[:2]) == ["DERIVED", "SECONDARY"]
+    assert (first.Rows, first.Columns) == (enhanced[0].Rows, enhanced[0].Columns)
+    assert float(first.RescaleSlope) == pytest.approx(0.1)
+    # Its values: the spread of the sampler's output and SAMPLES more draws, recomputed.
+    enhancer = ctx.enhancers.get("ct-diffusion")
+    assert isinstance(enhancer, StochasticEnhancer) and enhancer.stochastic
+    volume = load_series([Path(i.path) for i in ctx.repository.job_inputs(job_id)])
+    output, _ = enhancer(volume.values, volume.spacing_mm)
+    by_source = {str(ds.SOPInstanceUID): k for k, ds in enumerate(volume.datasets)}
+    for ds in maps:
+        index = by_source[ds.SourceImageSequence[0].ReferencedSOPInstanceUID]
+        draws = [output[index].astype(np.float64)] + [
+            enhancer.resample(volume.values, volume.spacing_mm, draw, index)
+            for draw in range(1, SAMPLES + 1)
+        ]
+        expected = np.std(np.stack(draws), axis=0, ddof=1)
+        stored = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        np.testing.assert_allclose(stored, expected, atol=0.051)
+    assert float(np.max([ds.pixel_array.max() for ds in maps])) > 0  # the samples differ
+    # The QA gate read the map; the job row records every instance with its series.
+    assert job.qa is not None and job.qa["checks"]["sample_spread"]["value"] is not None
+    by_series = {o.series_instance_uid for o in job.outputs}
+    assert by_series == {job.output_series_instance_uid, first.SeriesInstanceUID}
+    assert all(o.send_status == 0 for o in job.outputs)
+    # DICOMweb serves both series; the viewer compares the enhanced one only.
+    archive = ArchiveIndex(ctx.repository.session_factory)
+    served = {i.series_instance_uid for i in archive.instances(study=str(first.StudyInstanceUID))}
+    assert {job.output_series_instance_uid, str(first.SeriesInstanceUID)} <= served
+    assert len(archive.instances(series=str(first.SeriesInstanceUID))) == 3
+    volumes: JobVolumes = SliceService(ctx.repository).volumes(job_id)
+    assert volumes.derived is not None and volumes.derived.shape == (3, 48, 48)
+    # The command line names both series.
+    shown = subprocess.run([str(BIN / "pacs-node"), "jobs", "show", str(job_id)],
+                           env=node_environment(tmp_path, database_url=db_url),
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert any("Uncertainty map" in line and str(first.SeriesInstanceUID) in line
+               for line in lines), shown.stdout  # fmt: skip
+
+
+def test_a_deterministic_preset_sends_no_map(ctx: WorkerContext) -> None:
+    sources = make_ct_series(None, n_slices=2, rows=32, cols=32, seed=6)
+    job_id = queue_series(ctx, sources, preset="ct-denoise-fast")
+    assert run_job(job_id, ctx) is JobStatus.DONE
+    job = ctx.repository.get_job(job_id)
+    assert job is not None and len(job.outputs) == 2
+    assert {o.series_instance_uid for o in job.outputs} == {job.output_series_instance_uid}
