@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -11,6 +12,7 @@ from pydicom.filebase import DicomBytesIO
 
 from pacs_node.dicom.derived import build_derived_series
 from pacs_node.dicom.uncertainty import UNCERTAINTY_CODE, build_uncertainty_series
+from tests.helpers.dicom_checks import dciodvfy_errors, philips_slices, require_dciodvfy
 from tests.helpers.synthetic import make_ct_series
 from tests.pacs_node.dicom.test_derived import make_info
 
@@ -67,3 +69,16 @@ def test_a_map_of_zeros_still_has_a_window() -> None:
     [ds] = build_uncertainty_series(sources, np.zeros((1, 8, 8)), make_info(), NOW, 2, 1004,
                                     "1.2.3")  # fmt: skip
     assert float(ds.WindowWidth) == 1.0 and not _round_trip(ds).pixel_array.any()
+
+
+def test_the_map_of_a_real_ct_slice_adds_no_dciodvfy_error(tmp_path: Path) -> None:
+    require_dciodvfy()
+    [path] = philips_slices(tmp_path / "study", 1)
+    sources = [pydicom.dcmread(path)]
+    rows, cols = int(sources[0].Rows), int(sources[0].Columns)
+    spread = np.random.default_rng(2).uniform(0.0, 12.0, (1, rows, cols))
+    info = make_info()
+    [ds] = build_uncertainty_series(sources, spread, info, NOW, 2, 1004, "1.2.3.4")
+    out = tmp_path / "map.dcm"
+    ds.save_as(out, enforce_file_format=True)
+    assert set(dciodvfy_errors(out)) <= set(dciodvfy_errors(path))
