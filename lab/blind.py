@@ -183,6 +183,9 @@ def train_blind(
     ``init_from`` (a model card) starts the network from that checkpoint's verified weights
     (fine-tuning: the same architecture and arguments); the card records it.
     """
+    if (objective == "diffusion") != (architecture == "cold_diffusion"):
+        raise ValueError(f"objective {objective} does not train architecture {architecture}: "
+                         "the diffusion objective trains cold_diffusion, and only it")  # fmt: skip
     started_call = time.monotonic()
     torch.manual_seed(config.seed)
     images, spacings, names = training_set.images, training_set.spacings, training_set.names

@@ -23,7 +23,8 @@ class ModelInfo:
     ``weights_sha256`` identifies the exact weights (or, for a classical filter, its
     parameters): the node derives the equipment's DeviceUID from it, so any change of
     weights gives a new DeviceUID. ``strength`` is the share of the model's change that the
-    enhancer applies (1: all of it); with the weights it decides the derived series' UIDs.
+    enhancer applies (1: all of it); with the weights and ``variant`` it decides the
+    derived series' UIDs.
     """
 
     name: str
@@ -34,6 +35,9 @@ class ModelInfo:
     weights_sha256: str
     scale_factor: int = 1
     strength: float = 1.0
+    # How the weights were run when that changes the pixels beyond strength (e.g. a
+    # diffusion preset's sampling steps, "steps=1/10"); part of the derived UIDs.
+    variant: str = ""
 
 
 class Enhancer(Protocol):

@@ -144,8 +144,17 @@ class NetworkEnhancer:
         levels = getattr(self.network, "steps", None)
         if isinstance(steps, int) and isinstance(levels, int):
             sampled = f"sampled in {steps} of {levels} steps"
-            info = dataclasses.replace(info, description=f"{info.description}; {sampled}")
+            info = dataclasses.replace(info, description=f"{info.description}; {sampled}",
+                                       variant=f"steps={steps}/{levels}")  # fmt: skip
         return info
+
+    @property
+    def reduced_steps(self) -> bool:
+        """Whether the output is sampled in fewer steps than the sampler's levels (a
+        preset's ``steps``): the output is then not one of the full sampler's samples."""
+        steps = getattr(self.network, "sampling_steps", None)
+        levels = getattr(self.network, "steps", None)
+        return isinstance(steps, int) and isinstance(levels, int) and steps < levels
 
     # -- normalisation -----------------------------------------------------------
 

@@ -66,6 +66,7 @@ def audit(sessions: Any, store: InstanceStore, *, settled: bool = True) -> list[
                 JobOutput.sop_instance_uid,
                 JobOutput.source_sop_instance_uid,
                 JobOutput.path,
+                JobOutput.series_instance_uid,
             )
         ).all()
     findings: list[Finding] = []
@@ -89,8 +90,9 @@ def audit(sessions: Any, store: InstanceStore, *, settled: bool = True) -> list[
         if job.status is JobStatus.FAILED and not job.error_message:
             findings.append(Finding(6, f"job {job_id} FAILED without a reason"))
     by_job: dict[int, list[tuple[str, str]]] = {}
-    for job_id, uid, source, _path in outputs:
-        by_job.setdefault(job_id, []).append((uid, source))
+    for job_id, uid, source, _path, secondary in outputs:
+        if secondary is None:  # the derived series (an uncertainty map covers no instance)
+            by_job.setdefault(job_id, []).append((uid, source))
     for job_id, job in jobs.items():
         if job.status is not JobStatus.DONE or job_id in trimmed:
             continue
@@ -104,7 +106,7 @@ def audit(sessions: Any, store: InstanceStore, *, settled: bool = True) -> list[
         if missing:
             findings.append(Finding(3, f"job {job_id}: no output for {len(missing)} of its "
                                        f"{len(inputs[job_id])} instances"))  # fmt: skip
-    known = {path for _, path, _, _ in instances} | {path for *_, path in outputs}
+    known = {path for _, path, _, _ in instances} | {row.path for row in outputs}
     for path in sorted((_files(store.received_dir) | _files(store.derived_dir)) - known):
         findings.append(Finding(5, f"orphan file {path}"))
     return findings

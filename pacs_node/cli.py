@@ -242,7 +242,12 @@ def jobs_show(
         from pacs_node.scu import acknowledged
 
         sent_ok = sum(1 for o in job.outputs if acknowledged(o.send_status))
-        console.print(f"  Outputs: {len(job.outputs)} derived instances, {sent_ok} acknowledged")
+        main = job.output_series_instance_uid
+        maps = sum(1 for o in job.outputs if o.series_instance_uid != main)
+        shown = f"{len(job.outputs) - maps} derived instances" + (
+            f" and {maps} of the uncertainty map" if maps else ""
+        )
+        console.print(f"  Outputs: {shown}, {sent_ok} acknowledged")
 
 
 def _secondary_series(job: JobView) -> str | None:

@@ -92,6 +92,14 @@ def enhance_folder(
         for index, ds in enumerate(result.datasets, start=1):
             store.write_dataset(folder / f"IM{index:05d}.dcm", ds)
         message = f"{result.model.name} {result.model.version}, {result.seconds:.2f} s"
+        if result.uncertainty:  # the uncertainty map, a secondary series in its own folder
+            map_number = int(result.uncertainty[0].SeriesNumber)
+            used_numbers.add(map_number)
+            for index, ds in enumerate(result.uncertainty, start=1):
+                store.write_dataset(output_dir / f"S{map_number}" / f"IM{index:05d}.dcm", ds)
+            message += f"; uncertainty map in S{map_number}"
+        elif result.uncertainty_problem:
+            message += f"; {result.uncertainty_problem}"
         status = "QA_FAILED" if qa is not None and qa.verdict == "fail" else "DONE"
         if qa is not None:
             message += f"; {qa.summary()}"

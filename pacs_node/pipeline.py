@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from pacs_node.qa import Gate, QAReport, geometry_problems, measure, unusable_re
 from pacs_node.settings import DerivedSettings
 
 Progress = Callable[[int, int], None]
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,9 @@ class EnhancedSeries:
     # could not be written (wrong grid, NaN or Inf).
     qa: QAReport | None = None
     # The uncertainty map's instances (a secondary series; derived.uncertainty_samples of
-    # a stochastic preset), else none.
+    # a stochastic preset), else none; why a wanted map is missing.
     uncertainty: list[FileDataset] = field(default_factory=list)
+    uncertainty_problem: str = ""
 
     @property
     def series_instance_uid(self) -> str:
@@ -74,6 +77,7 @@ def derivation_info(
         equipment_model_name=derived.equipment_model_name,
         software_versions=__version__,
         strength=model.strength,
+        variant=model.variant,
     )
 
 
@@ -115,34 +119,47 @@ def _spread(run: _Run, samples: int) -> tuple[Callable[[], np.ndarray] | None, s
 
     @cache
     def spread() -> np.ndarray:
-        centre = run.source.shape[0] // 2
-        draws = [run.values[centre].astype(np.float64)]
         try:
-            for draw in range(1, samples + 1):
-                draws.append(enhancer.resample(run.source, run.spacing, draw, centre))
+            return _draws_spread(run, run.source.shape[0] // 2, samples)
         except (RuntimeError, ValueError, MemoryError) as exc:
             raise ModelError(f"model {enhancer.info.name} failed drawing samples: {exc}") from exc
-        return np.std(np.stack(draws), axis=0, ddof=1)
 
     return spread, ""
 
 
-def _uncertainty_map(run: _Run, samples: int) -> np.ndarray | None:
+def _draws_spread(run: _Run, index: int, samples: int) -> np.ndarray:
+    """Per-pixel σ of slice ``index`` across ``samples`` + 1 samples of the full sampler:
+    the output and ``samples`` more draws (seeds + 1, + 2, ...). An output sampled in fewer
+    steps than the sampler's levels is not one of its samples: the full sampler's own draw
+    (seed + 0) takes its place, so the spread is the sampler's, not the gap between the
+    two step counts."""
+    enhancer = run.enhancer
+    assert isinstance(enhancer, StochasticEnhancer)
+    first = (enhancer.resample(run.source, run.spacing, 0, index)
+             if getattr(enhancer, "reduced_steps", False) else run.values[index])  # fmt: skip
+    draws = [np.asarray(first, dtype=np.float64)]
+    for draw in range(1, samples + 1):
+        draws.append(enhancer.resample(run.source, run.spacing, draw, index))
+    return np.std(np.stack(draws), axis=0, ddof=1)
+
+
+def _uncertainty_map(run: _Run, samples: int) -> tuple[np.ndarray | None, str]:
     """For a stochastic model and ``samples`` ≥ 1: per pixel of every slice, the spread
-    (σ) of its output and ``samples`` more draws; else None."""
+    (σ) across ``samples`` + 1 samples of the full sampler (:func:`_draws_spread`), else
+    None. Best effort: a failure to draw leaves no map, and the reason, for the enhanced
+    series is sent all the same."""
     enhancer = run.enhancer
     if samples < 1 or not isinstance(enhancer, StochasticEnhancer) or not enhancer.stochastic:
-        return None
+        return None, ""
     spread = np.empty(run.values.shape, dtype=np.float32)
     try:
         for index in range(run.values.shape[0]):
-            draws = [run.values[index].astype(np.float64)]
-            for draw in range(1, samples + 1):
-                draws.append(enhancer.resample(run.source, run.spacing, draw, index))
-            spread[index] = np.std(np.stack(draws), axis=0, ddof=1)
+            spread[index] = _draws_spread(run, index, samples)
     except (RuntimeError, ValueError, MemoryError) as exc:
-        raise ModelError(f"model {enhancer.info.name} failed drawing samples: {exc}") from exc
-    return spread
+        logger.warning("model %s failed drawing samples for the uncertainty map: %s",
+                       enhancer.info.name, exc)  # fmt: skip
+        return None, f"no uncertainty map: drawing samples failed: {exc}"
+    return spread, ""
 
 
 def _gated(
@@ -156,9 +173,9 @@ def _gated(
             raise ModelError(f"model {run.enhancer.info.name} returned {problems[0]}")
         return None
     spread, why_not = _spread(run, gate.diffusion_samples)
-    if spread_map is not None:
+    if spread_map is not None and spread is not None:  # the map holds what the gate would draw
         centre = spread_map[spread_map.shape[0] // 2]
-        spread, why_not = (lambda: centre), ""
+        spread = lambda: centre  # noqa: E731
     return measure(run.source, run.values, modality=run.modality,
                    scale=run.enhancer.info.scale_factor, limits=gate.limits,
                    max_slices=gate.max_slices, geometry_problems=problems,
@@ -267,8 +284,8 @@ def enhance_series(
     modality = str(volume.datasets[0].get("Modality", ""))
     run = _Run(enhancer, volume.values, values, volume.spacing_mm, modality)
     samples = derived.uncertainty_samples
-    spread_map = (
-        _uncertainty_map(run, samples) if not problems and np.isfinite(values).all() else None
+    spread_map, map_problem = (
+        _uncertainty_map(run, samples) if not problems and np.isfinite(values).all() else (None, "")
     )
     report = _gated(gate, run, problems, spread_map)
     sources = [str(ds.SOPInstanceUID) for ds in volume.datasets]
@@ -284,9 +301,14 @@ def enhance_series(
     report = _with_geometry(report, wrong)
     uncertainty = []
     if spread_map is not None:
-        map_number = _series_number(volume.datasets[0], {*used_series_numbers, number}, derived)
+        # The enhanced series' number plus the offset: derived numbers of other series in
+        # the study (source + offset) stay clear of it.
+        map_number = choose_series_number(
+            number, {*used_series_numbers, number}, derived.series_number_offset
+        )
         uncertainty = build_uncertainty_series(
-            volume.datasets, spread_map, info, now, samples, map_number,
+            volume.datasets, spread_map, info, now, samples + 1, map_number,
             str(datasets[0].SeriesInstanceUID),
         )  # fmt: skip
-    return EnhancedSeries(datasets, sources, enhancer.info, seconds, report, uncertainty)
+    return EnhancedSeries(datasets, sources, enhancer.info, seconds, report, uncertainty,
+                          map_problem)  # fmt: skip

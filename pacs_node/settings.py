@@ -213,8 +213,8 @@ class DerivedSettings(_Section):
         ge=0,
         le=16,
         description="a stochastic preset (the diffusion sampler) also sends an uncertainty "
-        "map: a secondary series, per pixel the spread (σ, HU) of the enhanced image and this "
-        "many more samples with other seeds, each slice (costs this many full sampler runs "
+        "map: a secondary series, per pixel the spread (σ, HU) across this many + 1 samples "
+        "of its full sampler drawn with other seeds (costs up to this many + 1 sampler runs "
         "per slice; 0: no map; single-frame series only)",
     )
 

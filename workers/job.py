@@ -83,7 +83,8 @@ def _enhance_and_write(ctx: WorkerContext, job: JobView) -> tuple[list[Path], QA
         job.id,
         f"{result.model.name} {result.model.version} enhanced {count} slices in "
         f"{result.seconds:.2f} s; derived series {series_uid}"
-        + (f"; uncertainty map series {map_uid}" if map_uid else ""),
+        + (f"; uncertainty map series {map_uid}" if map_uid else "")
+        + (f"; {result.uncertainty_problem}" if result.uncertainty_problem else ""),
     )
     return paths, result.qa
 

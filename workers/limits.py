@@ -36,9 +36,11 @@ class TimeLimitExceeded(EnhancementError):
     code = "time_limit"
 
 
-def soft_limit_s(settings: WorkerSettings, instance_count: int) -> float:
-    """The soft time limit of a job over ``instance_count`` instances (seconds)."""
-    return settings.time_limit_base_s + settings.time_limit_per_slice_s * instance_count
+def soft_limit_s(settings: WorkerSettings, instance_count: int, runs_per_slice: int = 1) -> float:
+    """The soft time limit of a job over ``instance_count`` instances (seconds), whose
+    model runs ``runs_per_slice`` times per slice (1 + the uncertainty map's samples)."""
+    per_slice = settings.time_limit_per_slice_s * max(runs_per_slice, 1)
+    return settings.time_limit_base_s + per_slice * instance_count
 
 
 class Deadlines:

@@ -92,7 +92,11 @@ def _enhance(ctx: WorkerContext, job_id: int) -> str | None:
     """The task's body; every change to the job holds only while this worker holds it."""
     repo, me = ctx.repository, ctx.name
     job = repo.get_job(job_id)
-    soft = soft_limit_s(ctx.settings.worker, job.instance_count if job is not None else 0)
+    # An uncertainty map of K samples runs the full sampler up to K + 1 more times per
+    # slice (stochastic presets only; for others the limit is merely generous).
+    samples = ctx.settings.derived.uncertainty_samples
+    runs = 2 + samples if samples else 1
+    soft = soft_limit_s(ctx.settings.worker, job.instance_count if job is not None else 0, runs)
     try:
         with DEADLINES.limit(job_id, soft):
             status = run_job(job_id, ctx)

@@ -112,8 +112,10 @@ def create_dashboard_router(
         if job is None:
             raise HTTPException(404, f"job {job_id} not found")
         model_lines = [e.message for e in job.events if " enhanced " in e.message]
+        # Outputs of a secondary series (the uncertainty map), shown apart.
+        maps = [o for o in job.outputs if o.series_instance_uid != job.output_series_instance_uid]
         return render("job.html", user=who, job=job, model_lines=model_lines,
-                      patient=who.sees_patient)  # fmt: skip
+                      patient=who.sees_patient, maps=maps)  # fmt: skip
 
     @router.get("/ui/stats", response_model=None)
     def stats_page(request: Request) -> Response:

@@ -208,6 +208,9 @@ class DerivationInfo:
         Software Versions (0018,1020) of the node.
     strength : float
         The share of the model's change applied (1: all of it); part of the derived UIDs.
+    variant : str
+        Anything else the pixels depend on (:attr:`ModelInfo.variant`, the uncertainty
+        map); part of the derived UIDs when not empty.
     """
 
     preset: str
@@ -222,6 +225,7 @@ class DerivationInfo:
     equipment_model_name: str
     software_versions: str
     strength: float = 1.0
+    variant: str = ""
 
     def __post_init__(self) -> None:
         """Check every field against its DICOM value representation."""
@@ -707,6 +711,7 @@ def build_derived_series(
         f"{info.strength:g}",
         info.model_version,
         info.weights_sha256,
+        info.variant,
     )
     equipment_uid = device_uid(info.model_name, info.model_version, info.weights_sha256)
     description = _series_description(first, info)

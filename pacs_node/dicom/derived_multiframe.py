@@ -86,7 +86,7 @@ def build_derived_multiframe(
         raise ValueError("values contain NaN or infinity")
     series_uid = derived_series_uid(
         source.SeriesInstanceUID, [str(source.SOPInstanceUID)], info.preset,
-        f"{info.strength:g}", info.model_version, info.weights_sha256,
+        f"{info.strength:g}", info.model_version, info.weights_sha256, info.variant,
     )  # fmt: skip
     date, time, date_time = _da(now), _tm(now), _dt(now)
     ds = _copy_header(source, 1)

@@ -42,6 +42,7 @@ def derived_series_uid(
     strength: str,
     model_version: str,
     weights_sha256: str,
+    variant: str = "",
 ) -> UID:
     """Return the SeriesInstanceUID of the derived series made from a source series.
 
@@ -57,6 +58,10 @@ def derived_series_uid(
         The share of the model's change applied, as text (e.g. ``"0.75"``).
     model_version, weights_sha256 : str
         Version and SHA-256 of the weights that produced the pixels.
+    variant : str
+        Anything else the pixels depend on (a diffusion preset's sampling steps, the
+        uncertainty map and its sample count); empty for none, which keeps the UIDs of
+        series made before variants existed.
 
     Returns
     -------
@@ -66,8 +71,8 @@ def derived_series_uid(
         may differ, gets another UID.
     """
     inputs = hashlib.sha256("\n".join(sorted(source_sop_uids)).encode("ascii")).hexdigest()
-    return _uid_from_parts("derived-series", source_series_uid, inputs, preset, strength,
-                           model_version, weights_sha256)  # fmt: skip
+    parts = [source_series_uid, inputs, preset, strength, model_version, weights_sha256]
+    return _uid_from_parts("derived-series", *parts, *([variant] if variant else []))
 
 
 def derived_sop_uid(derived_series_uid: str, source_sop_uid: str) -> UID:

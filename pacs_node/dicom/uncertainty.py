@@ -28,9 +28,13 @@ UNCERTAINTY_CODE = ("SAMPLESPREAD", "99PACSNODE", "Per-pixel spread across model
 # Stored value 1 = 0.1 HU (Rescale Slope): spreads of a few HU keep their detail.
 UNCERTAINTY_STEP = 0.1
 _LO_MAX = 64
+# What the source's pixels meant that the map's do not: padding, value mappings and
+# display transforms other than its own window.
 _SPREAD_ATTRIBUTES = ("PixelPaddingValue", "PixelPaddingRangeLimit", "VOILUTSequence",
-                      "WindowCenterWidthExplanation", "SmallestImagePixelValue",
-                      "LargestImagePixelValue")  # fmt: skip
+                      "VOILUTFunction", "WindowCenterWidthExplanation",
+                      "RealWorldValueMappingSequence", "SmallestImagePixelValue",
+                      "LargestImagePixelValue", "ModalityLUTSequence",
+                      "RescaleType")  # fmt: skip
 
 
 def build_uncertainty_series(
@@ -52,12 +56,14 @@ def build_uncertainty_series(
         Per-pixel spread (len(sources), rows, columns) on the enhanced series' grid, ≥ 0,
         in modality units (HU for CT).
     info
-        The enhanced series' derivation; the map's preset reads ``<preset> uncertainty``
-        (so its UIDs differ), with its own description and derivation code.
+        The enhanced series' derivation. The map's UIDs add ``uncertainty-map`` and the
+        sample count to its variant (so they differ from the enhanced series' and change
+        with the count); its Series Description shows the preset as ``<preset>
+        uncertainty``; it has its own description and derivation code.
     now
         Creation time, as for the enhanced series.
     samples
-        How many samples besides the enhanced image the spread is taken over.
+        How many samples the spread is taken over.
     series_number
         The map's Series Number (one the study does not use).
     enhanced_series_uid
@@ -72,14 +78,15 @@ def build_uncertainty_series(
     if spread.size and (not np.isfinite(spread).all() or float(spread.min()) < 0.0):
         raise ValueError("an uncertainty map must be finite and non-negative")
     unit = "HU" if str(sources[0].get("Modality", "")).upper() == "CT" else "units"
+    variant = ";".join(v for v in (info.variant, f"uncertainty-map;samples={samples}") if v)
     map_info = dataclasses.replace(
         info,
         preset=f"{info.preset} uncertainty"[:_LO_MAX],
+        variant=variant,
         description=(
             f"Uncertainty map, not an image of the patient: per pixel the standard deviation "
-            f"({unit}) of the enhanced image and {samples} more samples of the model's "
-            f"sampler drawn with other seeds, for the enhanced series {enhanced_series_uid}. "
-            f"{info.description}"
+            f"({unit}) across {samples} samples of the model's full sampler drawn with other "
+            f"seeds, for the enhanced series {enhanced_series_uid}. {info.description}"
         )[:1024],
         derivation_code=UNCERTAINTY_CODE,
         series_number=series_number,
@@ -102,6 +109,9 @@ def _store_spread(ds: FileDataset, values: np.ndarray, width: float) -> None:
     for keyword in _SPREAD_ATTRIBUTES:
         if keyword in ds:
             delattr(ds, keyword)
+    overlays = [e.tag for e in ds if 0x6000 <= e.tag.group <= 0x601E and e.tag.group % 2 == 0]
+    for tag in overlays:  # overlay planes drawn on the source's pixels
+        del ds[tag]
     stored = np.clip(np.rint(values / UNCERTAINTY_STEP), 0, 2**16 - 1).astype(np.uint16)
     ds.PixelRepresentation = 0
     ds.RescaleSlope = f"{UNCERTAINTY_STEP:g}"

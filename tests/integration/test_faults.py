@@ -26,8 +26,8 @@ pytestmark = [
 
 def _slow_presets(tmp_path: Path) -> str:
     """A presets file whose one preset is slow enough on a CPU to be caught while it runs:
-    the diffusion model with every one of its 10 sampling steps (the shipped preset runs
-    fewer), the QA gate drawing its samples as well."""
+    the diffusion model with every one of its 10 sampling steps named (whatever the shipped
+    preset samples), the QA gate drawing its samples as well."""
     path = tmp_path / "presets.yaml"
     path.write_text(
         "slow-diffusion:\n"

@@ -143,3 +143,33 @@ def test_train_blind_fine_tunes_from_a_card_and_records_it(tmp_path: Path) -> No
         wider = {**kwargs, "features": 8}
         train_blind(training_set, tmp_path / "other", name="x", version="0",
                     architecture="resunet", arch_kwargs=wider, **common)  # fmt: skip
+
+
+def test_train_blind_trains_a_diffusion_from_a_blind_resunet(tmp_path: Path) -> None:
+    from lab.blind import train_blind
+    from models.checkpoint import save_checkpoint
+
+    kwargs = {"in_channels": 1, "features": 4, "depth": 2}
+    start = build_network("resunet", **kwargs)
+    card_path = save_checkpoint(tmp_path / "start", start, ModelCard(
+        "start", "0.0.1", "denoise", "CT", "resunet", kwargs))  # fmt: skip
+    training_set = _set(tmp_path / "set.npz")
+    config = TrainConfig(steps=2, patch=32, batch_size=2, learning_rate=1e-3, sampling="slice")
+    common = {"description": "", "config": config, "command": "test", "draws": 1,
+              "log": lambda _m: None, "init_from": card_path}  # fmt: skip
+    diffusion = {**kwargs, "steps": 4, "noise_scale": 0.01, "restorer": "resunet"}
+    out = train_blind(training_set, tmp_path / "out", name="diff", version="0.0.1",
+                      architecture="cold_diffusion", arch_kwargs=diffusion,
+                      objective="diffusion", **common)  # fmt: skip
+    network, card = load_checkpoint(out)
+    assert card.task == "diffusion" and card.training is not None
+    assert card.training["init_from"]["name"] == "start" and callable(network.sample)
+    # The objective and the architecture must go together, refused before any work.
+    for architecture, objective, arch_kwargs in (
+        ("resunet", "diffusion", kwargs),
+        ("cold_diffusion", "denoise", diffusion),
+    ):
+        with pytest.raises(ValueError, match="does not train architecture"):
+            train_blind(training_set, tmp_path / "x", name="x", version="0",
+                        architecture=architecture, arch_kwargs=arch_kwargs,
+                        objective=objective, **common)  # type: ignore[arg-type]  # fmt: skip

@@ -58,6 +58,18 @@ def test_enhance_folder_writes_derived_series_and_skips_the_rest(tmp_path: Path)
     assert seen[-1] == (4, 4)
 
 
+def test_enhance_folder_writes_the_uncertainty_map_in_its_own_folder(tmp_path: Path) -> None:
+    make_ct_series(tmp_path / "in", n_slices=3, rows=32, cols=32, series_number=2)
+    settings = Settings(data_dir=tmp_path / "var",
+                        derived={"uncertainty_samples": 1})  # type: ignore[arg-type]  # fmt: skip
+    [done] = enhance_folder(settings, tmp_path / "in", tmp_path / "out", "ct-diffusion")
+    assert done.status == "DONE" and "uncertainty map in S2002" in done.message
+    maps = [pydicom.dcmread(f) for f in sorted((tmp_path / "out" / "S2002").iterdir())]
+    enhanced = pydicom.dcmread(tmp_path / "out" / "S1002" / "IM00001.dcm")
+    assert len(maps) == 3 and all("uncertainty" in ds.SeriesDescription for ds in maps)
+    assert maps[0].SeriesInstanceUID != enhanced.SeriesInstanceUID
+
+
 def test_cli_enhance_and_models_list(tmp_path: Path) -> None:
     make_ct_series(tmp_path / "in", n_slices=3, rows=32, cols=32)
     result = subprocess.run(

@@ -35,6 +35,8 @@ def test_uids_are_valid_2_25_uids(uid: UID) -> None:
 
 def test_a_rerun_of_the_same_inputs_preset_strength_and_weights_reuses_the_uids() -> None:
     assert derived_series_uid(*RUN) == derived_series_uid(*RUN)
+    # No variant is the UID of series made before variants existed.
+    assert derived_series_uid(*RUN, "") == derived_series_uid(*RUN)
     # The order the instances arrived in does not matter.
     assert derived_series_uid(SERIES, SOPS[::-1], *RUN[2:]) == derived_series_uid(*RUN)
     series = derived_series_uid(*RUN)
@@ -52,6 +54,8 @@ def test_a_rerun_of_the_same_inputs_preset_strength_and_weights_reuses_the_uids(
         (SERIES, SOPS, "ct-denoise", "1", "1.0.1", SHA),  # another version
         (SERIES, SOPS, "ct-denoise", "1", "1.0.0", "b" * 64),  # other weights
         (SERIES, SOPS, "ct-denois", "e1", "1.0.0", SHA),  # no collision by concatenation
+        (*RUN, "steps=1/10"),  # the same weights sampled in fewer steps
+        (*RUN, "uncertainty-map;samples=3"),  # the uncertainty map of the run
     ],
 )
 def test_anything_else_gives_other_series_and_instance_uids(changed: tuple) -> None:

@@ -46,13 +46,24 @@ def test_the_map_stores_the_spread_at_a_tenth_of_a_unit_and_is_labelled_as_a_map
         code = ds.DerivationCodeSequence[0]
         assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == UNCERTAINTY_CODE
         assert str(enhanced[0].SeriesInstanceUID) in ds.DerivationDescription
-        assert "4 more samples" in ds.DerivationDescription
+        assert "across 4 samples" in ds.DerivationDescription
         # A window over the map's own values (not the source's soft-tissue window).
         assert 25.0 <= float(ds.WindowWidth) <= 30.0
         assert float(ds.WindowCenter) == pytest.approx(float(ds.WindowWidth) / 2)
-    # Deterministic: the same inputs give the same UIDs, as for the enhanced series.
+    # Deterministic: the same inputs give the same UIDs, as for the enhanced series; another
+    # sample count gives others.
     again = build_uncertainty_series(sources, spread, info, NOW, 4, 1004, "1.2.3")
     assert [d.SOPInstanceUID for d in again] == [d.SOPInstanceUID for d in maps]
+    other = build_uncertainty_series(sources, spread, info, NOW, 5, 1004, "1.2.3")
+    assert other[0].SeriesInstanceUID != maps[0].SeriesInstanceUID
+
+
+def test_a_preset_name_of_64_characters_gives_the_map_its_own_uids() -> None:
+    sources = make_ct_series(None, n_slices=1, rows=8, cols=8)
+    info = make_info(preset="p" * 64)
+    [enhanced] = build_derived_series(sources, np.zeros((1, 8, 8)), info, NOW)
+    [ds] = build_uncertainty_series(sources, np.ones((1, 8, 8)), info, NOW, 2, 1004, "1.2")
+    assert ds.SeriesInstanceUID != enhanced.SeriesInstanceUID
 
 
 @pytest.mark.parametrize("bad", [-0.5, np.nan, np.inf])

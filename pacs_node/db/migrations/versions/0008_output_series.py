@@ -24,7 +24,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # A secondary series' instances cannot be told from the main series' without the
-    # column: they are removed (their files stay until retention removes the job).
+    # column: their rows are removed. Their files then belong to no row: `pacs-node audit`
+    # lists them as orphans (invariant 5), to be removed by hand.
     op.execute("DELETE FROM job_outputs WHERE series_instance_uid IS NOT NULL")
     with op.batch_alter_table("job_outputs") as batch:
         batch.drop_column("series_instance_uid")
