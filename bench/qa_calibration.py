@@ -32,8 +32,10 @@ from pacs_node.qa import QALimits, measure
 from pacs_node.settings import ModelSettings
 
 PRESETS = ("identity", "gaussian", "anisotropic-diffusion", "ct-denoise", "ct-denoise-fast",
-           "ct-denoise-legacy", "ct-sr2x")  # fmt: skip
-CHECKS = ("range_excess", "mean_shift", "residual_noise_ratio", "edge_correlation")
+           "ct-denoise-legacy", "ct-sr2x", "ct-diffusion")  # fmt: skip
+CHECKS = ("range_excess", "mean_shift", "residual_noise_ratio", "edge_correlation",
+          "sample_spread")  # fmt: skip
+SPREAD_DRAWS = 2  # the gate's default qa.diffusion_samples
 
 
 def main() -> int:
@@ -67,7 +69,16 @@ def main() -> int:
             output, _ = enhancer(volume, spacing, None)
             model_s = time.perf_counter() - started
             started = time.perf_counter()
-            report = measure(volume, output, modality="CT", scale=scale, limits=limits)
+            spread = None
+            if getattr(enhancer, "stochastic", False):  # as the node draws: the full sampler
+
+                def spread(e=enhancer, v=volume, s=spacing, out=output):  # type: ignore[no-untyped-def]
+                    first = e.resample(v, s, 0, 0) if e.reduced_steps else out[0]
+                    draws = [first] + [e.resample(v, s, d, 0) for d in range(1, SPREAD_DRAWS + 1)]
+                    return np.std(np.stack(draws).astype(np.float64), axis=0, ddof=1)
+
+            report = measure(volume, output, modality="CT", scale=scale, limits=limits,
+                             sample_spread=spread)  # fmt: skip
             qa_s = time.perf_counter() - started
             rows.append({"preset": name, "member": ct_slice.entry.member,
                          "split": ct_slice.entry.split, "low_dose": ct_slice.entry.low_dose,
