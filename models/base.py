@@ -70,8 +70,15 @@ class StochasticEnhancer(Enhancer, Protocol):
         """Whether other seeds give other outputs."""
         ...
 
+    @property
+    def reduced_steps(self) -> bool:
+        """Whether the output is sampled in fewer steps than the full sampler runs, so it
+        is not one of the sampler's own draws (draw 0 is)."""
+        ...
+
     def resample(
-        self, volume: np.ndarray, spacing_mm: Spacing, draw: int, index: int
+        self, volume: np.ndarray, spacing_mm: Spacing, draw: int, index: int | None
     ) -> np.ndarray:
-        """Slice ``index`` of ``volume`` enhanced again with another draw (``draw`` ≥ 1)."""
+        """Slice ``index`` of ``volume`` (None: all of it) enhanced again with draw ``draw``
+        of the full sampler (``draw`` ≥ 0; 0: the sampler's own seed)."""
         ...

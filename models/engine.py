@@ -116,33 +116,42 @@ class NetworkEnhancer:
         return callable(sample) and hasattr(self.network, "seed") and noise > 0
 
     def resample(
-        self, volume: np.ndarray, spacing_mm: Spacing, draw: int, index: int
+        self, volume: np.ndarray, spacing_mm: Spacing, draw: int, index: int | None
     ) -> np.ndarray:
-        """Slice ``index`` of ``volume`` enhanced again with another draw of the network's
-        sampler (seed: the network's own plus ``draw``), normalised and post-processed as
-        in a run over the whole volume; (rows x scale, columns x scale)."""
+        """Slice ``index`` of ``volume`` (None: every slice) enhanced again with another
+        draw of the network's full sampler (seed: the network's own plus ``draw``, every
+        trained step), normalised and post-processed as in a run over the whole volume;
+        (rows x scale, columns x scale), or the volume."""
         if not self.stochastic:
             raise ValueError(f"{self.card.name} is deterministic: it has no other samples")
-        if not 0 <= index < volume.shape[0]:
+        if index is not None and not 0 <= index < volume.shape[0]:
             raise ValueError(f"index {index} is outside a volume of {volume.shape[0]} slices")
         seed = int(getattr(self.network, "seed")) + draw  # noqa: B009 - a sampler's attribute
         sample = getattr(self.network, "sample")  # noqa: B009
         # Per thread: a run of another series at the same time keeps the network's seed.
         self._local.network = lambda batch: sample(batch, seed=seed)
         try:
+            if index is None:
+                return self._enhance(volume, list(range(volume.shape[0])))
             return self._enhance(volume, [index])[0]
         finally:
             self._local.network = None
 
+    def _sampling(self) -> tuple[int, int] | None:
+        """(sampling steps, trained levels) of a diffusion preset that sets its steps."""
+        steps = getattr(self.network, "sampling_steps", None)
+        levels = getattr(self.network, "steps", None)
+        return (steps, levels) if isinstance(steps, int) and isinstance(levels, int) else None
+
     @property
     def info(self) -> ModelInfo:
         """The card's provenance summary, with the strength this enhancer applies (a
-        super-resolution result is never blended, so its strength is 1)."""
+        super-resolution result is never blended, so its strength is 1) and, for a
+        diffusion preset sampling fewer steps than its levels, how many."""
         applied = self.strength if self.card.scale_factor == 1 else 1.0
         info = dataclasses.replace(self.card.info, strength=applied)
-        steps = getattr(self.network, "sampling_steps", None)
-        levels = getattr(self.network, "steps", None)
-        if isinstance(steps, int) and isinstance(levels, int):
+        if self.reduced_steps:
+            steps, levels = self._sampling() or (0, 0)
             sampled = f"sampled in {steps} of {levels} steps"
             info = dataclasses.replace(info, description=f"{info.description}; {sampled}",
                                        variant=f"steps={steps}/{levels}")  # fmt: skip
@@ -152,9 +161,8 @@ class NetworkEnhancer:
     def reduced_steps(self) -> bool:
         """Whether the output is sampled in fewer steps than the sampler's levels (a
         preset's ``steps``): the output is then not one of the full sampler's samples."""
-        steps = getattr(self.network, "sampling_steps", None)
-        levels = getattr(self.network, "steps", None)
-        return isinstance(steps, int) and isinstance(levels, int) and steps < levels
+        sampling = self._sampling()
+        return sampling is not None and sampling[0] < sampling[1]
 
     # -- normalisation -----------------------------------------------------------
 

@@ -127,39 +127,40 @@ def _spread(run: _Run, samples: int) -> tuple[Callable[[], np.ndarray] | None, s
     return spread, ""
 
 
-def _draws_spread(run: _Run, index: int, samples: int) -> np.ndarray:
-    """Per-pixel σ of slice ``index`` across ``samples`` + 1 samples of the full sampler:
-    the output and ``samples`` more draws (seeds + 1, + 2, ...). An output sampled in fewer
-    steps than the sampler's levels is not one of its samples: the full sampler's own draw
-    (seed + 0) takes its place, so the spread is the sampler's, not the gap between the
-    two step counts."""
+def _draws_spread(run: _Run, index: int | None, samples: int) -> np.ndarray:
+    """Per-pixel σ of slice ``index`` (None: every slice) across ``samples`` + 1 samples of
+    the full sampler: the output and ``samples`` more draws (seeds + 1, + 2, ...). An output
+    sampled in fewer steps than the sampler's levels is not one of its samples: the full
+    sampler's own draw (seed + 0) takes its place, so the spread is the sampler's, not the
+    gap between the two step counts. Accumulated draw by draw (Welford), one volume each."""
     enhancer = run.enhancer
     assert isinstance(enhancer, StochasticEnhancer)
-    first = (enhancer.resample(run.source, run.spacing, 0, index)
-             if getattr(enhancer, "reduced_steps", False) else run.values[index])  # fmt: skip
-    draws = [np.asarray(first, dtype=np.float64)]
+    own = run.values if index is None else run.values[index]
+    first = enhancer.resample(run.source, run.spacing, 0, index) if enhancer.reduced_steps else own
+    mean = np.array(first, dtype=np.float64)
+    squares = np.zeros_like(mean)
     for draw in range(1, samples + 1):
-        draws.append(enhancer.resample(run.source, run.spacing, draw, index))
-    return np.std(np.stack(draws), axis=0, ddof=1)
+        value = np.asarray(enhancer.resample(run.source, run.spacing, draw, index), np.float64)
+        delta = value - mean
+        mean += delta / (draw + 1)
+        squares += delta * (value - mean)
+    return np.sqrt(squares / samples)
 
 
 def _uncertainty_map(run: _Run, samples: int) -> tuple[np.ndarray | None, str]:
     """For a stochastic model and ``samples`` ≥ 1: per pixel of every slice, the spread
-    (σ) across ``samples`` + 1 samples of the full sampler (:func:`_draws_spread`), else
-    None. Best effort: a failure to draw leaves no map, and the reason, for the enhanced
-    series is sent all the same."""
+    (σ) across ``samples`` + 1 samples of the full sampler (:func:`_draws_spread`, each
+    draw one run over the whole volume), else None. Best effort: a failure to draw leaves
+    no map, and the reason, for the enhanced series is sent all the same."""
     enhancer = run.enhancer
     if samples < 1 or not isinstance(enhancer, StochasticEnhancer) or not enhancer.stochastic:
         return None, ""
-    spread = np.empty(run.values.shape, dtype=np.float32)
     try:
-        for index in range(run.values.shape[0]):
-            spread[index] = _draws_spread(run, index, samples)
+        return _draws_spread(run, None, samples).astype(np.float32), ""
     except (RuntimeError, ValueError, MemoryError) as exc:
         logger.warning("model %s failed drawing samples for the uncertainty map: %s",
                        enhancer.info.name, exc)  # fmt: skip
         return None, f"no uncertainty map: drawing samples failed: {exc}"
-    return spread, ""
 
 
 def _gated(

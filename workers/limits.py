@@ -38,7 +38,8 @@ class TimeLimitExceeded(EnhancementError):
 
 def soft_limit_s(settings: WorkerSettings, instance_count: int, runs_per_slice: int = 1) -> float:
     """The soft time limit of a job over ``instance_count`` instances (seconds), whose
-    model runs ``runs_per_slice`` times per slice (1 + the uncertainty map's samples)."""
+    model runs up to ``runs_per_slice`` times per slice (with an uncertainty map of K
+    samples: the output, the sampler's own draw and K more, K + 2)."""
     per_slice = settings.time_limit_per_slice_s * max(runs_per_slice, 1)
     return settings.time_limit_base_s + per_slice * instance_count
 

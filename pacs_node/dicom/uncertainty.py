@@ -1,8 +1,9 @@
 """The uncertainty map of a stochastic model: a secondary derived series, never the image.
 
-Per pixel it holds the spread (standard deviation, HU for CT) of the enhanced image and
-further samples of the model's sampler drawn with other seeds: where it is high, the
-enhanced series shows something the model is unsure of. It is built like the enhanced
+Per pixel it holds the spread (standard deviation, HU for CT) across samples of the
+model's full sampler drawn with other seeds (the enhanced image among them when the preset
+runs every step; see ``pacs_node.pipeline``): where it is high, the sampler is unsure of
+what it draws there. It is built like the enhanced
 series (same study, geometry and source references, its own UIDs and Series Number), then
 labelled as a map: its own derivation code and description, the preset name with
 ``uncertainty`` in the Series Description, a window over its own values, and pixels stored
@@ -27,7 +28,6 @@ __all__ = ["UNCERTAINTY_CODE", "UNCERTAINTY_STEP", "build_uncertainty_series"]
 UNCERTAINTY_CODE = ("SAMPLESPREAD", "99PACSNODE", "Per-pixel spread across model samples")
 # Stored value 1 = 0.1 HU (Rescale Slope): spreads of a few HU keep their detail.
 UNCERTAINTY_STEP = 0.1
-_LO_MAX = 64
 # What the source's pixels meant that the map's do not: padding, value mappings and
 # display transforms other than its own window.
 _SPREAD_ATTRIBUTES = ("PixelPaddingValue", "PixelPaddingRangeLimit", "VOILUTSequence",
@@ -81,12 +81,13 @@ def build_uncertainty_series(
     variant = ";".join(v for v in (info.variant, f"uncertainty-map;samples={samples}") if v)
     map_info = dataclasses.replace(
         info,
-        preset=f"{info.preset} uncertainty"[:_LO_MAX],
+        preset=f"{info.preset} uncertainty"[:64],  # LO: its Series Description only
         variant=variant,
         description=(
             f"Uncertainty map, not an image of the patient: per pixel the standard deviation "
             f"({unit}) across {samples} samples of the model's full sampler drawn with other "
-            f"seeds, for the enhanced series {enhanced_series_uid}. {info.description}"
+            f"seeds, for the enhanced series {enhanced_series_uid}. That series: "
+            f"{info.description}"
         )[:1024],
         derivation_code=UNCERTAINTY_CODE,
         series_number=series_number,

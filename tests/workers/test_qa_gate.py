@@ -284,6 +284,10 @@ class UnsureModel(FaultyModel):
     def stochastic(self) -> bool:
         return True
 
+    @property
+    def reduced_steps(self) -> bool:
+        return False
+
     def resample(
         self, volume: np.ndarray, spacing_mm: Spacing, draw: int, index: int
     ) -> np.ndarray:

@@ -97,10 +97,12 @@ def test_the_diffusion_preset_sends_its_uncertainty_map_beside_the_enhanced_seri
     assert isinstance(enhancer, NetworkEnhancer) and enhancer.reduced_steps
     volume = load_series([Path(i.path) for i in ctx.repository.job_inputs(job_id)])
     by_source = {str(ds.SOPInstanceUID): k for k, ds in enumerate(volume.datasets)}
+    # Each draw is one run of the full sampler over the whole volume, as the node draws.
+    sampled = [enhancer.resample(volume.values, volume.spacing_mm, draw, None)
+               for draw in range(SAMPLES + 1)]  # fmt: skip
     for ds in maps:
         index = by_source[ds.SourceImageSequence[0].ReferencedSOPInstanceUID]
-        draws = [enhancer.resample(volume.values, volume.spacing_mm, draw, index)
-                 for draw in range(SAMPLES + 1)]  # fmt: skip
+        draws = [volume_draw[index] for volume_draw in sampled]
         expected = np.std(np.stack(draws), axis=0, ddof=1)
         stored = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
         np.testing.assert_allclose(stored, expected, atol=0.051)
@@ -176,7 +178,7 @@ def test_a_preset_sampling_fewer_steps_maps_the_full_samplers_spread(tmp_path: P
         len(result.uncertainty) == 3 and "3 samples" in result.uncertainty[0].DerivationDescription
     )
     volume = load_series(paths)
-    sampler = [enhancer.resample(volume.values, volume.spacing_mm, d, 1) for d in range(3)]
+    sampler = [enhancer.resample(volume.values, volume.spacing_mm, d, None)[1] for d in range(3)]
     expected = np.std(np.stack(sampler), axis=0, ddof=1)
     centre = next(ds for ds in result.uncertainty if ds.SourceImageSequence[0]
                   .ReferencedSOPInstanceUID == str(volume.datasets[1].SOPInstanceUID))  # fmt: skip
