@@ -86,7 +86,10 @@ def main() -> None:
     started = time.perf_counter()
     rows, outputs = evaluate_slices(references, methods, LEVELS, TESTING, seed=0, keep=names,
                                     cache_dir=args.cache)  # fmt: skip
-    full = f"{card_name} {max(args.steps)} steps"
+    levels = int(next(iter(enhancers.values())).card.arch_kwargs.get("steps", 0))
+    if max(args.steps) != levels:
+        raise SystemExit(f"--steps must include the card's {levels} levels (the full sampler)")
+    full = f"{card_name} {levels} steps"
     spreads: list[dict[str, Any]] = []
     for ref in references:
         soft = soft_tissue_mask(ref.hu.astype(np.float32))
