@@ -79,6 +79,10 @@ def main() -> None:
         card_name = f"{card.name}@{card.version}"
         enhancers[f"{card_name} {steps} steps"] = enhancer
         methods[f"{card_name} {steps} steps"] = enhancer_method(enhancer)
+    levels = int(next(iter(enhancers.values())).card.arch_kwargs.get("steps", 0))
+    if max(args.steps) != levels:
+        raise SystemExit(f"--steps must include the card's {levels} levels (the full sampler)")
+    full = f"{card_name} {levels} steps"
     entries = subsample(select(read_manifest(), args.split, low_dose=False),
                         args.max_slices_per_collection)  # fmt: skip
     references = _references(entries, args.data_dir)
@@ -86,10 +90,6 @@ def main() -> None:
     started = time.perf_counter()
     rows, outputs = evaluate_slices(references, methods, LEVELS, TESTING, seed=0, keep=names,
                                     cache_dir=args.cache)  # fmt: skip
-    levels = int(next(iter(enhancers.values())).card.arch_kwargs.get("steps", 0))
-    if max(args.steps) != levels:
-        raise SystemExit(f"--steps must include the card's {levels} levels (the full sampler)")
-    full = f"{card_name} {levels} steps"
     spreads: list[dict[str, Any]] = []
     for ref in references:
         soft = soft_tissue_mask(ref.hu.astype(np.float32))
