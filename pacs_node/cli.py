@@ -242,8 +242,7 @@ def jobs_show(
         from pacs_node.scu import acknowledged
 
         sent_ok = sum(1 for o in job.outputs if acknowledged(o.send_status))
-        main = job.output_series_instance_uid
-        maps = sum(1 for o in job.outputs if o.series_instance_uid != main)
+        maps = len(job.secondary_outputs)
         shown = f"{len(job.outputs) - maps} derived instances" + (
             f" and {maps} of the uncertainty map" if maps else ""
         )
@@ -252,7 +251,7 @@ def jobs_show(
 
 def _secondary_series(job: JobView) -> str | None:
     """The series of a job's outputs that is not its derived series (the uncertainty map)."""
-    others = {o.series_instance_uid for o in job.outputs} - {job.output_series_instance_uid}
+    others = {o.series_instance_uid for o in job.secondary_outputs}
     return ", ".join(sorted(uid for uid in others if uid)) or None
 
 

@@ -112,8 +112,7 @@ def create_dashboard_router(
         if job is None:
             raise HTTPException(404, f"job {job_id} not found")
         model_lines = [e.message for e in job.events if " enhanced " in e.message]
-        # Outputs of a secondary series (the uncertainty map), shown apart.
-        maps = [o for o in job.outputs if o.series_instance_uid != job.output_series_instance_uid]
+        maps = job.secondary_outputs  # the uncertainty map, shown apart
         return render("job.html", user=who, job=job, model_lines=model_lines,
                       patient=who.sees_patient, maps=maps)  # fmt: skip
 

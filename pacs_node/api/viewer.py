@@ -62,8 +62,8 @@ class SliceService:
         inputs = [Path(i.path) for i in self._repository.job_inputs(job_id)]
         # The derived series only: a secondary series (the uncertainty map) is not an
         # image of the patient to compare.
-        outputs = [Path(o.path) for o in job.outputs
-                   if o.series_instance_uid == job.output_series_instance_uid]  # fmt: skip
+        secondary = {o.sop_instance_uid for o in job.secondary_outputs}
+        outputs = [Path(o.path) for o in job.outputs if o.sop_instance_uid not in secondary]
         try:
             source = load_series(inputs).values
             derived = load_series(outputs).values if outputs else None

@@ -159,6 +159,11 @@ class JobView:
     qa: dict[str, Any] | None = None
     qa_policy: str | None = None
 
+    @property
+    def secondary_outputs(self) -> list[OutputView]:
+        """Outputs of a series other than the derived one (the uncertainty map)."""
+        return [o for o in self.outputs if o.series_instance_uid != self.output_series_instance_uid]
+
 
 def _view(job: Job, *, details: bool) -> JobView:
     return JobView(
