@@ -165,6 +165,7 @@ def train_blind(
     time_budget_s: float | None = None,
     init_from: Path | None = None,
     objective: Literal["denoise", "diffusion"] = "denoise",
+    before_timing: Callable[[], None] | None = None,
 ) -> Path:
     """Train a 2D denoiser on fan-beam noise of σ 8-110 HU; write its card and weights.
 
@@ -182,6 +183,9 @@ def train_blind(
 
     ``init_from`` (a model card) starts the network from that checkpoint's verified weights
     (fine-tuning: the same architecture and arguments); the card records it.
+
+    ``before_timing`` is called just before the steps are timed (runs sharing one GPU wait
+    there for each other, so each is timed at the pace it will train at).
     """
     if (objective == "diffusion") != (architecture == "cold_diffusion"):
         raise ValueError(f"objective {objective} does not train architecture {architecture}: "
@@ -214,6 +218,8 @@ def train_blind(
     if time_budget_s is not None:
         if device.startswith("cuda"):
             torch.backends.cudnn.benchmark = True
+        if before_timing is not None:
+            before_timing()
         per_step = _seconds_per_step(network, card, volumes, config, bank, device)
         stop_at = started_call + time_budget_s
         steps = int(0.92 * (stop_at - time.monotonic()) / per_step)

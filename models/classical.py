@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import SimpleITK as sitk
 
 from models.base import ModelInfo, ProgressCallback, Spacing, parameters_sha256
 
@@ -61,6 +60,8 @@ class GaussianFilter:
     def __call__(
         self, volume: np.ndarray, spacing_mm: Spacing, progress: ProgressCallback | None = None
     ) -> tuple[np.ndarray, Spacing]:
+        import SimpleITK as sitk  # here: a GPU machine without it still runs the networks
+
         data = _check_volume(volume)
         out = np.empty_like(data)
         for index, plane in enumerate(data):
@@ -107,6 +108,8 @@ class AnisotropicDiffusionFilter:
     def __call__(
         self, volume: np.ndarray, spacing_mm: Spacing, progress: ProgressCallback | None = None
     ) -> tuple[np.ndarray, Spacing]:
+        import SimpleITK as sitk  # here: a GPU machine without it still runs the networks
+
         data = _check_volume(volume)
         out = np.empty_like(data)
         diffusion = sitk.GradientAnisotropicDiffusionImageFilter()

@@ -59,6 +59,10 @@ class EngineOptions:
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
+    # Keep the whole volume on the device: clip, normalise, batch, run, denormalise and
+    # restore there, with one copy in and one out (None: on a GPU only). A volume that
+    # does not fit falls back to the host path.
+    resident: bool | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -178,7 +182,7 @@ class NetworkEnhancer:
 
     # -- forward passes ----------------------------------------------------------
 
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+    def _forward(self, batch: torch.Tensor, host: bool = True) -> torch.Tensor:
         budget = self.options.max_batch_pixels
         pixels = batch.shape[0] * batch.shape[2] * batch.shape[3]
         if budget and pixels > budget:
@@ -194,19 +198,20 @@ class NetworkEnhancer:
         network = getattr(self._local, "network", None) or self._network
         with autocast:
             out = network(batch)
-        return out.float().cpu()
+        return out.float().cpu() if host else out.float().contiguous()
 
-    def _forward_tiled(self, batch: torch.Tensor) -> torch.Tensor:
+    def _forward_tiled(self, batch: torch.Tensor, host: bool = True) -> torch.Tensor:
         """Run ``batch`` (N, C, H, W) in overlapping tiles; only tile centres are kept."""
         n, _, height, width = batch.shape
         scale = self.card.scale_factor
         core, margin = self._tile_size, self.options.tile_overlap
-        out = torch.empty((n, 1, height * scale, width * scale), dtype=torch.float32)
+        out = torch.empty((n, 1, height * scale, width * scale), dtype=torch.float32,
+                          device="cpu" if host else self.device)  # fmt: skip
         for y0, y1 in _tiles(height, core):
             for x0, x1 in _tiles(width, core):
                 ty0, ty1 = max(0, y0 - margin), min(height, y1 + margin)
                 tx0, tx1 = max(0, x0 - margin), min(width, x1 + margin)
-                result = self._forward(batch[:, :, ty0:ty1, tx0:tx1])
+                result = self._forward(batch[:, :, ty0:ty1, tx0:tx1], host)
                 out[:, :, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = result[
                     :,
                     :,
@@ -215,12 +220,13 @@ class NetworkEnhancer:
                 ]
         return out
 
-    def _run_batch(self, batch: torch.Tensor) -> torch.Tensor:
-        """Forward one batch, falling back to smaller batches and tiles on OOM."""
+    def _run_batch(self, batch: torch.Tensor, host: bool = True) -> torch.Tensor:
+        """Forward one batch, falling back to smaller batches and tiles on OOM; the result
+        on the host, or with ``host`` False on the device."""
         height, width = batch.shape[2], batch.shape[3]
         whole = max(height, width) <= self._tile_size
         try:
-            return self._forward(batch) if whole else self._forward_tiled(batch)
+            return self._forward(batch, host) if whole else self._forward_tiled(batch, host)
         except torch.OutOfMemoryError as exc:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -228,11 +234,11 @@ class NetworkEnhancer:
                 half = math.ceil(batch.shape[0] / 2)
                 self._batch_size = max(1, min(self._batch_size, half))
                 logger.warning("out of memory (%s); batch size now %d", exc, self._batch_size)
-                return torch.cat([self._run_batch(part) for part in batch.split(half)])
+                return torch.cat([self._run_batch(part, host) for part in batch.split(half)])
             if self._tile_size > 32:
                 self._tile_size = max(32, min(self._tile_size, max(height, width)) // 2)
                 logger.warning("out of memory (%s); tile size now %d", exc, self._tile_size)
-                return self._run_batch(batch)
+                return self._run_batch(batch, host)
             raise torch.OutOfMemoryError(
                 f"out of memory at one slice in tiles of {self._tile_size} pixels, the "
                 f"smallest the engine tries: {exc}"
@@ -261,6 +267,67 @@ class NetworkEnhancer:
         return result, new_spacing
 
     def _enhance(
+        self, volume: np.ndarray, indices: list[int], progress: ProgressCallback | None = None
+    ) -> np.ndarray:
+        """Slices ``indices`` of ``volume`` enhanced, normalised from the whole volume."""
+        resident = self.options.resident
+        if resident or (resident is None and self.device.type == "cuda"):
+            try:
+                return self._enhance_resident(volume, indices, progress)
+            except torch.OutOfMemoryError as exc:
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                logger.warning("the volume does not fit on %s (%s): slice by slice", self.device,
+                               exc)  # fmt: skip
+        return self._enhance_host(volume, indices, progress)
+
+    def _enhance_resident(
+        self, volume: np.ndarray, indices: list[int], progress: ProgressCallback | None = None
+    ) -> np.ndarray:
+        """:meth:`_enhance_host`'s steps, in the same float32 arithmetic, on the device."""
+        scale = self.card.scale_factor
+        low, high = self.card.intensity_range(volume)
+        valid_low, valid_high = self.card.output_range(volume)
+        sent = torch.from_numpy(np.ascontiguousarray(volume)).to(self.device)
+        if not sent.dtype.is_floating_point:
+            sent = sent.to(torch.float64 if sent.element_size() > 2 else torch.float32)
+        # As numpy: clip in the stored type, then (x - low) / (high - low) in float32.
+        clipped = sent.clamp(valid_low, valid_high).to(torch.float32)
+        source = (clipped - float(np.float32(low))) / float(np.float32(high - low))
+        del clipped
+        _, height, width = source.shape
+        output = torch.empty((len(indices), height * scale, width * scale),
+                             dtype=torch.float32, device=self.device)  # fmt: skip
+        half = self.card.context_slices // 2
+        offsets = torch.arange(-half, half + 1, device=self.device)
+        wanted = torch.tensor(indices, device=self.device)
+        with torch.inference_mode():
+            start = 0
+            while start < len(indices):
+                stop = min(len(indices), start + self._batch_size)
+                picks = (wanted[start:stop, None] + offsets).clamp(0, source.shape[0] - 1)
+                output[start:stop] = self._run_batch(source[picks], host=False)[:, 0]
+                start = stop
+                if progress is not None:
+                    progress(stop, len(indices))
+        del source
+        result = output * float(np.float32(high - low)) + float(np.float32(low))
+        del output
+        original = sent[wanted] if len(indices) != volume.shape[0] else sent
+        if scale == 1 and self.strength < 1.0:
+            base = original.to(torch.float32)
+            result = base + float(np.float32(self.strength)) * (result - base)
+        result.clamp_(valid_low, valid_high)
+        outside = (original < valid_low) | (original > valid_high)
+        if bool(outside.any()):
+            values = original.to(torch.float32)
+            if scale > 1:
+                outside = outside.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+                values = values.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+            result[outside] = values[outside]
+        return result.cpu().numpy()
+
+    def _enhance_host(
         self, volume: np.ndarray, indices: list[int], progress: ProgressCallback | None = None
     ) -> np.ndarray:
         """Slices ``indices`` of ``volume`` enhanced, normalised from the whole volume."""

@@ -53,6 +53,10 @@ class TrainConfig:
     # Weight of a variational network's KL term, per image pixel, next to the L1 loss in
     # normalised units (β-VAE); unused by every other network.
     kl_weight: float = 1e-4
+    # "host": patches are cut on the CPU (the same patches on any device); "device": the
+    # slices and the noise bank are held on the training device and cut there
+    # (:class:`DevicePatchSampler`), so a GPU no longer waits for the CPU. Needs a noise bank.
+    patch_sampling: Literal["host", "device"] = "host"
 
 
 def normalise(volume: np.ndarray, card: ModelCard) -> np.ndarray:
@@ -164,6 +168,86 @@ class PatchSampler:
         return out, noise_out
 
 
+class DevicePatchSampler:
+    """Random patches (with 2.5D context) and their noise, cut on the training device.
+
+    The same draw as :class:`PatchSampler` (a slice, a position, a left-right flip and
+    distinct noise draws per patch, volume- or slice-uniform), from a ``torch.Generator``
+    on ``device``, with every slice and noise field held there. All volumes must share one
+    slice size and every noise bank the same number of draws.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[np.ndarray],
+        context: int,
+        patch: int,
+        seed: int,
+        noise: Sequence[np.ndarray],
+        by_slice: bool,
+        device: str,
+    ) -> None:
+        shapes = {v.shape[1:] for v in volumes}
+        if len(shapes) != 1:
+            raise ValueError(f"device patch sampling needs one slice size, got {sorted(shapes)}")
+        height, width = shapes.pop()
+        if height < patch or width < patch:
+            raise ValueError(f"no training volume has slices of at least {patch}x{patch}")
+        if {bank.shape[0] for bank in noise} != {noise[0].shape[0]}:
+            raise ValueError("device patch sampling needs the same number of noise draws per slice")
+        for volume, draws in zip(volumes, noise, strict=True):
+            if draws.shape[1:] != volume.shape:
+                raise ValueError(f"noise draws {draws.shape} do not match volume {volume.shape}")
+        self.device = torch.device(device)
+        self.slices = torch.from_numpy(np.concatenate(volumes)).to(self.device)
+        # (slices, draws, y, x): one slice's draws side by side.
+        self.bank = torch.from_numpy(np.concatenate([b.swapaxes(0, 1) for b in noise])).to(
+            self.device
+        )
+        lengths = torch.tensor([len(v) for v in volumes], device=self.device)
+        self._starts = torch.cumsum(lengths, 0) - lengths
+        self._lengths = lengths
+        self.context, self.patch, self.by_slice = context, patch, by_slice
+        self.rng = torch.Generator(device=self.device)
+        self.rng.manual_seed(seed)
+
+    def _integers(self, high: torch.Tensor | int, count: int) -> torch.Tensor:
+        """``count`` integers in [0, high) (``high`` a scalar or one bound per item)."""
+        uniform = torch.rand(count, generator=self.rng, device=self.device)
+        return (uniform * high).long().clamp(max=torch.as_tensor(high, device=self.device) - 1)
+
+    def sample(self, count: int, draws: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean patches (count, context, patch, patch) and ``draws`` distinct noise crops
+        of each, (draws, count, context, patch, patch), on the device."""
+        total_draws = self.bank.shape[1]
+        if total_draws < draws:
+            raise ValueError(f"{draws} independent noise draws needed, the bank has {total_draws}")
+        if self.by_slice:
+            flat = self._integers(self.slices.shape[0], count)
+            which = torch.searchsorted(self._starts, flat, right=True) - 1
+        else:
+            which = self._integers(len(self._lengths), count)
+            flat = self._starts[which] + self._integers(self._lengths[which], count)
+        first, last = self._starts[which], self._starts[which] + self._lengths[which] - 1
+        half = self.context // 2
+        offsets = torch.arange(-half, half + 1, device=self.device)
+        picks = torch.minimum(torch.maximum(flat[:, None] + offsets, first[:, None]), last[:, None])
+        span = torch.arange(self.patch, device=self.device)
+        rows = self._integers(self.slices.shape[1] - self.patch + 1, count)[:, None] + span
+        cols = self._integers(self.slices.shape[2] - self.patch + 1, count)[:, None] + span
+        flip = torch.rand(count, generator=self.rng, device=self.device) < 0.5
+        cols = torch.where(flip[:, None], cols.flip(1), cols)  # left-right flip
+        grid = (rows[:, None, :, None], cols[:, None, None, :])
+        clean = self.slices[picks[:, :, None, None], grid[0], grid[1]]
+        order = torch.rand(count, total_draws, generator=self.rng, device=self.device)
+        chosen = order.argsort(dim=1)[:, :draws]  # distinct draws per patch
+        noise = self.bank[
+            picks[:, None, :, None, None], chosen[:, :, None, None, None],
+            rows[:, None, None, :, None], cols[:, None, None, None, :],
+        ]  # fmt: skip
+        return clean, noise.transpose(0, 1)
+
+
 def _noise(
     clean: np.ndarray,
     bank_noise: np.ndarray | None,
@@ -243,8 +327,10 @@ def train(
 ) -> nn.Module:
     """Train ``network`` in place and return it (in eval mode, on the CPU).
 
-    Steps run on ``device`` (e.g. ``"cuda"``); patches are drawn on the CPU either way, so a
-    run draws the same patches and noise on any device. With ``stop_at`` (a
+    Steps run on ``device`` (e.g. ``"cuda"``); patches are drawn on the CPU (so a run draws
+    the same patches and noise on any device), or on ``device`` itself with
+    ``config.patch_sampling`` ``"device"`` (faster on a GPU; the draws then depend on the
+    device's random number generator). With ``stop_at`` (a
     :func:`time.monotonic` value) the loop ends after the first step past it, keeping the
     weights reached; ``on_step`` tells the caller how many steps ran.
 
@@ -269,16 +355,26 @@ def train(
     generator = np.random.default_rng(config.seed + 1)
     # Loss reported in modality units: HU for windowed (CT) cards, normalised units else.
     low, high = card.hu_window if card.normalisation == "window" else (0.0, 1.0)
-    sampler = PatchSampler(
-        [normalise(v, card) for v in volumes],
-        card.context_slices if mode != "super_resolution" else 1,
-        config.patch,
-        config.seed,
+    context = card.context_slices if mode != "super_resolution" else 1
+    scaled_bank = (
         [(bank / np.float32(high - low)).astype(np.float32) for bank in noise_bank]
         if noise_bank is not None
-        else None,
-        by_slice=config.sampling == "slice",
+        else None
     )
+    on_device = config.patch_sampling == "device"
+    sampler: PatchSampler | DevicePatchSampler
+    if on_device:
+        if scaled_bank is None or mode not in ("denoise", "noise2noise", "diffusion"):
+            raise ValueError("device patch sampling needs a noise bank and a denoising objective")
+        sampler = DevicePatchSampler(
+            [normalise(v, card) for v in volumes], context, config.patch, config.seed,
+            scaled_bank, config.sampling == "slice", device,
+        )  # fmt: skip
+    else:
+        sampler = PatchSampler(
+            [normalise(v, card) for v in volumes], context, config.patch, config.seed,
+            scaled_bank, by_slice=config.sampling == "slice",
+        )  # fmt: skip
     optimiser = torch.optim.AdamW(
         network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -295,7 +391,10 @@ def train(
         network.load_state_dict(state["network"])
         optimiser.load_state_dict(state["optimiser"])
         schedule.load_state_dict(state["schedule"])
-        sampler.rng = state["sampler_rng"]
+        if isinstance(sampler, DevicePatchSampler):
+            sampler.rng.set_state(state["sampler_rng"])
+        else:
+            sampler.rng = state["sampler_rng"]
         generator = state["noise_rng"]
         start = int(state["step"])
         logger.info("resuming %s at step %d", card.name, start)
@@ -303,20 +402,29 @@ def train(
     network.to(device).train()
     for step in range(start, config.steps):
         pair = mode == "noise2noise"
-        clean_np, bank_noise = sampler.sample(config.batch_size, draws=2 if pair else 1)
-        clean = torch.from_numpy(clean_np).to(device)
+        noises: list[torch.Tensor] = []
+        if isinstance(sampler, DevicePatchSampler):
+            clean, crops = sampler.sample(config.batch_size, draws=2 if pair else 1)
+            # One factor per patch, the same for every draw (as the host path).
+            scale = torch.empty((config.batch_size, 1, 1, 1), device=sampler.device)
+            scale.uniform_(*config.noise_scale, generator=sampler.rng)
+            noises = [crop * scale for crop in crops]
+        else:
+            clean_np, bank_noise = sampler.sample(config.batch_size, draws=2 if pair else 1)
+            clean = torch.from_numpy(clean_np).to(device)
+            if mode != "super_resolution":
+                noises = [
+                    field.to(device)
+                    for field in _noise(
+                        clean_np, bank_noise, 2 if pair else 1, config, generator, high - low
+                    )
+                ]
         if mode == "super_resolution":
             # MSE, not L1: the residual over bicubic is small next to the noise of the
             # acquired slices, and L1's sign-like gradients left the network at bicubic
             # (1500 steps, no gain); MSE learns the deblurring in a few hundred steps.
             loss = F.mse_loss(network(degrade_for_sr(clean, card.scale_factor)), clean)
         else:
-            noises = [
-                field.to(device)
-                for field in _noise(
-                    clean_np, bank_noise, 2 if pair else 1, config, generator, high - low
-                )
-            ]
             inputs = clean + noises[0]
             half = clean.shape[1] // 2
             if mode == "diffusion":
@@ -347,7 +455,9 @@ def train(
                     "network": network.state_dict(),
                     "optimiser": optimiser.state_dict(),
                     "schedule": schedule.state_dict(),
-                    "sampler_rng": sampler.rng,
+                    "sampler_rng": sampler.rng.get_state()
+                    if isinstance(sampler, DevicePatchSampler)
+                    else sampler.rng,
                     "noise_rng": generator,
                     "step": step + 1,
                     "run_key": run_key,

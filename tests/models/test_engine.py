@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -224,3 +226,53 @@ def test_deterministic_networks_have_no_other_samples() -> None:
     assert not enhancer.stochastic
     with pytest.raises(ValueError, match="deterministic"):
         enhancer.resample(np.zeros((1, 8, 8), np.float32), (1.0, 1.0, 1.0), draw=1, index=0)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "kwargs", "context", "scale", "strength"),
+    [
+        ("dncnn", {"in_channels": 3, "features": 8, "depth": 3}, 3, 1, 1.0),
+        ("dncnn", {"in_channels": 3, "features": 8, "depth": 3}, 3, 1, 0.5),
+        ("resunet", {"in_channels": 1, "features": 4, "depth": 2}, 1, 1, 1.0),
+        ("sr_light", {"in_channels": 1}, 1, 2, 1.0),
+    ],
+)
+def test_the_device_resident_path_gives_the_host_paths_result(
+    architecture: str, kwargs: dict[str, object], context: int, scale: int, strength: float
+) -> None:
+    """The path a GPU takes (the whole volume on the device) run on the CPU: the same
+    values as the host path, padding and metal included, for stored int16 and float32."""
+    network = _trained_like(build_network(architecture, **kwargs))
+    card = _card(architecture, kwargs, context, scale)
+    volume = _volume(depth=5, size=64)
+    volume[:, :, :6] = -3024.0
+    volume[1, :, -4:] = -2048.0
+    volume[2, 30:33, 30:33] = 3500.0
+    for stored in (volume, volume.astype(np.int16)):
+        results = [
+            NetworkEnhancer(
+                network,
+                card,
+                EngineOptions(device="cpu", batch_size=2, resident=resident),
+                strength,
+            )(stored, (1, 1, 1))[0]
+            for resident in (False, True)
+        ]
+        np.testing.assert_allclose(results[1], results[0], rtol=0, atol=1e-3)
+        outside = (volume < -1024) | (volume > 3071)
+        if scale > 1:
+            outside = outside.repeat(scale, axis=1).repeat(scale, axis=2)
+        assert np.all(np.isin(results[1][outside], [-3024.0, -2048.0, 3500.0]))
+
+
+def test_the_device_resident_path_enhances_chosen_slices_and_mr_ranges() -> None:
+    kwargs = {"in_channels": 3, "features": 8, "depth": 3}
+    network = _trained_like(build_network("dncnn", **kwargs))
+    card = dataclasses.replace(_card("dncnn", kwargs, 3), modality="MR", normalisation="volume")
+    volume = np.abs(_volume(depth=6, size=48)) * 3
+    host = NetworkEnhancer(network, card, EngineOptions(device="cpu", resident=False))
+    device = NetworkEnhancer(network, card, EngineOptions(device="cpu", resident=True))
+    np.testing.assert_allclose(device(volume, (1, 1, 1))[0], host(volume, (1, 1, 1))[0],
+                               rtol=0, atol=1e-3)  # fmt: skip
+    np.testing.assert_allclose(device._enhance(volume, [0, 4]), host._enhance(volume, [0, 4]),
+                               rtol=0, atol=1e-3)  # fmt: skip

@@ -10,7 +10,7 @@ import torch
 
 from models.checkpoint import ModelCard
 from models.networks import build_network
-from models.train import PatchSampler, TrainConfig, degrade_for_sr, train
+from models.train import DevicePatchSampler, PatchSampler, TrainConfig, degrade_for_sr, train
 
 
 def _card(**changes: object) -> ModelCard:
@@ -218,3 +218,82 @@ def test_by_slice_sampling_weighs_volumes_by_their_slice_count() -> None:
     share_slice = float(by_slice[:, 0, 0, 0].mean())
     assert 0.4 < share_volume < 0.6
     assert 0.02 < share_slice < 0.12  # 2 of 32 slices: 6 %
+
+
+def test_device_sampler_cuts_each_patch_and_its_noise_at_one_place() -> None:
+    # Pixel values encode (slice, row, column); noise draw d adds 10**6 * (d + 1), so each
+    # crop can be traced back to where it was cut.
+    slices, size = 5, 24
+    z, y, x = np.meshgrid(np.arange(slices), np.arange(size), np.arange(size), indexing="ij")
+    coded = (10_000 * z + 100 * y + x).astype(np.float32)
+    first, second = coded[:3], coded[3:]  # two volumes: context must not cross between them
+    banks = [np.stack([v + 1e6 * (d + 1) for d in range(4)]) for v in (first, second)]
+    sampler = DevicePatchSampler([first, second], 3, 8, 0, banks, by_slice=True, device="cpu")
+    clean, noise = sampler.sample(64, draws=2)
+    assert clean.shape == (64, 3, 8, 8) and noise.shape == (2, 64, 3, 8, 8)
+    centre = clean[:, 1].numpy()
+    zs = (centre // 10_000).astype(int)
+    for k, (neighbour, step) in enumerate([(clean[:, 0], -1), (clean[:, 2], 1)]):
+        got = (neighbour.numpy() // 10_000).astype(int)[:, 0, 0]
+        volume_first = np.where(zs[:, 0, 0] < 3, 0, 3)
+        volume_last = np.where(zs[:, 0, 0] < 3, 2, 4)
+        expected = np.clip(zs[:, 0, 0] + step, volume_first, volume_last)
+        assert np.array_equal(got, expected), k
+    rows = (centre % 10_000) // 100
+    cols = centre % 100
+    assert np.all(np.diff(rows, axis=1) == 1)  # whole rows, in order
+    steps = np.diff(cols, axis=2)
+    flipped = np.all(steps == -1, axis=(1, 2))
+    assert np.all(flipped | np.all(steps == 1, axis=(1, 2))) and 0 < flipped.sum() < 64
+    draw_index = (noise.numpy()[:, :, 0, 0, 0] // 1e6).astype(int) - 1  # (draws, count)
+    assert np.all(draw_index[0] != draw_index[1])  # two distinct draws per patch
+    residual = noise.numpy() - 1e6 * (draw_index[:, :, None, None, None] + 1)
+    assert np.array_equal(residual, np.broadcast_to(clean.numpy(), residual.shape))
+    with pytest.raises(ValueError, match="5 independent noise draws"):
+        sampler.sample(1, draws=5)
+    with pytest.raises(ValueError, match="one slice size"):
+        DevicePatchSampler([first, coded[:, :20]], 1, 8, 0, [banks[0], banks[0][:, :, :20]],
+                           by_slice=False, device="cpu")  # fmt: skip
+
+
+def test_device_sampling_trains_and_resumes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    clean = np.zeros((6, 48, 48), dtype=np.float32)
+    clean[:, 12:36, 12:36] = 60.0
+    bank = rng.normal(0, 30, (2, *clean.shape)).astype(np.float32)
+    card = _card()
+    config = TrainConfig(steps=150, batch_size=8, patch=32, learning_rate=3e-3,
+                         save_every=1000, patch_sampling="device")  # fmt: skip
+    network = build_network("dncnn", **card.arch_kwargs)
+    train(network, card, [clean], config, "denoise", tmp_path, noise_bank=[bank])
+    noisy = torch.from_numpy(
+        (clean[None, :3] + rng.normal(0, 30, (1, 3, 48, 48))).astype(np.float32)
+    )
+    with torch.inference_mode():
+        out = network((noisy + 1024) / 4096) * 4096 - 1024
+    before = float((noisy[0, 1] - torch.from_numpy(clean[1])).std())
+    after = float((out[0, 0] - torch.from_numpy(clean[1])).std())
+    assert after < 0.8 * before
+    # Stopped after 3 of 6 steps and resumed: the same weights as 6 steps in one go.
+    short = TrainConfig(steps=6, batch_size=2, patch=32, save_every=3, patch_sampling="device")
+    whole = build_network("dncnn", **card.arch_kwargs)
+    torch.manual_seed(5)
+    start = {k: v.clone() for k, v in whole.state_dict().items()}
+    train(whole, card, [clean], short, "denoise", tmp_path / "whole", noise_bank=[bank])
+    halves = build_network("dncnn", **card.arch_kwargs)
+    halves.load_state_dict(start)
+
+    def stop_after_three(step: int, total: int, loss: float) -> None:
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(halves, card, [clean], short, "denoise", tmp_path / "halves", stop_after_three,
+              noise_bank=[bank])  # fmt: skip
+    assert (tmp_path / "halves" / "t.train-state.pt").is_file()
+    resumed = build_network("dncnn", **card.arch_kwargs)
+    train(resumed, card, [clean], short, "denoise", tmp_path / "halves", noise_bank=[bank])
+    for name, value in whole.state_dict().items():
+        assert torch.allclose(value, resumed.state_dict()[name], atol=1e-6), name
+    with pytest.raises(ValueError, match="needs a noise bank"):
+        train(resumed, card, [clean], short, "denoise", tmp_path / "none")
