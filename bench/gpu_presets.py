@@ -5,9 +5,9 @@ Usage (on a machine with a CUDA GPU; needs PyTorch, numpy, safetensors, PyYAML o
     python bench/gpu_presets.py --out bench/results/gpu-h200.json \\
         --real var/gpu/training-set.npz --slices 512
 
-Precisions: ``bf16`` (the node's default on a GPU, ``models.amp``: bf16 autocast),
-``tf32`` (float32 with TensorFloat-32 convolutions, PyTorch's default for cuDNN) and
-``fp32`` (float32 throughout). For each preset and precision:
+Precisions (``models.precision``): ``bf16`` (bf16 autocast), ``tf32`` (float32 with
+TensorFloat-32 convolutions, PyTorch's default for cuDNN) and ``fp32`` (float32
+throughout, the node's default). For each preset and precision:
 
 - the whole engine on a synthetic 512 x 512 CT-like volume (``bench_presets.phantom``),
   after one warm-up volume, with the node's tile size (512) and the device-resident path
@@ -60,7 +60,7 @@ def _set_precision(precision: str) -> EngineOptions:
     tf32 = precision == "tf32"
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
-    return EngineOptions(device=DEVICE, amp=precision == "bf16", tile_size=512)
+    return EngineOptions(device=DEVICE, precision=precision, tile_size=512)  # type: ignore[arg-type]
 
 
 def _synchronised(run: object) -> float:

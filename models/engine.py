@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -56,7 +57,10 @@ class EngineOptions:
     max_batch_pixels: int = 0
     tile_size: int = 256
     tile_overlap: int = 32
-    amp: bool = True
+    # On a GPU: "fp32" computes as a CPU does; "tf32" (TensorFloat-32 convolutions) and
+    # "bf16" (autocast) are faster and change output pixels by up to a few HU
+    # (docs/benchmarks.md). A CPU always computes in float32.
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
     channels_last: bool = True
     compile: bool = False
     # Keep the whole volume on the device: clip, normalise, batch, run, denormalise and
@@ -71,6 +75,8 @@ class EngineOptions:
             raise ValueError(f"tile_size must be >= 16, got {self.tile_size}")
         if self.tile_overlap < 0:
             raise ValueError(f"tile_overlap must be >= 0, got {self.tile_overlap}")
+        if self.precision not in ("fp32", "tf32", "bf16"):
+            raise ValueError(f"precision must be fp32, tf32 or bf16, got {self.precision!r}")
 
 
 def _tiles(length: int, core: int) -> Iterator[tuple[int, int]]:
@@ -188,11 +194,15 @@ class NetworkEnhancer:
         if budget and pixels > budget:
             raise MemoryBudgetExceeded(f"{pixels} pixels exceed the budget of {budget}")
         batch = batch.to(self.device, non_blocking=True)
-        autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if self.device.type == "cuda" and self.options.amp
-            else nullcontext()
-        )
+        autocast: Any = nullcontext()
+        if self.device.type == "cuda":
+            # Process-wide switches, set on every call: PyTorch's default lets cuDNN use
+            # TensorFloat-32, which the default precision (fp32) must not.
+            tf32 = self.options.precision == "tf32"
+            torch.backends.cudnn.allow_tf32 = tf32
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            if self.options.precision == "bf16":
+                autocast = torch.autocast("cuda", dtype=torch.bfloat16)
         if self.options.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         network = getattr(self._local, "network", None) or self._network

@@ -36,7 +36,7 @@ class EnhancerCache:
             max_batch_pixels=models.max_batch_pixels,
             tile_size=models.tile_size,
             tile_overlap=models.tile_overlap,
-            amp=models.amp,
+            precision=models.precision,
             compile=models.compile,
         )
         self._loaded: dict[str, Enhancer] = {}

@@ -249,7 +249,12 @@ class ModelSettings(_Section):
     tile_overlap: int = Field(
         default=32, ge=0, description="overlap of neighbouring tiles, discarded from each"
     )
-    amp: bool = Field(default=True, description="bf16 autocast on a GPU")
+    precision: Literal["fp32", "tf32", "bf16"] = Field(
+        default="fp32",
+        description="arithmetic of the networks on a GPU: fp32 (as on a CPU), tf32 "
+        "(TensorFloat-32 convolutions) or bf16 (autocast); see docs/benchmarks.md for what "
+        "each changes in HU",
+    )
     compile: bool = Field(default=False, description="run the networks through `torch.compile`")
     allow_experimental: bool = Field(
         default=False,
