@@ -8,7 +8,9 @@ own protocol. The file is durably on disk and its row committed before success i
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 
@@ -49,6 +51,10 @@ class IngestResult:
         return self.status == SUCCESS
 
 
+# A batch result never set (a fault in this module): the instance was not stored.
+_UNSTORED = IngestResult(OUT_OF_RESOURCES, "not stored (internal error)")
+
+
 @dataclass(frozen=True)
 class Origin:
     """Who sent an instance and how (recorded on the job)."""
@@ -68,6 +74,32 @@ def _int_or_none(value: object) -> int | None:
 
 def _text(ds: Dataset, keyword: str, length: int) -> str | None:
     return str(ds.get(keyword, "") or "")[:length] or None
+
+
+def _received(
+    ds: Dataset, uid: str, path: Path, size: int, transfer_syntax_uid: str, origin: Origin
+) -> ReceivedInstance:
+    """The row of a stored instance."""
+    return ReceivedInstance(
+        sop_instance_uid=uid,
+        sop_class_uid=str(ds.SOPClassUID),
+        transfer_syntax_uid=transfer_syntax_uid,
+        study_instance_uid=str(ds.StudyInstanceUID),
+        series_instance_uid=str(ds.SeriesInstanceUID),
+        modality=_text(ds, "Modality", 16),
+        series_number=_int_or_none(ds.get("SeriesNumber")),
+        series_description=_text(ds, "SeriesDescription", 64),
+        path=str(path),
+        size_bytes=size,
+        calling_ae_title=origin.calling_ae_title,
+        called_ae_title=origin.called_ae_title,
+        patient_id=_text(ds, "PatientID", 64),
+        patient_name=_text(ds, "PatientName", 324),
+        study_date=_text(ds, "StudyDate", 8),
+        accession_number=_text(ds, "AccessionNumber", 16),
+        study_description=_text(ds, "StudyDescription", 64),
+        source=origin.source,
+    )
 
 
 def decoding_problem(ds: Dataset) -> str | None:
@@ -132,6 +164,118 @@ class Receiver:
             decision.forward_skipped, decision.qa_failure,
         )  # fmt: skip
 
+    def _refusal(
+        self, ds: Dataset, transfer_syntax_uid: str, origin: Origin
+    ) -> IngestResult | None:
+        """Why ``ds`` is refused at the door (undecodable, or failing the input checks)."""
+        problem = decoding_problem(ds)
+        if problem is not None:
+            logger.warning("%s: instance refused: %s", origin.source, problem)
+            return IngestResult(CANNOT_UNDERSTAND, problem)
+        try:
+            failure = check_dataset(ds, transfer_syntax_uid)
+        except Exception as exc:  # noqa: BLE001 - edge: an undecodable element is a status
+            failure = IngestResult(CANNOT_UNDERSTAND, f"cannot decode dataset: {exc}")
+        if failure is not None:
+            uid = str(ds.get("SOPInstanceUID", "") or "")
+            logger.warning("%s: instance %s refused: %s", origin.source, uid, failure.message)
+        return failure
+
+    def accept_many(
+        self, items: Sequence[tuple[Dataset, bytes, str]], origin: Origin
+    ) -> list[IngestResult]:
+        """:meth:`accept` for the instances of one request (``(dataset, encoded bytes,
+        transfer syntax)`` each, a STOW-RS body), in order, counted in the metrics.
+
+        Each is checked alone; those that pass are written together (one flush of the
+        filesystem for all: :meth:`InstanceStore.write_many`) and recorded with one
+        transaction per series. Every result holds only once the whole batch is durable,
+        so the caller answers after this returns.
+        """
+        results: list[IngestResult | None] = [None] * len(items)
+        ready = []
+        for index, (ds, _, transfer_syntax_uid) in enumerate(items):
+            results[index] = self._refusal(ds, transfer_syntax_uid, origin)
+            if results[index] is None:
+                ready.append(index)
+        if ready:
+            try:
+                self._store_many(items, ready, results, origin)
+            except Exception:  # edge: a failure outside one instance (the database down)
+                logger.exception("%s: a batch could not be stored together", origin.source)
+                for index in ready:
+                    if results[index] is None:
+                        ds, encoded, transfer_syntax_uid = items[index]
+                        results[index] = self._accept(ds, encoded, transfer_syntax_uid, origin)
+        return [self.count(origin.protocol, r or _UNSTORED) for r in results]
+
+    def _store_many(
+        self,
+        items: Sequence[tuple[Dataset, bytes, str]],
+        ready: list[int],
+        results: list[IngestResult | None],
+        origin: Origin,
+    ) -> None:
+        """Store and record ``items[ready]``, setting their ``results``."""
+        uid_of = {i: str(items[i][0].get("SOPInstanceUID", "") or "") for i in ready}
+        known = self.repository.find_instances(sorted(set(uid_of.values())))
+        fresh = []
+        for index in ready:
+            if uid_of[index] in known:
+                logger.info("%s: instance %s is a duplicate, already stored", origin.source,
+                            uid_of[index])  # fmt: skip
+                results[index] = IngestResult(SUCCESS, duplicate=True)
+            else:
+                fresh.append(index)
+        if not fresh:
+            return
+        full = self.disk_refusal()
+        if full is not None:
+            logger.warning("%s: %d instances refused: %s", origin.source, len(fresh), full)
+            for index in fresh:
+                results[index] = IngestResult(OUT_OF_RESOURCES, full)
+            return
+        first: dict[str, int] = {}  # a UID sent twice in one request is written once
+        for index in fresh:
+            first.setdefault(uid_of[index], index)
+        paths = {uid: self.store.received_path(uid) for uid in first}
+        try:
+            self.store.write_many([(paths[uid], items[i][1]) for uid, i in first.items()])
+        except EnhancementError as exc:
+            logger.error("%s: %d instances: storage failed: %s", origin.source, len(fresh), exc)
+            for uid in first:
+                self._forget_unrecorded(uid)
+            for index in fresh:
+                results[index] = IngestResult(OUT_OF_RESOURCES, str(exc))
+            return
+        received = [
+            _received(items[i][0], uid_of[i], paths[uid_of[i]], len(items[first[uid_of[i]]][1]),
+                      items[i][2], origin)
+            for i in fresh
+        ]  # fmt: skip
+        datasets = {uid: items[i][0] for uid, i in first.items()}
+        outcomes = self.repository.record_instances(
+            received, lambda item: self.route(datasets[item.sop_instance_uid], origin)
+        )
+        for index, outcome in zip(fresh, outcomes, strict=True):
+            uid = uid_of[index]
+            if isinstance(outcome, Exception):
+                if isinstance(outcome, EnhancementError):
+                    logger.error("%s: instance %s: storage failed: %s", origin.source, uid,
+                                 outcome)  # fmt: skip
+                    results[index] = IngestResult(OUT_OF_RESOURCES, str(outcome))
+                else:
+                    logger.error("%s: instance %s could not be recorded: %r", origin.source,
+                                 uid, outcome)  # fmt: skip
+                    results[index] = IngestResult(
+                        OUT_OF_RESOURCES, f"could not record instance: {type(outcome).__name__}"
+                    )
+                self._forget_unrecorded(uid)
+            else:
+                results[index] = IngestResult(
+                    SUCCESS, job_id=outcome.job_id, duplicate=outcome.duplicate
+                )
+
     def accept(
         self, ds: Dataset, encoded: bytes, transfer_syntax_uid: str, origin: Origin
     ) -> IngestResult:
@@ -165,18 +309,10 @@ class Receiver:
         origin
             Sender, for the job row and its audit trail.
         """
-        problem = decoding_problem(ds)
-        if problem is not None:
-            logger.warning("%s: instance refused: %s", origin.source, problem)
-            return IngestResult(CANNOT_UNDERSTAND, problem)
-        uid = str(ds.get("SOPInstanceUID", "") or "")
-        try:
-            failure = check_dataset(ds, transfer_syntax_uid)
-        except Exception as exc:  # noqa: BLE001 - edge: an undecodable element is a status
-            failure = IngestResult(CANNOT_UNDERSTAND, f"cannot decode dataset: {exc}")
+        failure = self._refusal(ds, transfer_syntax_uid, origin)
         if failure is not None:
-            logger.warning("%s: instance %s refused: %s", origin.source, uid, failure.message)
             return failure
+        uid = str(ds.get("SOPInstanceUID", "") or "")
         try:
             if self.repository.find_instance(uid):
                 logger.info("%s: instance %s is a duplicate, already stored", origin.source, uid)
@@ -188,26 +324,7 @@ class Receiver:
             path = self.store.received_path(uid)
             self.store.write_atomic(path, encoded)
             outcome = self.repository.record_instance(
-                ReceivedInstance(
-                    sop_instance_uid=uid,
-                    sop_class_uid=str(ds.SOPClassUID),
-                    transfer_syntax_uid=transfer_syntax_uid,
-                    study_instance_uid=str(ds.StudyInstanceUID),
-                    series_instance_uid=str(ds.SeriesInstanceUID),
-                    modality=_text(ds, "Modality", 16),
-                    series_number=_int_or_none(ds.get("SeriesNumber")),
-                    series_description=_text(ds, "SeriesDescription", 64),
-                    path=str(path),
-                    size_bytes=len(encoded),
-                    calling_ae_title=origin.calling_ae_title,
-                    called_ae_title=origin.called_ae_title,
-                    patient_id=_text(ds, "PatientID", 64),
-                    patient_name=_text(ds, "PatientName", 324),
-                    study_date=_text(ds, "StudyDate", 8),
-                    accession_number=_text(ds, "AccessionNumber", 16),
-                    study_description=_text(ds, "StudyDescription", 64),
-                    source=origin.source,
-                ),
+                _received(ds, uid, path, len(encoded), transfer_syntax_uid, origin),
                 lambda: self.route(ds, origin),  # routed once per series, when its job opens
             )
         except EnhancementError as exc:

@@ -174,6 +174,7 @@ def create_dicomweb_router(
                 receiver.count("STOW-RS", IngestResult(reason, comment))
             logger.warning("STOW-RS from %s: instance refused: %s", origin.source, comment)
 
+        batch: list[tuple[Dataset, bytes, str]] = []
         for headers, payload in parts:
             part_type = parse_content_type(headers.get("content-type", DICOM)).media_type
             if part_type != DICOM:
@@ -193,19 +194,23 @@ def create_dicomweb_router(
                 # PS3.18 10.5: instances of another study than the target are refused.
                 fail(ds, DATASET_DOES_NOT_MATCH_SOP_CLASS, "StudyInstanceUID differs from URL")
                 continue
-            result = receiver.accept(ds, payload, transfer_syntax, origin)
+            batch.append((ds, payload, transfer_syntax))
+        # Stored together (one flush of the disk, one transaction per series); the
+        # answer below goes out only after every instance it names is durable.
+        results = receiver.accept_many(batch, origin)
+        for (sent, _, _), result in zip(batch, results, strict=True):
             if not result.ok:
-                fail(ds, result.status, result.message or "", counted=True)
+                fail(sent, result.status, result.message or "", counted=True)
                 continue
             item = Dataset()
-            item.ReferencedSOPClassUID = str(ds.SOPClassUID)
-            item.ReferencedSOPInstanceUID = str(ds.SOPInstanceUID)
+            item.ReferencedSOPClassUID = str(sent.SOPClassUID)
+            item.ReferencedSOPInstanceUID = str(sent.SOPInstanceUID)
             stored.append(item)
-            series_done.add(str(ds.SeriesInstanceUID))
-            studies.add(str(ds.StudyInstanceUID))
+            series_done.add(str(sent.SeriesInstanceUID))
+            studies.add(str(sent.StudyInstanceUID))
             item.RetrieveURL = (
-                f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-                f"/instances/{ds.SOPInstanceUID}"
+                f"/dicom-web/studies/{sent.StudyInstanceUID}/series/{sent.SeriesInstanceUID}"
+                f"/instances/{sent.SOPInstanceUID}"
             )
         if series_done:
             repository.request_completion(series_done, origin.source)

@@ -260,6 +260,18 @@ class JobRepository:
             )
             return found is not None
 
+    def find_instances(self, sop_instance_uids: Sequence[str]) -> set[str]:
+        """Which of these SOP Instance UIDs are already stored (one query; the last
+        commit's answer, as :meth:`find_instance`)."""
+        with self._engine().connect().execution_options(**{READ_ONLY: True}) as connection:
+            return set(
+                connection.scalars(
+                    select(Instance.sop_instance_uid).where(
+                        Instance.sop_instance_uid.in_(list(sop_instance_uids))
+                    )
+                )
+            )
+
     def _remember_open(self, series_uid: str, series_id: int, job_id: int) -> None:
         with self._open_lock:
             self._open[series_uid] = (series_id, job_id)
@@ -301,6 +313,85 @@ class JobRepository:
                 self._open.pop(received.series_instance_uid, None)
             return False
         return True
+
+    def _append_many(
+        self, received: Sequence[ReceivedInstance], series_id: int, job_id: int
+    ) -> bool:
+        """:meth:`_append` for several instances of one series, in one transaction:
+        all are recorded, or none (False: the full path decides each)."""
+        now = utcnow()
+        series_uid = received[0].series_instance_uid
+        try:
+            with self._engine().begin() as connection:
+                same_series = select(Series.id).where(
+                    Series.id == series_id, Series.series_instance_uid == series_uid
+                )
+                counted = connection.execute(
+                    update(Job).where(Job.id == job_id, Job.status == JobStatus.RECEIVING,
+                                      Job.series_id == series_id, same_series.exists())
+                    .values(instance_count=Job.instance_count + len(received),
+                            last_instance_at=now, updated_at=now)
+                )  # fmt: skip
+                if counted.rowcount != 1:
+                    raise _NotOpen
+                connection.execute(insert(Instance), [
+                    {"series_id": series_id, "job_id": job_id,
+                     "sop_instance_uid": item.sop_instance_uid,
+                     "sop_class_uid": item.sop_class_uid,
+                     "transfer_syntax_uid": item.transfer_syntax_uid, "path": item.path,
+                     "size_bytes": item.size_bytes, "calling_ae_title": item.calling_ae_title,
+                     "received_at": now}
+                    for item in received
+                ])  # fmt: skip
+        except (_NotOpen, IntegrityError):
+            with self._open_lock:
+                self._open.pop(series_uid, None)
+            return False
+        return True
+
+    def record_instances(
+        self,
+        received: Sequence[ReceivedInstance],
+        route: Callable[[ReceivedInstance], Route],
+    ) -> list[StoreOutcome | Exception]:
+        """:meth:`record_instance` for a batch (a STOW-RS request), in order; an instance
+        that cannot be recorded gets its exception in its place, the others are recorded.
+
+        Instances of a series whose RECEIVING job is open (or opened by the batch's first
+        instance of it) are recorded in one transaction per series; a duplicate or a job
+        closed meanwhile sends that series back to the path of one instance at a time.
+        """
+        outcomes: list[StoreOutcome | Exception | None] = [None] * len(received)
+
+        def one(index: int) -> None:
+            item = received[index]
+            try:
+                outcomes[index] = self.record_instance(item, lambda: route(item))
+            except Exception as exc:  # noqa: BLE001 - reported per instance by the caller
+                outcomes[index] = exc
+
+        by_series: dict[str, list[int]] = {}
+        for index, item in enumerate(received):
+            by_series.setdefault(item.series_instance_uid, []).append(index)
+        for series_uid, indices in by_series.items():
+            uids = [received[i].sop_instance_uid for i in indices]
+            if len(set(uids)) != len(uids):  # a repeat inside the request: one at a time
+                for index in indices:
+                    one(index)
+                continue
+            rest = indices
+            if series_uid not in self._open:
+                one(indices[0])  # opens (or finds) the series' job
+                rest = indices[1:]
+            known = self._open.get(series_uid)
+            if rest and known is not None and self._append_many([received[i] for i in rest],
+                                                                *known):  # fmt: skip
+                for index in rest:
+                    outcomes[index] = StoreOutcome(job_id=known[1], duplicate=False)
+                continue
+            for index in rest:
+                one(index)
+        return [o if o is not None else RuntimeError("not recorded") for o in outcomes]
 
     def record_instance(
         self, received: ReceivedInstance, route: Route | Callable[[], Route]

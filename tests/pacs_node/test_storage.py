@@ -48,3 +48,26 @@ def test_a_folder_removed_behind_the_store_is_made_again(tmp_path: Path) -> None
     first.parent.rmdir()  # e.g. an operator's clean-up
     store.write_atomic(first, b"again")
     assert first.read_bytes() == b"again"
+
+
+def test_write_many_writes_every_file_durably_with_no_temporaries(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path)
+    items = [(store.received_path(f"1.2.{i}"), f"data {i}".encode() * 100) for i in range(12)]
+    store.write_many(items)
+    for path, data in items:
+        assert path.read_bytes() == data
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".tmp-")]
+    store.write_many(items[:2])  # a small batch: one file at a time, the same result
+    assert items[0][0].read_bytes() == items[0][1]
+
+
+def test_write_many_failure_leaves_no_temporary_and_no_file(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path)
+    items = [(store.received_path(f"1.3.{i}"), b"x" * 10) for i in range(6)]
+    blocked = items[3][0].parent
+    blocked.parent.mkdir(parents=True, exist_ok=True)
+    blocked.write_text("a file where the folder should be")
+    with pytest.raises(StorageError, match="cannot write 6 files"):
+        store.write_many(items)
+    left = [p for p in tmp_path.rglob("*") if p.is_file() and p != blocked]
+    assert left == []  # nothing renamed into place, no temporary left

@@ -117,6 +117,29 @@ def test_stow_stores_durably_and_declares_the_series_complete(
     assert job is not None and job.instance_count == 3
 
 
+def test_stow_of_many_instances_stores_them_together_each_once(
+    server: Server, tmp_path: Path
+) -> None:
+    """A request of two series (stored together: one flush, one transaction per series),
+    an instance sent twice in it and one stored before: every one answered success, each
+    stored once, counted once on its series' job."""
+    first = make_ct_series(tmp_path / "a", n_slices=6, rows=32, cols=32, seed=3)
+    second = make_ct_series(tmp_path / "b", n_slices=4, rows=32, cols=32, seed=4)
+    assert _stow_raw(server, [_encoded(second[0])]).status_code == 200  # stored before
+    parts = [_encoded(ds) for ds in first + second] + [_encoded(first[2])]
+    response = _stow_raw(server, parts)
+    assert response.status_code == 200
+    body = Dataset.from_json(response.json())
+    assert len(body.ReferencedSOPSequence) == 11 and "FailedSOPSequence" not in body
+    jobs = {job.series_instance_uid: job for job in server.repository.list_jobs()}
+    assert jobs[first[0].SeriesInstanceUID].instance_count == 6
+    assert jobs[second[0].SeriesInstanceUID].instance_count == 4
+    for ds in first + second:
+        assert pydicom.dcmread(server.store.received_path(ds.SOPInstanceUID)) == ds
+    files = [p for p in server.store.root.rglob("*") if p.is_file()]
+    assert len(files) == 10 and not [p for p in files if p.name.startswith(".tmp-")]
+
+
 def test_stow_answers_507_while_the_disk_is_past_its_watermark(
     server: Server, tmp_path: Path
 ) -> None:
