@@ -165,10 +165,11 @@ class Receiver:
         )  # fmt: skip
 
     def _refusal(
-        self, ds: Dataset, transfer_syntax_uid: str, origin: Origin
+        self, ds: Dataset, transfer_syntax_uid: str, origin: Origin, decoded: bool = False
     ) -> IngestResult | None:
-        """Why ``ds`` is refused at the door (undecodable, or failing the input checks)."""
-        problem = decoding_problem(ds)
+        """Why ``ds`` is refused at the door (undecodable, or failing the input checks);
+        ``decoded``: the caller has found every element decodable already."""
+        problem = None if decoded else decoding_problem(ds)
         if problem is not None:
             logger.warning("%s: instance refused: %s", origin.source, problem)
             return IngestResult(CANNOT_UNDERSTAND, problem)
@@ -182,7 +183,7 @@ class Receiver:
         return failure
 
     def accept_many(
-        self, items: Sequence[tuple[Dataset, bytes, str]], origin: Origin
+        self, items: Sequence[tuple[Dataset, bytes, str]], origin: Origin, decoded: bool = False
     ) -> list[IngestResult]:
         """:meth:`accept` for the instances of one request (``(dataset, encoded bytes,
         transfer syntax)`` each, a STOW-RS body), in order, counted in the metrics.
@@ -190,12 +191,13 @@ class Receiver:
         Each is checked alone; those that pass are written together (one flush of the
         filesystem for all: :meth:`InstanceStore.write_many`) and recorded with one
         transaction per series. Every result holds only once the whole batch is durable,
-        so the caller answers after this returns.
+        so the caller answers after this returns. ``decoded``: the caller has found every
+        element of every dataset decodable (:func:`decoding_problem`) already.
         """
         results: list[IngestResult | None] = [None] * len(items)
         ready = []
         for index, (ds, _, transfer_syntax_uid) in enumerate(items):
-            results[index] = self._refusal(ds, transfer_syntax_uid, origin)
+            results[index] = self._refusal(ds, transfer_syntax_uid, origin, decoded)
             if results[index] is None:
                 ready.append(index)
         if ready:

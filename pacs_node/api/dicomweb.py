@@ -197,7 +197,7 @@ def create_dicomweb_router(
             batch.append((ds, payload, transfer_syntax))
         # Stored together (one flush of the disk, one transaction per series); the
         # answer below goes out only after every instance it names is durable.
-        results = receiver.accept_many(batch, origin)
+        results = receiver.accept_many(batch, origin, decoded=True)  # checked above
         for (sent, _, _), result in zip(batch, results, strict=True):
             if not result.ok:
                 fail(sent, result.status, result.message or "", counted=True)
