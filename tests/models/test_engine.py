@@ -279,3 +279,36 @@ def test_the_device_resident_path_enhances_chosen_slices_and_mr_ranges() -> None
                                rtol=0, atol=1e-3)  # fmt: skip
     np.testing.assert_allclose(device._enhance(volume, [0, 4]), host._enhance(volume, [0, 4]),
                                rtol=0, atol=1e-3)  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    ("architecture", "kwargs", "context", "scale", "strength"),
+    [
+        ("dncnn", {"in_channels": 3, "features": 8, "depth": 3}, 3, 1, 0.5),
+        ("resunet", {"in_channels": 1, "features": 4, "depth": 2}, 1, 1, 1.0),
+        ("sr_light", {"in_channels": 1}, 1, 2, 1.0),
+    ],
+)
+def test_the_gpu_path_gives_the_cpu_result_with_padding_kept(
+    architecture: str, kwargs: dict[str, object], context: int, scale: int, strength: float
+) -> None:
+    """On a GPU (resident path, fp32, the default): the CPU's values to 0.05 HU, and
+    padding and metal exactly as sent, for stored int16 and float32."""
+    network = _trained_like(build_network(architecture, **kwargs))
+    card = _card(architecture, kwargs, context, scale)
+    volume = _volume(depth=5, size=64)
+    volume[:, :, :6] = -3024.0
+    volume[1, :, -4:] = -2048.0
+    volume[2, 30:33, 30:33] = 3500.0
+    for stored in (volume, volume.astype(np.int16)):
+        cpu = NetworkEnhancer(network, card, EngineOptions(device="cpu"), strength)
+        gpu = NetworkEnhancer(network, card, EngineOptions(device="cuda"), strength)
+        expected, _ = cpu(stored, (1, 1, 1))
+        got, _ = gpu(stored, (1, 1, 1))
+        np.testing.assert_allclose(got, expected, rtol=0, atol=0.05)
+        outside = (volume < -1024) | (volume > 3071)
+        if scale > 1:
+            outside = outside.repeat(scale, axis=1).repeat(scale, axis=2)
+        np.testing.assert_array_equal(got[outside], expected[outside])
