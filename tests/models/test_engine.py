@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -303,8 +304,9 @@ def test_the_gpu_path_gives_the_cpu_result_with_padding_kept(
     volume[1, :, -4:] = -2048.0
     volume[2, 30:33, 30:33] = 3500.0
     for stored in (volume, volume.astype(np.int16)):
-        cpu = NetworkEnhancer(network, card, EngineOptions(device="cpu"), strength)
-        gpu = NetworkEnhancer(network, card, EngineOptions(device="cuda"), strength)
+        # Each enhancer moves the network it is given to its device: one copy each.
+        cpu = NetworkEnhancer(copy.deepcopy(network), card, EngineOptions(device="cpu"), strength)
+        gpu = NetworkEnhancer(copy.deepcopy(network), card, EngineOptions(device="cuda"), strength)
         expected, _ = cpu(stored, (1, 1, 1))
         got, _ = gpu(stored, (1, 1, 1))
         np.testing.assert_allclose(got, expected, rtol=0, atol=0.05)
