@@ -285,16 +285,17 @@ class NetworkEnhancer:
             try:
                 return self._enhance_resident(volume, indices, progress)
             except torch.OutOfMemoryError as exc:
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
                 logger.warning("the volume does not fit on %s (%s): slice by slice", self.device,
                                exc)  # fmt: skip
+            if self.device.type == "cuda":  # out of the handler: its tensors are freed now
+                torch.cuda.empty_cache()
         return self._enhance_host(volume, indices, progress)
 
     def _enhance_resident(
         self, volume: np.ndarray, indices: list[int], progress: ProgressCallback | None = None
     ) -> np.ndarray:
-        """:meth:`_enhance_host`'s steps, in the same float32 arithmetic, on the device."""
+        """:meth:`_enhance_host`'s steps in float32 on the device (a GPU divides by a
+        multiplication with the reciprocal: the last bit may differ)."""
         scale = self.card.scale_factor
         low, high = self.card.intensity_range(volume)
         valid_low, valid_high = self.card.output_range(volume)
@@ -310,7 +311,7 @@ class NetworkEnhancer:
                              dtype=torch.float32, device=self.device)  # fmt: skip
         half = self.card.context_slices // 2
         offsets = torch.arange(-half, half + 1, device=self.device)
-        wanted = torch.tensor(indices, device=self.device)
+        wanted = torch.tensor(indices, dtype=torch.long, device=self.device)
         with torch.inference_mode():
             start = 0
             while start < len(indices):

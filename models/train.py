@@ -200,10 +200,17 @@ class DevicePatchSampler:
                 raise ValueError(f"noise draws {draws.shape} do not match volume {volume.shape}")
         self.device = torch.device(device)
         self.slices = torch.from_numpy(np.concatenate(volumes)).to(self.device)
-        # (slices, draws, y, x): one slice's draws side by side.
-        self.bank = torch.from_numpy(np.concatenate([b.swapaxes(0, 1) for b in noise])).to(
-            self.device
-        )
+        # (slices, draws, y, x): one slice's draws side by side, copied volume by volume
+        # (no second host copy of a bank of gigabytes).
+        total, draws = sum(len(v) for v in volumes), noise[0].shape[0]
+        self.bank = torch.empty((total, draws, height, width), dtype=torch.float32,
+                                device=self.device)  # fmt: skip
+        start = 0
+        for bank in noise:
+            self.bank[start : start + bank.shape[1]] = torch.from_numpy(
+                np.ascontiguousarray(bank.swapaxes(0, 1), dtype=np.float32)
+            ).to(self.device)
+            start += bank.shape[1]
         lengths = torch.tensor([len(v) for v in volumes], device=self.device)
         self._starts = torch.cumsum(lengths, 0) - lengths
         self._lengths = lengths
@@ -364,8 +371,13 @@ def train(
     on_device = config.patch_sampling == "device"
     sampler: PatchSampler | DevicePatchSampler
     if on_device:
-        if scaled_bank is None or mode not in ("denoise", "noise2noise", "diffusion"):
-            raise ValueError("device patch sampling needs a noise bank and a denoising objective")
+        if (
+            scaled_bank is None
+            or mode not in ("denoise", "noise2noise", "diffusion")
+            or config.noise_model != "ct"
+        ):
+            raise ValueError("device patch sampling needs a noise bank of CT noise and a "
+                             "denoising objective")  # fmt: skip
         sampler = DevicePatchSampler(
             [normalise(v, card) for v in volumes], context, config.patch, config.seed,
             scaled_bank, config.sampling == "slice", device,
@@ -392,7 +404,7 @@ def train(
         optimiser.load_state_dict(state["optimiser"])
         schedule.load_state_dict(state["schedule"])
         if isinstance(sampler, DevicePatchSampler):
-            sampler.rng.set_state(state["sampler_rng"])
+            sampler.rng.set_state(state["sampler_rng"].cpu())  # loaded onto the device
         else:
             sampler.rng = state["sampler_rng"]
         generator = state["noise_rng"]

@@ -209,6 +209,9 @@ class Receiver:
                     if results[index] is None:
                         ds, encoded, transfer_syntax_uid = items[index]
                         results[index] = self._accept(ds, encoded, transfer_syntax_uid, origin)
+                    if not results[index].ok:  # type: ignore[union-attr]
+                        # The batch may have written its file before it failed.
+                        self._forget_unrecorded(str(items[index][0].get("SOPInstanceUID", "")))
         return [self.count(origin.protocol, r or _UNSTORED) for r in results]
 
     def _store_many(

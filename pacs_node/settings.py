@@ -222,6 +222,16 @@ class DerivedSettings(_Section):
 class ModelSettings(_Section):
     """Where presets and weights come from and how the inference engine runs."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "amp" in data:
+            raise ValueError(
+                "models.amp was replaced by models.precision (fp32, tf32 or bf16; "
+                "amp true was bf16): set that instead"
+            )
+        return data
+
     presets_file: Path | None = Field(
         default=None,
         description="the preset definitions; null: the shipped `configs/presets.yaml`",

@@ -21,10 +21,14 @@ SYNCFS_BATCH = 4
 
 
 def _syncfs() -> object | None:
-    """Linux's syncfs(2) (flush one filesystem, errors reported since Linux 5.8), or None."""
+    """Linux's syncfs(2) where it reports write-back errors (Linux 5.8 and later), or None
+    (then every file is flushed on its own)."""
     try:
+        release = tuple(int(part) for part in os.uname().release.split(".")[:2])
         function = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, ValueError):
+        return None
+    if release < (5, 8):
         return None
     function.argtypes = [ctypes.c_int]
     return function
@@ -90,7 +94,9 @@ class InstanceStore:
         Every temporary file is written, the filesystem flushed once (syncfs), every file
         renamed into place, and the filesystem flushed again so the renames survive a power
         loss: two system calls for the batch instead of two per file. Small batches, or a
-        system without syncfs, take :meth:`write_atomic` per file. On an error no
+        system without syncfs (or older than Linux 5.8, whose syncfs does not report
+        write-back errors), take :meth:`write_atomic` per file. All paths must lie under
+        the store's root (one filesystem). On an error no
         temporary file is left; files already renamed stay (their callers do not record
         them, and remove them).
         """
@@ -100,32 +106,33 @@ class InstanceStore:
             return
         temporaries: list[str] = []
         try:
+            # Opened before anything is written: syncfs reports a write-back error that
+            # happened after this descriptor was opened, even if another caller saw it too.
+            self.root.mkdir(parents=True, exist_ok=True)
+            root = os.open(self.root, os.O_RDONLY)
             try:
                 for path, data in items:
                     fd, name = self._temporary(path.parent)
                     temporaries.append(name)
                     with os.fdopen(fd, "wb") as handle:
                         handle.write(data)
-                self._flush_filesystem(items[0][0].parent)
+                self._flush_filesystem(root)
                 for (path, _), name in zip(items, temporaries, strict=True):
                     os.replace(name, path)
-                self._flush_filesystem(items[0][0].parent)
+                self._flush_filesystem(root)
             finally:
+                os.close(root)
                 for name in temporaries:
                     Path(name).unlink(missing_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot write {len(items)} files: {exc.strerror or exc}") from exc
 
     @staticmethod
-    def _flush_filesystem(folder: Path) -> None:
+    def _flush_filesystem(fd: int) -> None:
         assert _SYNCFS is not None
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            if _SYNCFS(fd) != 0:  # type: ignore[operator]
-                error = ctypes.get_errno()
-                raise OSError(error, os.strerror(error))
-        finally:
-            os.close(fd)
+        if _SYNCFS(fd) != 0:  # type: ignore[operator]
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error))
 
     def _temporary(self, folder: Path) -> tuple[int, str]:
         """A new temporary file in ``folder``, made once if missing (folders this store has

@@ -138,6 +138,11 @@ class _Query:
         )
 
 
+# A STOW-RS request is stored in batches of at most this many instances or bytes.
+STOW_BATCH_INSTANCES = 256
+STOW_BATCH_BYTES = 64 * 2**20
+
+
 def _json(items: list[Dataset]) -> Response:
     return JSONResponse([ds.to_json_dict() for ds in items], media_type=DICOM_JSON)
 
@@ -175,6 +180,33 @@ def create_dicomweb_router(
             logger.warning("STOW-RS from %s: instance refused: %s", origin.source, comment)
 
         batch: list[tuple[Dataset, bytes, str]] = []
+        batch_bytes = 0
+
+        def store_batch() -> None:
+            """Store the parts gathered so far together (one flush of the disk, one
+            transaction per series); the answer goes out only after every instance it
+            names is durable. Batches are bounded, so a large request neither holds every
+            decoded dataset at once nor flushes gigabytes in one go."""
+            nonlocal batch, batch_bytes
+            if not batch:
+                return
+            results = receiver.accept_many(batch, origin, decoded=True)  # checked as read
+            for (sent, _, _), result in zip(batch, results, strict=True):
+                if not result.ok:
+                    fail(sent, result.status, result.message or "", counted=True)
+                    continue
+                item = Dataset()
+                item.ReferencedSOPClassUID = str(sent.SOPClassUID)
+                item.ReferencedSOPInstanceUID = str(sent.SOPInstanceUID)
+                stored.append(item)
+                series_done.add(str(sent.SeriesInstanceUID))
+                studies.add(str(sent.StudyInstanceUID))
+                item.RetrieveURL = (
+                    f"/dicom-web/studies/{sent.StudyInstanceUID}/series/{sent.SeriesInstanceUID}"
+                    f"/instances/{sent.SOPInstanceUID}"
+                )
+            batch, batch_bytes = [], 0
+
         for headers, payload in parts:
             part_type = parse_content_type(headers.get("content-type", DICOM)).media_type
             if part_type != DICOM:
@@ -195,23 +227,10 @@ def create_dicomweb_router(
                 fail(ds, DATASET_DOES_NOT_MATCH_SOP_CLASS, "StudyInstanceUID differs from URL")
                 continue
             batch.append((ds, payload, transfer_syntax))
-        # Stored together (one flush of the disk, one transaction per series); the
-        # answer below goes out only after every instance it names is durable.
-        results = receiver.accept_many(batch, origin, decoded=True)  # checked above
-        for (sent, _, _), result in zip(batch, results, strict=True):
-            if not result.ok:
-                fail(sent, result.status, result.message or "", counted=True)
-                continue
-            item = Dataset()
-            item.ReferencedSOPClassUID = str(sent.SOPClassUID)
-            item.ReferencedSOPInstanceUID = str(sent.SOPInstanceUID)
-            stored.append(item)
-            series_done.add(str(sent.SeriesInstanceUID))
-            studies.add(str(sent.StudyInstanceUID))
-            item.RetrieveURL = (
-                f"/dicom-web/studies/{sent.StudyInstanceUID}/series/{sent.SeriesInstanceUID}"
-                f"/instances/{sent.SOPInstanceUID}"
-            )
+            batch_bytes += len(payload)
+            if len(batch) >= STOW_BATCH_INSTANCES or batch_bytes >= STOW_BATCH_BYTES:
+                store_batch()
+        store_batch()
         if series_done:
             repository.request_completion(series_done, origin.source)
         return stored, failed, series_done, studies

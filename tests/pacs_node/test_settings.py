@@ -80,6 +80,8 @@ def test_yaml_overlay_below_environment(monkeypatch: pytest.MonkeyPatch, tmp_pat
         ("PACS_NODE_DESTINATION", "not-a-destination", "AET@host:port"),
         ("PACS_NODE_DEVICE", "tpu", "device"),
         ("PACS_NODE_SERIES_TIMEOUT_S", "0", "series_timeout_s"),
+        ("PACS_NODE_MODELS__AMP", "true", "replaced by models.precision"),
+        ("PACS_NODE_MODELS__PRECISION", "fp16", "precision"),
     ],
 )
 def test_invalid_values_fail_clearly(

@@ -140,6 +140,21 @@ def test_stow_of_many_instances_stores_them_together_each_once(
     assert len(files) == 10 and not [p for p in files if p.name.startswith(".tmp-")]
 
 
+def test_a_large_stow_request_is_stored_in_bounded_batches(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pacs_node.api.dicomweb as dicomweb
+
+    monkeypatch.setattr(dicomweb, "STOW_BATCH_INSTANCES", 4)
+    series = make_ct_series(tmp_path / "in", n_slices=10, rows=32, cols=32, seed=5)
+    response = _stow_raw(server, [_encoded(ds) for ds in series])
+    assert response.status_code == 200
+    assert len(Dataset.from_json(response.json()).ReferencedSOPSequence) == 10
+    [job] = server.repository.list_jobs()
+    assert job.instance_count == 10
+    assert all(server.repository.find_instance(ds.SOPInstanceUID) for ds in series)
+
+
 def test_stow_answers_507_while_the_disk_is_past_its_watermark(
     server: Server, tmp_path: Path
 ) -> None:
