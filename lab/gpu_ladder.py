@@ -10,8 +10,11 @@ what is left of the budget::
 
 ``--fine-tune CARD`` adds a run that starts from a shipped network (same name and
 arguments, ``--fine-tune-learning-rate``). ``--patch-sampling device`` cuts the patches on
-the GPU (``models.train.DevicePatchSampler``), so the GPU stops waiting for the CPU. Every
-run waits for the others before timing its steps, so each is timed while all share the GPU.
+the GPU (``models.train.DevicePatchSampler``), so the GPU stops waiting for the CPU. Side by
+side, every run waits for the others before timing its steps; processes on one GPU take
+turns, though, and on an H200 the runs then trained 2-3 times slower than timed (their
+schedules were cut short), so ``--one-at-a-time`` trains them one after the other, each
+timed alone with an equal share of the time left.
 
 Each run writes ``<OUT>/<name>.{json,safetensors}`` (``ct-denoise-resunet-f<N>`` for a
 width) and a log (in ``--logs``, by default ``OUT``).
@@ -130,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--fine-tune-learning-rate", type=float, default=3e-4)
     parser.add_argument("--patch-sampling", choices=["host", "device"], default="host")
+    parser.add_argument(
+        "--one-at-a-time",
+        action="store_true",
+        help="train the runs one after the other, each with an equal share of the time left "
+        "(processes sharing one GPU take turns, and a run timed beside others misjudges "
+        "its pace)",
+    )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--draws", type=int, default=24, help="noise draws per slice")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -154,15 +164,26 @@ def main(argv: list[str] | None = None) -> int:
     left = args.budget - (time.monotonic() - started)
     print(f"noise bank: {time.monotonic() - started:.0f} s; {left:.0f} s left", flush=True)
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-    # A run that fails before the barrier breaks it, so the others do not wait forever.
-    barrier = context.Barrier(len(runs), timeout=max(60.0, left / 4))
-    workers = [
-        context.Process(target=_train_one, args=(args, run, left, command, barrier)) for run in runs
-    ]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    workers = []
+    if args.one_at_a_time:
+        for index, run in enumerate(runs):
+            share = (args.budget - (time.monotonic() - started)) / (len(runs) - index)
+            alone = context.Barrier(1)
+            worker = context.Process(target=_train_one, args=(args, run, share, command, alone))
+            worker.start()
+            worker.join()
+            workers.append(worker)
+    else:
+        # A run that fails before the barrier breaks it, so the others do not wait forever.
+        barrier = context.Barrier(len(runs), timeout=max(60.0, left / 4))
+        workers = [
+            context.Process(target=_train_one, args=(args, run, left, command, barrier))
+            for run in runs
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
     failed = [run.name for run, w in zip(runs, workers, strict=True) if w.exitcode != 0]
     for run in runs:
         log = args.logs / f"{run.name}.log"

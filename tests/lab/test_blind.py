@@ -173,3 +173,31 @@ def test_train_blind_trains_a_diffusion_from_a_blind_resunet(tmp_path: Path) -> 
             train_blind(training_set, tmp_path / "x", name="x", version="0",
                         architecture=architecture, arch_kwargs=arch_kwargs,
                         objective=objective, **common)  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_the_gpu_driver_fine_tunes_and_trains_one_run_at_a_time(tmp_path: Path) -> None:
+    from models.checkpoint import save_checkpoint
+
+    _set(tmp_path / "set.npz")
+    kwargs = {"in_channels": 1, "features": 4, "depth": 2}
+    card = ModelCard("tiny-start", "0.1.0", "denoise", "CT", "resunet", kwargs)
+    start = save_checkpoint(tmp_path / "start", build_network("resunet", **kwargs), card)
+    runner = tmp_path / "runner.py"
+    runner.write_text(_WITHOUT_NODE_STACK)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(runner), str(tmp_path / "set.npz"), str(tmp_path / "out"),
+         "--budget", "30", "--device", "cpu", "--features", "4", "--fine-tune", str(start),
+         "--one-at-a-time", "--patch-sampling", "device", "--draws", "2", "--batch-size", "2",
+         "--patch", "32", "--noise-cache", str(tmp_path / "bank")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    _, tuned = load_checkpoint(tmp_path / "out" / "tiny-start.json")
+    assert tuned.arch_kwargs == kwargs and tuned.training["init_from"]["name"] == "tiny-start"
+    assert tuned.training["config"]["patch_sampling"] == "device"
+    assert tuned.training["config"]["learning_rate"] == 3e-4
+    _, scratch = load_checkpoint(tmp_path / "out" / "ct-denoise-resunet-f4.json")
+    assert scratch.training["config"]["learning_rate"] == 1e-3
+    for name in ("tiny-start", "ct-denoise-resunet-f4"):
+        assert "steps fit the budget" in (tmp_path / "out" / f"{name}.log").read_text()
