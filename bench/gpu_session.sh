@@ -5,7 +5,9 @@
 # a split tar archive: the device tool returns files of at most 16 MiB).
 #   OUT=/tmp/out LIMIT=570 bash bench/gpu_session.sh
 # Needs var/gpu/training-set.npz (pacs-lab export-training-set var/gpu/training-set.npz
-# --phantoms 24) carried along.
+# --phantoms 24) carried along. The run of 2026-11-30 trained the three networks side by
+# side (without --one-at-a-time); they trained 2-3 times slower than timed
+# (docs/ct-denoising.md, fourth round), hence --one-at-a-time now.
 set -u
 START=$(date +%s)
 LIMIT=${LIMIT:-570}
@@ -23,7 +25,8 @@ echo "ladder budget: $LEFT s"
 python3 -m lab.gpu_ladder var/gpu/training-set.npz /tmp/ladder --budget "$LEFT" \
   --features 20 --fine-tune models/weights/ct-denoise-resunet-f12.json \
   models/weights/ct-denoise-resunet-f8.json --version 0.4.0 --draws 32 --batch-size 64 \
-  --patch 128 --patch-sampling device --noise-cache /tmp/noise-bank > "$OUT/ladder.log" 2>&1
+  --patch 128 --patch-sampling device --one-at-a-time --noise-cache /tmp/noise-bank \
+  > "$OUT/ladder.log" 2>&1
 echo "ladder: exit $? after $(( $(date +%s) - START )) s"
 tar czf - -C /tmp ladder | split -b 15m - "$OUT/ladder.tar.gz."
 ls -la "$OUT"
