@@ -86,6 +86,12 @@ def main() -> None:
     parser.add_argument("--preset", default="ct-denoise-fast")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--associations",
+        type=int,
+        default=1,
+        help="the node's send.associations (parallel C-STOREs to the PACS)",
+    )
     args = parser.parse_args()
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,7 +100,8 @@ def main() -> None:
         with (
             OrthancPeer("PACS") as pacs,
             NodeProcess(work / "node", preset=args.preset, series_timeout_s=str(COMPLETION_S),
-                        destination=f"PACS@127.0.0.1:{pacs.dicom_port}") as node,
+                        destination=f"PACS@127.0.0.1:{pacs.dicom_port}",
+                        send__associations=str(args.associations)) as node,
         ):  # fmt: skip
             for round_ in range(args.rounds):
                 folder = work / f"round{round_}"
@@ -125,6 +132,7 @@ def main() -> None:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, CPU",
         "series": what, "preset": args.preset, "completion_timeout_s": COMPLETION_S,
+        "send_associations": args.associations,
         "rounds": rounds,
         "warm_median": {k: statistics.median(r[k] for r in warm)
                         for k in ("end_to_end_minus_completion_s", "direct_c_store_s", "ratio")},

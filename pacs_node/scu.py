@@ -6,6 +6,7 @@ import base64
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,13 +51,16 @@ def send_c_store(
     settings: SendSettings,
     tls: TlsSettings | None = None,
 ) -> list[SendResult]:
-    """Send the files at ``paths`` to ``destination`` on one association (over TLS when
-    the destination says so, with the node's ``tls`` certificate and CAs).
+    """Send the files at ``paths`` to ``destination`` (over TLS when the destination says
+    so, with the node's ``tls`` certificate and CAs), on ``settings.associations``
+    associations at once, each sending its consecutive share of the files.
 
     Returns
     -------
     list[SendResult]
-        One per file, in order, with the peer's status for each.
+        One per file, in order, with the peer's status for each. A share whose association
+        is refused is sent again on its own after the others (a peer may limit its
+        associations); if that fails too, its instances have no status.
 
     Raises
     ------
@@ -71,6 +75,60 @@ def send_c_store(
             datasets.append(pydicom.dcmread(path))
         except OSError as exc:
             raise StorageError(f"cannot read derived file {path}: {exc}") from exc
+    count = max(1, min(settings.associations, len(datasets)))
+    if count == 1:
+        results = _send_on_one_association(destination, datasets, calling_ae_title, settings, tls)
+    else:
+        size = -(-len(datasets) // count)
+        shares = [datasets[i : i + size] for i in range(0, len(datasets), size)]
+        with ThreadPoolExecutor(len(shares), thread_name_prefix="c-store") as pool:
+            futures = [
+                pool.submit(
+                    _send_on_one_association, destination, share, calling_ae_title, settings, tls
+                )
+                for share in shares
+            ]
+        outcomes: list[list[SendResult] | DispatchError] = []
+        for future in futures:
+            try:
+                outcomes.append(future.result())
+            except DispatchError as exc:
+                outcomes.append(exc)
+        # A peer that limits its associations may refuse some (or, asked at once, all):
+        # their shares go again one after the other, once the others are closed.
+        for index, (share, outcome) in enumerate(zip(shares, list(outcomes), strict=True)):
+            if isinstance(outcome, DispatchError):
+                logger.warning("%s; sending its %d instances on one association after the "
+                               "others", outcome, len(share))  # fmt: skip
+                try:
+                    outcomes[index] = _send_on_one_association(
+                        destination, share, calling_ae_title, settings, tls
+                    )
+                except DispatchError as exc:
+                    outcomes[index] = exc
+        if all(isinstance(outcome, DispatchError) for outcome in outcomes):
+            raise outcomes[0]  # type: ignore[misc]
+        results = []
+        for share, outcome in zip(shares, outcomes, strict=True):
+            if isinstance(outcome, DispatchError):
+                results += [SendResult(str(ds.SOPInstanceUID), None, f"not sent: {outcome}")
+                            for ds in share]  # fmt: skip
+            else:
+                results += outcome
+    failed = sum(not r.ok for r in results)
+    logger.info("sent %d instances to %s on %d association(s), %d failed", len(results),
+                destination, count, failed)  # fmt: skip
+    return results
+
+
+def _send_on_one_association(
+    destination: CStoreDestination,
+    datasets: Sequence[Dataset],
+    calling_ae_title: str,
+    settings: SendSettings,
+    tls: TlsSettings | None,
+) -> list[SendResult]:
+    """Send ``datasets`` on one association; one result per dataset, in order."""
     ae = AE(ae_title=calling_ae_title)
     ae.connection_timeout = settings.connect_timeout_s
     ae.acse_timeout = settings.acse_timeout_s
@@ -110,8 +168,6 @@ def send_c_store(
     finally:
         if assoc.is_established:
             assoc.release()
-    failed = sum(not r.ok for r in results)
-    logger.info("sent %d instances to %s, %d failed", len(results), destination, failed)
     return results
 
 

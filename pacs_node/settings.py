@@ -182,6 +182,13 @@ class SendSettings(_Section):
     acse_timeout_s: float = Field(
         default=30.0, gt=0, description="association set-up with the destination"
     )
+    associations: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        description="associations opened at once to a C-STORE destination, each sending its "
+        "share of a series (PACS that accept parallel associations store faster)",
+    )
 
 
 class DerivedSettings(_Section):

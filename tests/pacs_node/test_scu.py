@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
 
+from pacs_node.errors import DispatchError
 from pacs_node.scu import send_c_store
 from pacs_node.settings import CStoreDestination, SendSettings
 from tests.integration.peers import CaptureSCP
@@ -68,3 +70,102 @@ def test_a_destination_may_ask_for_lossless_jpeg_2000_and_falls_back_when_refuse
         [received] = pacs.wait_for(1)
     assert "sent uncompressed: the destination did not accept JPEG 2000" in message
     np.testing.assert_array_equal(received.pixel_array, original.pixel_array)
+
+
+def test_a_series_goes_out_on_parallel_associations_each_instance_once(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    from tests.helpers.synthetic import file_path, make_ct_series
+    from tests.integration.peers import free_port
+
+    lock = threading.Lock()
+    seen: dict[str, int] = {}  # SOP Instance UID -> id of the association that carried it
+    open_now, most = 0, 0
+
+    def on_store(event: evt.Event) -> int:
+        with lock:
+            seen[str(event.request.AffectedSOPInstanceUID)] = id(event.assoc)
+        time.sleep(0.05)  # slow enough that the associations overlap
+        return 0x0000
+
+    def on_open(event: evt.Event) -> None:
+        nonlocal open_now, most
+        with lock:
+            open_now += 1
+            most = max(most, open_now)
+
+    def on_close(event: evt.Event) -> None:
+        nonlocal open_now
+        with lock:
+            open_now -= 1
+
+    ae = AE(ae_title="PACS")
+    ae.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    handlers = [(evt.EVT_C_STORE, on_store), (evt.EVT_ESTABLISHED, on_open),
+                (evt.EVT_RELEASED, on_close), (evt.EVT_ABORTED, on_close)]  # fmt: skip
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+    try:
+        series = make_ct_series(tmp_path, n_slices=10, rows=16, cols=16)
+        destination = CStoreDestination(ae_title="PACS", host="127.0.0.1", port=port)
+        results = send_c_store(destination, [file_path(ds) for ds in series],
+                               calling_ae_title="ENHANCE",
+                               settings=SendSettings(associations=3))  # fmt: skip
+    finally:
+        server.shutdown()
+    assert [r.sop_instance_uid for r in results] == [str(ds.SOPInstanceUID) for ds in series]
+    assert all(r.ok for r in results)
+    assert set(seen) == {str(ds.SOPInstanceUID) for ds in series}  # each once
+    assert len(set(seen.values())) == 3 and most == 3  # three associations, open at once
+
+
+def test_a_peer_that_takes_one_association_at_a_time_still_gets_every_instance(
+    tmp_path: Path,
+) -> None:
+    """A PACS that accepts one association at a time refuses associations asked for at
+    once: the refused shares go again one after the other, and every instance is stored
+    once; a peer that refuses every association is a dispatch error."""
+    import threading
+
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    from tests.helpers.synthetic import file_path, make_ct_series
+    from tests.integration.peers import free_port
+
+    lock = threading.Lock()
+    stored: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        with lock:
+            stored.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    ae = AE(ae_title="PACS")
+    ae.supported_contexts = AllStoragePresentationContexts
+    ae.maximum_associations = 1
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])  # fmt: skip
+    series = make_ct_series(tmp_path / "a", n_slices=6, rows=16, cols=16)
+    destination = CStoreDestination(ae_title="PACS", host="127.0.0.1", port=port)
+    try:
+        results = send_c_store(destination, [file_path(ds) for ds in series],
+                               calling_ae_title="ENHANCE",
+                               settings=SendSettings(associations=3))  # fmt: skip
+    finally:
+        server.shutdown()
+    assert [r.sop_instance_uid for r in results] == [str(ds.SOPInstanceUID) for ds in series]
+    assert all(r.ok for r in results), [r.message for r in results]
+    assert sorted(stored) == sorted(str(ds.SOPInstanceUID) for ds in series)  # each once
+    with CaptureSCP(refuse_associations=True) as refusing:
+        everywhere = CStoreDestination(ae_title="PACS", host="127.0.0.1", port=refusing.port)
+        with pytest.raises(DispatchError, match="rejected"):
+            send_c_store(
+                everywhere,
+                [file_path(ds) for ds in series],
+                calling_ae_title="ENHANCE",
+                settings=SendSettings(associations=2),
+            )
