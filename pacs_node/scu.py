@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -75,49 +78,93 @@ def send_c_store(
             datasets.append(pydicom.dcmread(path))
         except OSError as exc:
             raise StorageError(f"cannot read derived file {path}: {exc}") from exc
+    # Built once: a bad certificate fails here, not in one of several sending threads.
+    secure = (client_context(tls or TlsSettings()), destination.host) if destination.tls else None
     count = max(1, min(settings.associations, len(datasets)))
     if count == 1:
-        results = _send_on_one_association(destination, datasets, calling_ae_title, settings, tls)
+        results = _send_on_one_association(destination, datasets, calling_ae_title, settings,
+                                           secure)  # fmt: skip
     else:
-        size = -(-len(datasets) // count)
-        shares = [datasets[i : i + size] for i in range(0, len(datasets), size)]
-        with ThreadPoolExecutor(len(shares), thread_name_prefix="c-store") as pool:
-            futures = [
-                pool.submit(
-                    _send_on_one_association, destination, share, calling_ae_title, settings, tls
-                )
-                for share in shares
-            ]
+        results = _send_in_parallel(destination, datasets, count, calling_ae_title, settings,
+                                    secure)  # fmt: skip
+    failed = sum(not r.ok for r in results)
+    logger.info("%d instances to %s on %d association(s), %d not stored", len(results),
+                destination, count, failed)  # fmt: skip
+    return results
+
+
+class _LimitReached(DispatchError):
+    """The peer refused the association for now (A-ASSOCIATE-RJ, rejected-transient): it
+    may take it once its other associations are closed."""
+
+
+# Before a refused share is sent again: a pynetdicom peer counts an association closed a
+# moment ago as still active for a few milliseconds.
+RETRY_PAUSE_S = 0.5
+
+
+def _send_in_parallel(
+    destination: CStoreDestination,
+    datasets: Sequence[Dataset],
+    count: int,
+    calling_ae_title: str,
+    settings: SendSettings,
+    secure: tuple[Any, str] | None,
+) -> list[SendResult]:
+    """``datasets`` in ``count`` consecutive shares, one association each, at once."""
+    size, extra = divmod(len(datasets), count)
+    bounds = [i * size + min(i, extra) for i in range(count + 1)]
+    shares = [list(datasets[bounds[i] : bounds[i + 1]]) for i in range(count)]
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(count, thread_name_prefix="c-store")
+    try:
+        futures = [
+            pool.submit(
+                _send_on_one_association,
+                destination,
+                share,
+                calling_ae_title,
+                settings,
+                secure,
+                stop,
+            )
+            for share in shares
+        ]
         outcomes: list[list[SendResult] | DispatchError] = []
         for future in futures:
             try:
                 outcomes.append(future.result())
             except DispatchError as exc:
                 outcomes.append(exc)
-        # A peer that limits its associations may refuse some (or, asked at once, all):
-        # their shares go again one after the other, once the others are closed.
-        for index, (share, outcome) in enumerate(zip(shares, list(outcomes), strict=True)):
-            if isinstance(outcome, DispatchError):
-                logger.warning("%s; sending its %d instances on one association after the "
-                               "others", outcome, len(share))  # fmt: skip
-                try:
-                    outcomes[index] = _send_on_one_association(
-                        destination, share, calling_ae_title, settings, tls
-                    )
-                except DispatchError as exc:
-                    outcomes[index] = exc
-        if all(isinstance(outcome, DispatchError) for outcome in outcomes):
-            raise outcomes[0]  # type: ignore[misc]
-        results = []
-        for share, outcome in zip(shares, outcomes, strict=True):
-            if isinstance(outcome, DispatchError):
-                results += [SendResult(str(ds.SOPInstanceUID), None, f"not sent: {outcome}")
-                            for ds in share]  # fmt: skip
-            else:
-                results += outcome
-    failed = sum(not r.ok for r in results)
-    logger.info("sent %d instances to %s on %d association(s), %d failed", len(results),
-                destination, count, failed)  # fmt: skip
+    except BaseException:
+        # Interrupted (the job's time limit): the other shares stop at their next instance
+        # and release their associations.
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    # A peer that limits its associations refuses some of them for now: those shares go
+    # again one after the other, once the others are closed. Other refusals stand.
+    for index, (share, outcome) in enumerate(zip(shares, list(outcomes), strict=True)):
+        if isinstance(outcome, _LimitReached):
+            logger.warning("%s; sending its %d instances on one association after the others",
+                           outcome, len(share))  # fmt: skip
+            time.sleep(RETRY_PAUSE_S)
+            try:
+                outcomes[index] = _send_on_one_association(
+                    destination, share, calling_ae_title, settings, secure
+                )
+            except DispatchError as exc:
+                outcomes[index] = exc
+    if all(isinstance(outcome, DispatchError) for outcome in outcomes):
+        raise outcomes[0]  # type: ignore[misc]
+    results: list[SendResult] = []
+    for share, outcome in zip(shares, outcomes, strict=True):
+        if isinstance(outcome, DispatchError):
+            results += [SendResult(str(ds.SOPInstanceUID), None, f"not sent: {outcome}")
+                        for ds in share]  # fmt: skip
+        else:
+            results += outcome
     return results
 
 
@@ -126,9 +173,11 @@ def _send_on_one_association(
     datasets: Sequence[Dataset],
     calling_ae_title: str,
     settings: SendSettings,
-    tls: TlsSettings | None,
+    secure: tuple[Any, str] | None,
+    stop: threading.Event | None = None,
 ) -> list[SendResult]:
-    """Send ``datasets`` on one association; one result per dataset, in order."""
+    """Send ``datasets`` on one association (``secure``: TLS arguments); one result per
+    dataset, in order; once ``stop`` is set, the rest are not sent."""
     ae = AE(ae_title=calling_ae_title)
     ae.connection_timeout = settings.connect_timeout_s
     ae.acse_timeout = settings.acse_timeout_s
@@ -136,19 +185,25 @@ def _send_on_one_association(
     wanted = UID(destination.transfer_syntax) if destination.transfer_syntax else None
     for sop_class, syntaxes in _proposals(datasets, wanted):
         ae.add_requested_context(sop_class, syntaxes)
-    secure = (client_context(tls or TlsSettings()), destination.host) if destination.tls else None
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
                          tls_args=secure)  # fmt: skip
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "aborted or unreachable"
         over = " over TLS" if destination.tls else ""
-        raise DispatchError(f"association{over} with {destination} {reason}")
+        message = f"association{over} with {destination} {reason}"
+        rejection = getattr(assoc.acceptor, "primitive", None)
+        if assoc.is_rejected and getattr(rejection, "result", None) == 0x02:  # transient
+            raise _LimitReached(message)
+        raise DispatchError(message)
     accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
                 for cx in assoc.accepted_contexts}  # fmt: skip
     results: list[SendResult] = []
     try:
         for ds in datasets:
             uid = str(ds.SOPInstanceUID)
+            if stop is not None and stop.is_set():
+                results.append(SendResult(uid, None, "not sent: the send was stopped"))
+                continue
             if not assoc.is_established:
                 results.append(SendResult(uid, None, "association lost before sending"))
                 continue

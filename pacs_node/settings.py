@@ -187,7 +187,8 @@ class SendSettings(_Section):
         ge=1,
         le=8,
         description="associations opened at once to a C-STORE destination, each sending its "
-        "share of a series (PACS that accept parallel associations store faster)",
+        "share of a series (PACS that accept parallel associations store faster; a PACS "
+        "sees up to worker processes × this many; `dimse_timeout_s` holds per association)",
     )
 
 

@@ -74,7 +74,6 @@ def test_a_destination_may_ask_for_lossless_jpeg_2000_and_falls_back_when_refuse
 
 def test_a_series_goes_out_on_parallel_associations_each_instance_once(tmp_path: Path) -> None:
     import threading
-    import time
 
     from pynetdicom import AE, AllStoragePresentationContexts, evt
 
@@ -82,13 +81,19 @@ def test_a_series_goes_out_on_parallel_associations_each_instance_once(tmp_path:
     from tests.integration.peers import free_port
 
     lock = threading.Lock()
-    seen: dict[str, int] = {}  # SOP Instance UID -> id of the association that carried it
+    seen: list[tuple[str, int]] = []  # (SOP Instance UID, the association that carried it)
     open_now, most = 0, 0
+    # Each association's first instance waits until all three have one: they overlap.
+    together = threading.Barrier(3, timeout=10)
+    started: set[int] = set()
 
     def on_store(event: evt.Event) -> int:
         with lock:
-            seen[str(event.request.AffectedSOPInstanceUID)] = id(event.assoc)
-        time.sleep(0.05)  # slow enough that the associations overlap
+            seen.append((str(event.request.AffectedSOPInstanceUID), id(event.assoc)))
+            first = id(event.assoc) not in started
+            started.add(id(event.assoc))
+        if first:
+            together.wait()
         return 0x0000
 
     def on_open(event: evt.Event) -> None:
@@ -118,12 +123,15 @@ def test_a_series_goes_out_on_parallel_associations_each_instance_once(tmp_path:
         server.shutdown()
     assert [r.sop_instance_uid for r in results] == [str(ds.SOPInstanceUID) for ds in series]
     assert all(r.ok for r in results)
-    assert set(seen) == {str(ds.SOPInstanceUID) for ds in series}  # each once
-    assert len(set(seen.values())) == 3 and most == 3  # three associations, open at once
+    uids = sorted(uid for uid, _ in seen)
+    assert uids == sorted(str(ds.SOPInstanceUID) for ds in series)  # each once
+    assert len({assoc for _, assoc in seen}) == 3 and most == 3  # three, open at once
+    shares = [sum(1 for _, a in seen if a == assoc) for assoc in {a for _, a in seen}]
+    assert sorted(shares) == [3, 3, 4]  # 10 instances on 3 associations
 
 
 def test_a_peer_that_takes_one_association_at_a_time_still_gets_every_instance(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A PACS that accepts one association at a time refuses associations asked for at
     once: the refused shares go again one after the other, and every instance is stored
@@ -160,6 +168,7 @@ def test_a_peer_that_takes_one_association_at_a_time_still_gets_every_instance(
     assert [r.sop_instance_uid for r in results] == [str(ds.SOPInstanceUID) for ds in series]
     assert all(r.ok for r in results), [r.message for r in results]
     assert sorted(stored) == sorted(str(ds.SOPInstanceUID) for ds in series)  # each once
+    assert "on one association after the others" in caplog.text  # the refused shares
     with CaptureSCP(refuse_associations=True) as refusing:
         everywhere = CStoreDestination(ae_title="PACS", host="127.0.0.1", port=refusing.port)
         with pytest.raises(DispatchError, match="rejected"):
