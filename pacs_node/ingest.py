@@ -263,19 +263,8 @@ class Receiver:
             received, lambda item: self.route(datasets[item.sop_instance_uid], origin)
         )
         for index, outcome in zip(fresh, outcomes, strict=True):
-            uid = uid_of[index]
             if isinstance(outcome, Exception):
-                if isinstance(outcome, EnhancementError):
-                    logger.error("%s: instance %s: storage failed: %s", origin.source, uid,
-                                 outcome)  # fmt: skip
-                    results[index] = IngestResult(OUT_OF_RESOURCES, str(outcome))
-                else:
-                    logger.error("%s: instance %s could not be recorded: %r", origin.source,
-                                 uid, outcome)  # fmt: skip
-                    results[index] = IngestResult(
-                        OUT_OF_RESOURCES, f"could not record instance: {type(outcome).__name__}"
-                    )
-                self._forget_unrecorded(uid)
+                results[index] = self._not_stored(uid_of[index], outcome, origin)
             else:
                 results[index] = IngestResult(
                     SUCCESS, job_id=outcome.job_id, duplicate=outcome.duplicate
@@ -332,14 +321,21 @@ class Receiver:
                 _received(ds, uid, path, len(encoded), transfer_syntax_uid, origin),
                 lambda: self.route(ds, origin),  # routed once per series, when its job opens
             )
-        except EnhancementError as exc:
+        except Exception as exc:  # noqa: BLE001 - edge: database or disk failure, logged there
+            return self._not_stored(uid, exc, origin)
+        return IngestResult(SUCCESS, job_id=outcome.job_id, duplicate=outcome.duplicate)
+
+    def _not_stored(self, uid: str, exc: Exception, origin: Origin) -> IngestResult:
+        """The status of an instance that could not be stored or recorded, logged; its
+        file removed unless a row names it."""
+        if isinstance(exc, EnhancementError):
             logger.error("%s: instance %s: storage failed: %s", origin.source, uid, exc)
-            self._forget_unrecorded(uid)
-            return IngestResult(OUT_OF_RESOURCES, str(exc))
-        except Exception as exc:  # edge: database or disk failure → out of resources
-            logger.exception("%s: instance %s could not be recorded", origin.source, uid)
-            self._forget_unrecorded(uid)
-            return IngestResult(
+            result = IngestResult(OUT_OF_RESOURCES, str(exc))
+        else:
+            logger.error("%s: instance %s could not be recorded", origin.source, uid,
+                         exc_info=exc)  # fmt: skip
+            result = IngestResult(
                 OUT_OF_RESOURCES, f"could not record instance: {type(exc).__name__}"
             )
-        return IngestResult(SUCCESS, job_id=outcome.job_id, duplicate=outcome.duplicate)
+        self._forget_unrecorded(uid)
+        return result
