@@ -229,7 +229,7 @@ class JobRepository:
     def __init__(self, session_factory: sessionmaker[Session]) -> None:
         self._sessions = session_factory
         # Series UID -> (series id, id of its RECEIVING job) as this process last saw them:
-        # the next instance of the series is then two statements (see _append).
+        # the next instance of the series is then two statements (see _append_many).
         self._open: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._open_lock = threading.Lock()
 
@@ -279,50 +279,18 @@ class JobRepository:
             while len(self._open) > OPEN_SERIES_CACHE:
                 self._open.popitem(last=False)
 
-    def _append(self, received: ReceivedInstance, series_id: int, job_id: int) -> bool:
-        """The hot path: one more instance of a series whose RECEIVING job this process
-        knows, in one transaction of two statements. False (nothing written) when the
-        job is no longer RECEIVING or the instance is a duplicate: the full path decides."""
-        now = utcnow()
-        try:
-            with self._engine().begin() as connection:
-                # The job must still be RECEIVING and still belong to this series: ids of
-                # deleted rows may be reused (SQLite), so the series UID is checked too.
-                same_series = select(Series.id).where(
-                    Series.id == series_id,
-                    Series.series_instance_uid == received.series_instance_uid,
-                )
-                counted = connection.execute(
-                    update(Job).where(Job.id == job_id, Job.status == JobStatus.RECEIVING,
-                                      Job.series_id == series_id, same_series.exists())
-                    .values(instance_count=Job.instance_count + 1, last_instance_at=now,
-                            updated_at=now)
-                )  # fmt: skip
-                if counted.rowcount != 1:
-                    raise _NotOpen
-                connection.execute(insert(Instance).values(
-                    series_id=series_id, job_id=job_id,
-                    sop_instance_uid=received.sop_instance_uid,
-                    sop_class_uid=received.sop_class_uid,
-                    transfer_syntax_uid=received.transfer_syntax_uid, path=received.path,
-                    size_bytes=received.size_bytes, calling_ae_title=received.calling_ae_title,
-                    received_at=now,
-                ))  # fmt: skip
-        except (_NotOpen, IntegrityError):
-            with self._open_lock:
-                self._open.pop(received.series_instance_uid, None)
-            return False
-        return True
-
     def _append_many(
         self, received: Sequence[ReceivedInstance], series_id: int, job_id: int
     ) -> bool:
-        """:meth:`_append` for several instances of one series, in one transaction:
-        all are recorded, or none (False: the full path decides each)."""
+        """The hot path: more instances of a series whose RECEIVING job this process knows,
+        in one transaction of two statements: all are recorded, or none (False: the job is
+        no longer RECEIVING or an instance is a duplicate; the full path decides each)."""
         now = utcnow()
         series_uid = received[0].series_instance_uid
         try:
             with self._engine().begin() as connection:
+                # The job must still be RECEIVING and still belong to this series: ids of
+                # deleted rows may be reused (SQLite), so the series UID is checked too.
                 same_series = select(Series.id).where(
                     Series.id == series_id, Series.series_instance_uid == series_uid
                 )
@@ -404,7 +372,7 @@ class JobRepository:
         A duplicate SOP Instance UID changes nothing and is reported as such.
         """
         known = self._open.get(received.series_instance_uid)
-        if known is not None and self._append(received, *known):
+        if known is not None and self._append_many([received], *known):
             return StoreOutcome(job_id=known[1], duplicate=False)
         for attempt in range(3):
             try:
@@ -479,7 +447,7 @@ class JobRepository:
                 if route.rule is not None:
                     message += f"; rule {route.rule!r}: preset {route.preset or '(none)'}"
                 lifecycle.start(session, job, message)
-            # An increment in SQL: the hot path (_append) counts without the series lock.
+            # An increment in SQL: the hot path (_append_many) counts without the series lock.
             job.instance_count = Job.instance_count + 1
             job.last_instance_at = now
             session.add(
