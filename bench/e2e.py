@@ -93,6 +93,9 @@ def main() -> None:
         help="the node's send.associations (parallel C-STOREs to the PACS)",
     )
     args = parser.parse_args()
+    # Inherited by Orthanc (dcmtk inside): without it, its answers wait for delayed
+    # acknowledgements (tens of ms per instance), as in bench/ingest.py.
+    os.environ["TCP_NODELAY"] = "1"
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

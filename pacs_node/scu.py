@@ -22,6 +22,7 @@ from pynetdicom.status import code_to_category
 from pacs_node.errors import DispatchError, StorageError
 from pacs_node.routing import StowDestination
 from pacs_node.settings import CStoreDestination, SendSettings, TlsSettings
+from pacs_node.sockets import CONNECTION_HANDLERS
 from pacs_node.tls import client_context
 
 logger = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ def _send_on_one_association(
     for sop_class, syntaxes in _proposals(datasets, wanted):
         ae.add_requested_context(sop_class, syntaxes)
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
-                         tls_args=secure)  # fmt: skip
+                         tls_args=secure, evt_handlers=CONNECTION_HANDLERS)  # fmt: skip
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "aborted or unreachable"
         over = " over TLS" if destination.tls else ""

@@ -14,6 +14,7 @@ from pacs_node.ingest import Receiver
 from pacs_node.routing import Routing
 from pacs_node.scp.handlers import handle_requested, handle_store
 from pacs_node.settings import Settings
+from pacs_node.sockets import CONNECTION_HANDLERS
 from pacs_node.tls import server_context
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def start_scp(
     handlers: list[Any] = [
         (evt.EVT_REQUESTED, handle_requested, [routes]),
         (evt.EVT_C_STORE, handle_store, [receiver]),
+        *CONNECTION_HANDLERS,
     ]
     address = settings.scp.bind_address
     servers = [ae.start_server((address, settings.port), block=False, evt_handlers=handlers)]
