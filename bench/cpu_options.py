@@ -108,7 +108,10 @@ def main() -> None:
         return lambda v: enhancer(v, spacing)[0]
 
     configs: dict[str, Callable[[], Run | None]] = {
-        "default (batch 8, channels-last, all threads)": lambda: enhancer_run(base),
+        "default (batch 8, channels-last, BatchNorm folded, all threads)": lambda: enhancer_run(
+            base
+        ),
+        "BatchNorm not folded": lambda: enhancer_run(replace(base, fold_batch_norm=False)),
         "batch 1": lambda: enhancer_run(replace(base, batch_size=1)),
         "batch 4": lambda: enhancer_run(replace(base, batch_size=4)),
         "no channels-last": lambda: enhancer_run(replace(base, channels_last=False)),

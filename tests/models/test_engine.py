@@ -314,3 +314,44 @@ def test_the_gpu_path_gives_the_cpu_result_with_padding_kept(
         if scale > 1:
             outside = outside.repeat(scale, axis=1).repeat(scale, axis=2)
         np.testing.assert_array_equal(got[outside], expected[outside])
+
+
+def _with_running_statistics(network: torch.nn.Module) -> torch.nn.Module:
+    """Give every BatchNorm running statistics and an affine map far from the identity,
+    as training leaves them (a fresh layer's would make folding trivially exact)."""
+    generator = torch.Generator().manual_seed(3)
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            size = module.num_features
+            module.running_mean.copy_(0.3 * torch.randn(size, generator=generator))
+            module.running_var.copy_(0.5 + torch.rand(size, generator=generator))
+            module.weight.data.copy_(1 + 0.5 * torch.randn(size, generator=generator))
+            module.bias.data.copy_(0.2 * torch.randn(size, generator=generator))
+    return network
+
+
+@pytest.mark.parametrize(
+    ("architecture", "kwargs", "context"),
+    [
+        ("resunet", {"in_channels": 1, "features": 8, "depth": 3}, 1),  # ConvTranspose2d too
+        ("dncnn", {"in_channels": 3, "features": 8, "depth": 4}, 3),
+    ],
+)
+def test_batch_norm_folding_keeps_the_output_and_leaves_the_given_network_alone(
+    architecture: str, kwargs: dict[str, object], context: int
+) -> None:
+    network = _with_running_statistics(_trained_like(build_network(architecture, **kwargs)))
+    before = copy.deepcopy(network.state_dict())
+    card = _card(architecture, kwargs, context)
+    volume = _volume()
+    folded = NetworkEnhancer(network, card, EngineOptions(device="cpu"))
+    plain = NetworkEnhancer(network, card, EngineOptions(device="cpu", fold_batch_norm=False))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.network.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.network.modules())
+    out_folded, _ = folded(volume, (1, 1, 1))
+    out_plain, _ = plain(volume, (1, 1, 1))
+    assert np.abs(out_plain - volume).max() > 1.0  # the network changes the image
+    np.testing.assert_allclose(out_folded, out_plain, atol=0.01)  # HU
+    after = network.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
