@@ -14,6 +14,9 @@ Task = Literal["denoise", "super_resolution", "diffusion", "identity"]
 Spacing = tuple[float, float, float]
 # progress(done, total): called after each slice or batch of slices.
 ProgressCallback = Callable[[int, int], None]
+# ready(first, values): the final values of slices first, first + 1, ... (a read-only view
+# that no later step changes), called in slice order as they are done.
+SlicesReady = Callable[[int, np.ndarray], None]
 
 
 @dataclass(frozen=True)
@@ -81,4 +84,21 @@ class StochasticEnhancer(Enhancer, Protocol):
     ) -> np.ndarray:
         """Slice ``index`` of ``volume`` (None: all of it) enhanced again with draw ``draw``
         of the full sampler (``draw`` ≥ 0; 0: the sampler's own seed)."""
+        ...
+
+
+@runtime_checkable
+class StreamingEnhancer(Enhancer, Protocol):
+    """An enhancer that can hand over finished slices while it computes the rest, so
+    building and writing the derived instances overlaps the model."""
+
+    def enhance_streaming(
+        self,
+        volume: np.ndarray,
+        spacing_mm: Spacing,
+        ready: SlicesReady,
+        progress: ProgressCallback | None = None,
+    ) -> tuple[np.ndarray, Spacing]:
+        """As ``__call__``, and ``ready`` with each run of finished slices, in order; every
+        slice is handed over exactly once before this returns."""
         ...

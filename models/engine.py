@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from models.base import ModelInfo, ProgressCallback, Spacing
+from models.base import ModelInfo, ProgressCallback, SlicesReady, Spacing
 from models.checkpoint import ModelCard
 
 logger = logging.getLogger(__name__)
@@ -317,20 +317,45 @@ class NetworkEnhancer:
         new_spacing = (spacing_mm[0], spacing_mm[1] / scale, spacing_mm[2] / scale)
         return result, new_spacing
 
+    def enhance_streaming(
+        self,
+        volume: np.ndarray,
+        spacing_mm: Spacing,
+        ready: SlicesReady,
+        progress: ProgressCallback | None = None,
+    ) -> tuple[np.ndarray, Spacing]:
+        """As ``__call__``, handing each batch's final values to ``ready`` as it is done
+        (on the host path; the device-resident path hands the volume over at the end)."""
+        if volume.ndim != 3:
+            raise ValueError(f"volume must be 3-D (z, y, x), got shape {volume.shape}")
+        scale = self.card.scale_factor
+        result = self._enhance(volume, list(range(volume.shape[0])), progress, ready)
+        new_spacing = (spacing_mm[0], spacing_mm[1] / scale, spacing_mm[2] / scale)
+        return result, new_spacing
+
     def _enhance(
-        self, volume: np.ndarray, indices: list[int], progress: ProgressCallback | None = None
+        self,
+        volume: np.ndarray,
+        indices: list[int],
+        progress: ProgressCallback | None = None,
+        ready: SlicesReady | None = None,
     ) -> np.ndarray:
-        """Slices ``indices`` of ``volume`` enhanced, normalised from the whole volume."""
+        """Slices ``indices`` of ``volume`` enhanced, normalised from the whole volume;
+        ``ready`` (whole volume only) gets finished slices as they are done."""
         resident = self.options.resident
         if resident or (resident is None and self.device.type == "cuda"):
             try:
-                return self._enhance_resident(volume, indices, progress)
+                result = self._enhance_resident(volume, indices, progress)
             except torch.OutOfMemoryError as exc:
                 logger.warning("the volume does not fit on %s (%s): slice by slice", self.device,
                                exc)  # fmt: skip
+            else:
+                if ready is not None:
+                    ready(0, result)
+                return result
             if self.device.type == "cuda":  # out of the handler: its tensors are freed now
                 torch.cuda.empty_cache()
-        return self._enhance_host(volume, indices, progress)
+        return self._enhance_host(volume, indices, progress, ready)
 
     def _enhance_resident(
         self, volume: np.ndarray, indices: list[int], progress: ProgressCallback | None = None
@@ -380,9 +405,18 @@ class NetworkEnhancer:
         return result.cpu().numpy()
 
     def _enhance_host(
-        self, volume: np.ndarray, indices: list[int], progress: ProgressCallback | None = None
+        self,
+        volume: np.ndarray,
+        indices: list[int],
+        progress: ProgressCallback | None = None,
+        ready: SlicesReady | None = None,
     ) -> np.ndarray:
-        """Slices ``indices`` of ``volume`` enhanced, normalised from the whole volume."""
+        """Slices ``indices`` of ``volume`` enhanced, normalised from the whole volume.
+
+        Each batch is finished as soon as the network returns it (denormalised, blended
+        by strength, clipped, out-of-range pixels restored: all per pixel) and handed to
+        ``ready``; no later step touches it.
+        """
         scale = self.card.scale_factor
         low, high = self.card.intensity_range(volume)
         valid_low, valid_high = self.card.output_range(volume)
@@ -393,24 +427,30 @@ class NetworkEnhancer:
             self._normalise(np.clip(volume, valid_low, valid_high), low, high)
         )
         _, height, width = source.shape
-        output = np.empty((len(indices), height * scale, width * scale), dtype=np.float32)
+        result = np.empty((len(indices), height * scale, width * scale), dtype=np.float32)
         with torch.inference_mode():
             start = 0
             while start < len(indices):
                 stop = min(len(indices), start + self._batch_size)
-                batch = torch.stack([self._context_stack(source, i) for i in indices[start:stop]])
-                output[start:stop] = self._run_batch(batch)[:, 0].numpy()
+                wanted = indices[start:stop]
+                batch = torch.stack([self._context_stack(source, i) for i in wanted])
+                done = self._denormalise(self._run_batch(batch)[:, 0].numpy(), low, high)
+                # Consecutive indices (the whole volume): a view, not a copy.
+                consecutive = wanted == list(range(wanted[0], wanted[0] + len(wanted)))
+                original_values = (
+                    volume[wanted[0] : wanted[0] + len(wanted)] if consecutive else volume[wanted]
+                )
+                if scale == 1 and self.strength < 1.0:
+                    original = original_values.astype(np.float32)
+                    done = original + np.float32(self.strength) * (done - original)
+                np.clip(done, valid_low, valid_high, out=done)
+                _restore_out_of_range(original_values, done, valid_low, valid_high, scale)
+                result[start:stop] = done
+                if ready is not None:
+                    ready(start, result[start:stop])
                 start = stop
                 if progress is not None:
                     progress(stop, len(indices))
-        result = self._denormalise(output, low, high)
-        whole = len(indices) == volume.shape[0]  # the whole volume: no copy of it
-        original_values = volume if whole else volume[indices]
-        if scale == 1 and self.strength < 1.0:
-            original = original_values.astype(np.float32)
-            result = original + np.float32(self.strength) * (result - original)
-        np.clip(result, valid_low, valid_high, out=result)
-        _restore_out_of_range(original_values, result, valid_low, valid_high, scale)
         return result
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -13,10 +15,11 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileDataset
 
-from models.base import Enhancer, ModelInfo, StochasticEnhancer
+from models.base import Enhancer, ModelInfo, StochasticEnhancer, StreamingEnhancer
 from pacs_node import __version__
 from pacs_node.dicom.derived import (
     DerivationInfo,
+    DerivedSeriesBuilder,
     build_derived_series,
     choose_series_number,
     derivation_code_for_task,
@@ -30,6 +33,8 @@ from pacs_node.qa import Gate, QAReport, geometry_problems, measure, unusable_re
 from pacs_node.settings import DerivedSettings
 
 Progress = Callable[[int, int], None]
+# Takes each derived instance as it is built (the worker writes it to the store).
+InstanceSink = Callable[[FileDataset], None]
 logger = logging.getLogger(__name__)
 
 
@@ -86,15 +91,86 @@ def _run(
     values: np.ndarray,
     spacing: tuple[float, float, float],
     progress: Progress | None,
+    streamer: _Streamer | None = None,
 ) -> tuple[np.ndarray, tuple[float, float, float], float]:
     """The model over a volume: its values, spacing and the seconds it took; a failure
-    of the model is a ModelError naming it."""
+    of the model is a ModelError naming it. With ``streamer``, finished slices go to it
+    while the model computes the rest."""
     started = time.perf_counter()
     try:
-        out, out_spacing = enhancer(values, spacing, progress)
+        if streamer is not None and isinstance(enhancer, StreamingEnhancer):
+            out, out_spacing = enhancer.enhance_streaming(values, spacing, streamer.ready,
+                                                          progress)  # fmt: skip
+        else:
+            out, out_spacing = enhancer(values, spacing, progress)
     except (RuntimeError, ValueError, MemoryError) as exc:
         raise ModelError(f"model {enhancer.info.name} failed: {exc}") from exc
     return out, out_spacing, time.perf_counter() - started
+
+
+class _Streamer:
+    """The pipelined part of a job: derived instances built and handed to a sink (the
+    worker writes them) on a thread of its own, slice by slice as the model finishes
+    them, while it computes the rest. Nothing here is sent: the QA gate still sees the
+    whole output first. A failure stops the streaming; the whole series is then built
+    again after the model, as without streaming (:attr:`error`)."""
+
+    def __init__(self, builder: DerivedSeriesBuilder, sink: InstanceSink) -> None:
+        self._builder = builder
+        self._sink = sink
+        self._queue: queue.Queue[tuple[int, np.ndarray] | None] = queue.Queue()
+        self._cancelled = False
+        self.built: dict[int, FileDataset] = {}
+        self.error: Exception | None = None
+        self._thread = threading.Thread(target=self._work, name="derived-builder", daemon=True)
+        self._thread.start()
+
+    def ready(self, first: int, values: np.ndarray) -> None:
+        """The engine's callback: slices ``first``, ``first + 1``, ... are final."""
+        self._queue.put((first, values))
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            first, values = item
+            try:
+                for offset, frame in enumerate(values):
+                    if self.error is not None or self._cancelled:
+                        break
+                    index = first + offset
+                    self._builder.check_slice(index, frame)
+                    dataset = self._builder.build(index, frame)
+                    self._sink(dataset)
+                    self.built[index] = dataset
+            except Exception as exc:  # noqa: BLE001 - the series is built again after the run
+                logger.warning("building the derived instances while the model runs stopped: "
+                               "%s; they are built after it", exc)  # fmt: skip
+                self.error = exc
+
+    def finish(self, cancel: bool = False) -> None:
+        """Wait until every slice handed over is built (``cancel``: stop at the next one).
+
+        The thread has ended when this returns or raises: an exception raised meanwhile
+        in this thread (a job's soft time limit) cancels the rest, waits for the thread,
+        and is raised then.
+        """
+        if cancel:
+            self._cancelled = True
+        self._queue.put(None)
+        interrupted: BaseException | None = None
+        while self._thread.is_alive():
+            try:
+                self._thread.join()
+            except BaseException as exc:  # noqa: BLE001 - raised below, once the thread ended
+                self._cancelled = True
+                interrupted = interrupted or exc
+        if interrupted is not None:
+            raise interrupted
+
+    def complete(self, count: int) -> list[FileDataset] | None:
+        """All ``count`` instances, in order, if every one was built, else None."""
+        if self.error is not None or len(self.built) != count:
+            return None
+        return [self.built[index] for index in range(count)]
 
 
 @dataclass(frozen=True)
@@ -248,12 +324,21 @@ def enhance_series(
     used_series_numbers: Collection[int],
     progress: Progress | None = None,
     gate: Gate | None = None,
+    sink: InstanceSink | None = None,
 ) -> EnhancedSeries:
     """Load the series at ``paths``, run ``enhancer`` and build the derived series.
 
     With ``gate``, the QA gate measures the output (``EnhancedSeries.qa``); an output that
     cannot be written (wrong grid, NaN or Inf) then comes back with no datasets instead of
     raising, so the caller can apply its failure policy.
+
+    With ``sink`` and a streaming enhancer (:class:`models.base.StreamingEnhancer`), the
+    derived instances of a single-frame series are built while the model runs and each is
+    handed to ``sink`` (on another thread) as it is built; those handed over are the ones
+    returned, unless building stopped on a failure (then the series is built again after
+    the model, and only some were handed over). The sink may be called for instances of
+    an output that then comes back with no datasets, or for a run that raises: the caller
+    removes what its sink wrote then.
 
     Raises
     ------
@@ -268,8 +353,27 @@ def enhance_series(
             paths, preset, enhancer, derived, used_series_numbers, progress, gate
         )
     volume = load_series(paths)
-    values, spacing, seconds = _run(enhancer, volume.values, volume.spacing_mm, progress)
     scale = enhancer.info.scale_factor
+    number = _series_number(volume.datasets[0], used_series_numbers, derived)
+    info = derivation_info(preset, enhancer.info, derived, number)
+    now = datetime.now(UTC)
+    streamer = None
+    if sink is not None and isinstance(enhancer, StreamingEnhancer):
+        try:
+            builder = DerivedSeriesBuilder(volume.datasets, info, now, scale)
+        except ValueError as exc:  # the build after the model raises it, as without a sink
+            logger.warning("derived instances are built after the model: %s", exc)
+        else:
+            streamer = _Streamer(builder, sink)
+    try:
+        values, spacing, seconds = _run(enhancer, volume.values, volume.spacing_mm, progress,
+                                        streamer)  # fmt: skip
+    except BaseException:
+        if streamer is not None:
+            streamer.finish(cancel=True)
+        raise
+    if streamer is not None:
+        streamer.finish()
     depth, rows, columns = volume.values.shape
     problems = []
     if values.shape != (depth, rows * scale, columns * scale):
@@ -292,12 +396,10 @@ def enhance_series(
     sources = [str(ds.SOPInstanceUID) for ds in volume.datasets]
     if report is not None and not report.usable:
         return EnhancedSeries([], sources, enhancer.info, seconds, report)
-    number = _series_number(volume.datasets[0], used_series_numbers, derived)
-    info = derivation_info(preset, enhancer.info, derived, number)
-    now = datetime.now(UTC)
+    streamed = streamer.complete(depth) if streamer is not None and not problems else None
     # The builder derives the new in-plane grid (Rows, Columns, PixelSpacing, positions)
     # from the values' shape.
-    datasets = build_derived_series(volume.datasets, values, info, now)
+    datasets = streamed or build_derived_series(volume.datasets, values, info, now)
     wrong = geometry_problems(volume.datasets, datasets, scale) if gate is not None else []
     report = _with_geometry(report, wrong)
     uncertainty = []

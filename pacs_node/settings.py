@@ -301,6 +301,11 @@ class WorkerSettings(_Section):
         default="solo", description="the Celery pool of `pacs-node worker`"
     )
     concurrency: int = Field(default=1, ge=1, description="jobs one worker runs at once")
+    pipelined: bool = Field(
+        default=True,
+        description="build and write a network preset's derived instances on a second thread "
+        "while the model computes later slices (false: after the model)",
+    )
     queue: str = Field(
         default="pacs_node",
         pattern=r"^[A-Za-z0-9_.-]+$",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
+from pydicom.dataset import FileDataset
 
 from pacs_node.db.models import JobStatus
 from pacs_node.db.repository import JobView, OutputView
@@ -44,31 +46,52 @@ def _enhance_and_write(ctx: WorkerContext, job: JobView) -> tuple[list[Path], QA
     assert job.preset is not None  # jobs without a preset are SKIPPED, never queued
     enhancer = ctx.enhancers.get(job.preset, job.strength)
     sources = _input_paths(ctx, job)
-    result = enhance_series(
-        sources,
-        job.preset,
-        enhancer,
-        ctx.settings.derived,
-        ctx.repository.used_series_numbers(job.study_instance_uid),
-        gate=ctx.enhancers.gate(job.preset),
-    )
-    if not result.datasets:
-        return [], result.qa
-    series_uid = result.series_instance_uid
-    # The derived series first, then the uncertainty map (a secondary series), if any.
-    everything = [*result.datasets, *result.uncertainty]
-    paths: list[Path] = []
-    for ds in everything:
+    # Derived instances are written as the model finishes their slices (the pipelined
+    # path); nothing is recorded or sent before the whole series is written and gated.
+    written: dict[str, Path] = {}
+    # Files this run made where none was: removed if the output is not recorded. (A file
+    # there before, of an earlier run's output with the same UIDs, is overwritten alike
+    # but never removed: rows may name it.)
+    created: list[Path] = []
+
+    def write(ds: FileDataset) -> None:
         path = ctx.store.derived_path(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
+        if not path.exists():
+            created.append(path)
         ctx.store.write_dataset(path, ds)
-        paths.append(path)
-    sop_uids = [str(ds.SOPInstanceUID) for ds in everything]
-    stored = [str(p) for p in paths]
-    worker = ctx.settings.worker
-    if worker.node_url:  # another host: the node keeps the series it serves and retains
-        assert worker.node_token is not None  # required with node_url by the settings
-        stored = upload_outputs(worker.node_url, worker.node_token.get_secret_value(), job.id,
-                                list(zip(sop_uids, paths, strict=True)))  # fmt: skip
+        written[str(ds.SOPInstanceUID)] = path  # only once the file is whole
+
+    try:
+        result = enhance_series(
+            sources,
+            job.preset,
+            enhancer,
+            ctx.settings.derived,
+            ctx.repository.used_series_numbers(job.study_instance_uid),
+            gate=ctx.enhancers.gate(job.preset),
+            sink=write if ctx.settings.worker.pipelined else None,
+        )
+        if not result.datasets:
+            _remove(created)
+            return [], result.qa
+        series_uid = result.series_instance_uid
+        # The derived series first, then the uncertainty map (a secondary series), if any.
+        everything = [*result.datasets, *result.uncertainty]
+        for ds in everything:
+            if str(ds.SOPInstanceUID) not in written:  # not streamed (or built again after)
+                write(ds)
+        paths = [written[str(ds.SOPInstanceUID)] for ds in everything]
+        sop_uids = [str(ds.SOPInstanceUID) for ds in everything]
+        stored = [str(p) for p in paths]
+        worker = ctx.settings.worker
+        if worker.node_url:  # another host: the node keeps the series it serves and retains
+            assert worker.node_token is not None  # required with node_url by the settings
+            stored = upload_outputs(worker.node_url, worker.node_token.get_secret_value(),
+                                    job.id, list(zip(sop_uids, paths, strict=True)))  # fmt: skip
+    except BaseException:
+        _remove(created)  # the builder thread has ended: enhance_series waits for it
+        raise
+    # From here rows may name the files (a failed commit may have committed): kept.
     count = len(result.datasets)
     map_uid = str(result.uncertainty[0].SeriesInstanceUID) if result.uncertainty else ""
     ctx.repository.replace_outputs(
@@ -87,6 +110,12 @@ def _enhance_and_write(ctx: WorkerContext, job: JobView) -> tuple[list[Path], QA
         + (f"; {result.uncertainty_problem}" if result.uncertainty_problem else ""),
     )
     return paths, result.qa
+
+
+def _remove(paths: Iterable[Path]) -> None:
+    """Remove derived files written for an output that is not recorded."""
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _apply_gate(ctx: WorkerContext, job: JobView, report: QAReport) -> JobStatus | None:

@@ -538,6 +538,19 @@ def _resampled_plane(source: Dataset, scale: int) -> tuple[list[str], list[str]]
 
 def _check_sources(sources: Sequence[Dataset], values: np.ndarray) -> int:
     """Return the in-plane scale of ``values``; raise ValueError naming the broken constraint."""
+    _check_source_headers(sources)
+    scale = _scale(sources, values)
+    if not np.issubdtype(values.dtype, np.number) or np.issubdtype(
+        values.dtype, np.complexfloating
+    ):
+        raise ValueError(f"values must be a real numeric array, got dtype {values.dtype}")
+    if not np.isfinite(values).all():
+        raise ValueError("values must be finite (no NaN or infinity)")
+    return scale
+
+
+def _check_source_headers(sources: Sequence[Dataset]) -> None:
+    """Raise ValueError unless ``sources`` form one enhanceable series."""
     if len(sources) == 0:
         raise ValueError("sources must contain at least one dataset")
     first = sources[0]
@@ -554,14 +567,6 @@ def _check_sources(sources: Sequence[Dataset], values: np.ndarray) -> int:
                     f"sources must share {keyword}; sources[{index}] has "
                     f"{source.get(keyword)!r}, sources[0] has {first.get(keyword)!r}"
                 )
-    scale = _scale(sources, values)
-    if not np.issubdtype(values.dtype, np.number) or np.issubdtype(
-        values.dtype, np.complexfloating
-    ):
-        raise ValueError(f"values must be a real numeric array, got dtype {values.dtype}")
-    if not np.isfinite(values).all():
-        raise ValueError("values must be finite (no NaN or infinity)")
-    return scale
 
 
 def source_image_item(source: Dataset, preserved: bool, frame: int | None = None) -> Dataset:
@@ -702,26 +707,60 @@ def build_derived_series(
     """
     values = np.asarray(values)
     scale = _check_sources(sources, values)
+    builder = DerivedSeriesBuilder(sources, info, now, scale)
+    return [builder.build(index, values[index]) for index in range(len(sources))]
 
-    first = sources[0]
-    series_uid = derived_series_uid(
-        first.SeriesInstanceUID,
-        [str(source.SOPInstanceUID) for source in sources],
-        info.preset,
-        f"{info.strength:g}",
-        info.model_version,
-        info.weights_sha256,
-        info.variant,
-    )
-    equipment_uid = device_uid(info.model_name, info.model_version, info.weights_sha256)
-    description = _series_description(first, info)
-    date, time, date_time = _da(now), _tm(now), _dt(now)
 
-    related = related_series_item(first)
-    equipment = equipment_item(info, equipment_uid, date_time)
+class DerivedSeriesBuilder:
+    """What :func:`build_derived_series` does, one instance at a time: the series-level
+    parts (UIDs, description, equipment, times) are fixed here, so instances built as
+    their slices are ready (:meth:`build`) equal those of one call over the whole volume.
 
-    derived: list[FileDataset] = []
-    for index, source in enumerate(sources):
+    ``sources`` are checked as :func:`build_derived_series` checks them (ValueError);
+    ``scale`` is the in-plane scale of the values (1, or an integer ≥ 2 for
+    super-resolution), and :meth:`check_slice` checks each slice against it.
+    """
+
+    def __init__(
+        self, sources: Sequence[Dataset], info: DerivationInfo, now: datetime, scale: int
+    ) -> None:
+        _check_source_headers(sources)
+        first = sources[0]
+        self.sources = sources
+        self.info = info
+        self.scale = scale
+        self.series_uid = derived_series_uid(
+            first.SeriesInstanceUID,
+            [str(source.SOPInstanceUID) for source in sources],
+            info.preset,
+            f"{info.strength:g}",
+            info.model_version,
+            info.weights_sha256,
+            info.variant,
+        )
+        equipment_uid = device_uid(info.model_name, info.model_version, info.weights_sha256)
+        self.description = _series_description(first, info)
+        self.date, self.time, date_time = _da(now), _tm(now), _dt(now)
+        self.related = related_series_item(first)
+        self.equipment = equipment_item(info, equipment_uid, date_time)
+
+    def check_slice(self, index: int, frame: np.ndarray) -> None:
+        """Raise ValueError unless ``frame`` fits slice ``index`` (its grid, finite)."""
+        source = self.sources[index]
+        expected = (int(source.Rows) * self.scale, int(source.Columns) * self.scale)
+        if frame.shape != expected:
+            raise ValueError(f"values[{index}] has shape {frame.shape}; expected {expected}")
+        if not (np.issubdtype(frame.dtype, np.floating) or np.issubdtype(frame.dtype, np.integer)):
+            raise ValueError(f"values must be a real numeric array, got dtype {frame.dtype}")
+        if not np.isfinite(frame).all():
+            raise ValueError("values must be finite (no NaN or infinity)")
+
+    def build(self, index: int, frame: np.ndarray) -> FileDataset:
+        """The derived instance of ``sources[index]`` with the modality values ``frame``."""
+        info, scale = self.info, self.scale
+        source = self.sources[index]
+        series_uid, date, time = self.series_uid, self.date, self.time
+        description, related, equipment = self.description, self.related, self.equipment
         slope, intercept = _rescale(source, index)
         ds = _copy_header(source, scale)
 
@@ -773,12 +812,11 @@ def build_derived_series(
         ds.BitsAllocated = 16
         ds.BitsStored = 16
         ds.HighBit = 15
-        stored = _stored_pixels(source, index, values[index], slope, intercept, scale)
+        stored = _stored_pixels(source, index, frame, slope, intercept, scale)
         ds.add(DataElement(0x7FE00010, "OW", stored.tobytes()))
         _carry_lossy_compression(ds, source)
 
-        derived.append(as_file(ds))
-    return derived
+        return as_file(ds)
 
 
 def as_file(ds: Dataset) -> FileDataset:

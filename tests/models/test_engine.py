@@ -355,3 +355,31 @@ def test_batch_norm_folding_keeps_the_output_and_leaves_the_given_network_alone(
     after = network.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("resident", [False, True])
+def test_streaming_hands_over_every_slice_once_in_order_with_the_same_values(
+    resident: bool,
+) -> None:
+    kwargs = {"in_channels": 3, "features": 8, "depth": 3}
+    network = _trained_like(build_network("dncnn", **kwargs))
+    card = _card("dncnn", kwargs, 3)
+    options = EngineOptions(device="cpu", batch_size=2, resident=resident)
+    enhancer = NetworkEnhancer(network, card, options, strength=0.5)
+    volume = _volume(depth=5)
+    volume[:, :, :6] = -3024.0  # padding: restored per batch as for the whole volume
+    # The reference: the host path over the whole volume in one batch.
+    reference = EngineOptions(device="cpu", batch_size=8, resident=False)
+    one_batch = NetworkEnhancer(network, card, reference, strength=0.5)
+    whole, spacing = one_batch(volume, (2.0, 0.5, 0.5))
+    handed: list[tuple[int, np.ndarray]] = []
+    streamed, streamed_spacing = enhancer.enhance_streaming(
+        volume, (2.0, 0.5, 0.5), lambda first, values: handed.append((first, values.copy()))
+    )
+    np.testing.assert_allclose(streamed, whole, atol=1e-3)  # HU; the same arithmetic
+    assert streamed_spacing == spacing
+    firsts = [first for first, _ in handed]
+    # The host path hands over each batch of 2; the device-resident path the whole volume.
+    assert firsts == ([0] if resident else [0, 2, 4])
+    np.testing.assert_array_equal(np.concatenate([v for _, v in handed]), streamed)
+    assert (streamed[:, :, :6] == -3024.0).all()

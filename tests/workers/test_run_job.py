@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from pacs_node.db.models import Job, JobStatus, utcnow
 from pacs_node.db.repository import ReceivedInstance, Route
 from pacs_node.errors import DispatchError
 from pacs_node.settings import Settings
+from tests.helpers.enhancers import FailsHalfway
 from tests.helpers.jobs import queue_series
 from tests.helpers.synthetic import make_ct_series
 from tests.integration.peers import CaptureSCP, free_port
@@ -298,3 +300,47 @@ def test_a_remote_worker_never_deletes_the_nodes_own_files(tmp_path: Path, db_ur
     ctx.repository.replace_outputs(job_id, "2.25.1", [("2.25.2", "1.1", "/elsewhere/x.dcm")])
     _drop_local_copies(ctx, ctx.repository.get_job(job_id) or job)
     assert not derived.exists()
+
+
+def test_derived_files_written_while_the_model_ran_are_removed_when_it_fails(
+    ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first derived instance is written while the model still runs; the model then
+    # fails, and that file, which no output row names, is removed with the failure.
+    written = threading.Event()
+    original = ctx.store.write_dataset
+
+    def write_dataset(path: Path, ds: pydicom.Dataset) -> int:
+        size = original(path, ds)
+        written.set()
+        return size
+
+    monkeypatch.setattr(ctx.store, "write_dataset", write_dataset)
+    monkeypatch.setattr(ctx.enhancers, "get", lambda name, strength=None: FailsHalfway(written))
+    job_id = queue_series(ctx, make_ct_series(None, n_slices=3, rows=32, cols=32),
+                          preset="ct-denoise")  # fmt: skip
+    assert run_job(job_id, ctx) is JobStatus.FAILED
+    job = ctx.repository.get_job(job_id)
+    assert job is not None and job.error_code == "model_error"
+    assert "out of luck" in (job.error_message or "")
+    assert written.is_set()  # a derived file was on disk before the failure ...
+    assert list(ctx.store.derived_dir.rglob("*.dcm")) == []  # ... and is gone
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_a_job_leaves_exactly_its_outputs_on_disk(
+    tmp_path: Path, db_url: str, pipelined: bool
+) -> None:
+    # Without the QA gate (a noise-free synthetic phantom is not what the gate judges).
+    settings = Settings(data_dir=tmp_path, database_url=db_url, qa={"enabled": False},
+                        worker={"pipelined": pipelined})  # fmt: skip
+    ctx = WorkerContext.from_settings(settings)
+    job_id = queue_series(ctx, make_ct_series(None, n_slices=10, rows=48, cols=48),
+                          preset="ct-denoise-fast")  # fmt: skip
+    assert run_job(job_id, ctx) is JobStatus.DONE  # no destination: kept on the node
+    job = ctx.repository.get_job(job_id)
+    assert job is not None and len(job.outputs) == 10
+    on_disk = sorted(ctx.store.derived_dir.rglob("*.dcm"))
+    assert on_disk == sorted(Path(o.path) for o in job.outputs)
+    for output in job.outputs:
+        assert pydicom.dcmread(output.path).SOPInstanceUID == output.sop_instance_uid
