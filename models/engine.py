@@ -67,8 +67,8 @@ class EngineOptions:
     channels_last: bool = True
     compile: bool = False
     # Fold each BatchNorm that follows a convolution into that convolution's weights and
-    # bias (the same map at inference, one pass over the data fewer); the network given
-    # to the engine is copied first, never changed.
+    # bias (the same map at inference, one pass over the data fewer), in a copy: the
+    # given network's weights and layers stay as they were.
     fold_batch_norm: bool = True
     # Keep the whole volume on the device: clip, normalise, batch, run, denormalise and
     # restore there, with one copy in and one out (None: on a GPU only). A volume that
@@ -97,6 +97,8 @@ def fold_batch_norms(network: nn.Module) -> nn.Module:
             conv, norm = sequential._modules[first], sequential._modules[second]
             if (
                 isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d))
+                # torch folds a transposed convolution of one group only
+                and not (isinstance(conv, nn.ConvTranspose2d) and conv.groups != 1)
                 and isinstance(norm, nn.BatchNorm2d)
                 and norm.running_mean is not None
             ):

@@ -302,9 +302,10 @@ class WorkerSettings(_Section):
     )
     concurrency: int = Field(default=1, ge=1, description="jobs one worker runs at once")
     pipelined: bool = Field(
-        default=True,
+        default=False,
         description="build and write a network preset's derived instances on a second thread "
-        "while the model computes later slices (false: after the model)",
+        "while the model computes later slices (no gain measured on 2 CPU cores: "
+        "docs/benchmarks.md)",
     )
     queue: str = Field(
         default="pacs_node",

@@ -46,20 +46,27 @@ def _enhance_and_write(ctx: WorkerContext, job: JobView) -> tuple[list[Path], QA
     assert job.preset is not None  # jobs without a preset are SKIPPED, never queued
     enhancer = ctx.enhancers.get(job.preset, job.strength)
     sources = _input_paths(ctx, job)
-    # Derived instances are written as the model finishes their slices (the pipelined
-    # path); nothing is recorded or sent before the whole series is written and gated.
+    # With worker.pipelined, derived instances are written as the model finishes their
+    # slices; nothing is recorded or sent before the whole series is written and gated.
     written: dict[str, Path] = {}
-    # Files this run made where none was: removed if the output is not recorded. (A file
-    # there before, of an earlier run's output with the same UIDs, is overwritten alike
-    # but never removed: rows may name it.)
-    created: list[Path] = []
+    tried: list[Path] = []  # every path this run wrote or began to write
 
     def write(ds: FileDataset) -> None:
         path = ctx.store.derived_path(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
-        if not path.exists():
-            created.append(path)
+        tried.append(path)
         ctx.store.write_dataset(path, ds)
         written[str(ds.SOPInstanceUID)] = path  # only once the file is whole
+
+    def forget() -> None:
+        """Remove the files of an output that is not recorded, but none that an output
+        row names (an earlier run's, or another job's, with the same derived UIDs)."""
+        try:
+            named = ctx.repository.output_paths_in_use([str(p) for p in tried])
+        except Exception:  # noqa: BLE001 - the database cannot say: keep them (audit reports)
+            logger.warning("job %d: %d derived files kept: the database cannot say which "
+                           "are in use", job.id, len(tried))  # fmt: skip
+            return
+        _remove(p for p in tried if str(p) not in named)
 
     try:
         result = enhance_series(
@@ -72,7 +79,7 @@ def _enhance_and_write(ctx: WorkerContext, job: JobView) -> tuple[list[Path], QA
             sink=write if ctx.settings.worker.pipelined else None,
         )
         if not result.datasets:
-            _remove(created)
+            forget()
             return [], result.qa
         series_uid = result.series_instance_uid
         # The derived series first, then the uncertainty map (a secondary series), if any.
@@ -89,7 +96,7 @@ def _enhance_and_write(ctx: WorkerContext, job: JobView) -> tuple[list[Path], QA
             stored = upload_outputs(worker.node_url, worker.node_token.get_secret_value(),
                                     job.id, list(zip(sop_uids, paths, strict=True)))  # fmt: skip
     except BaseException:
-        _remove(created)  # the builder thread has ended: enhance_series waits for it
+        forget()  # the builder thread has ended: enhance_series waits for it
         raise
     # From here rows may name the files (a failed commit may have committed): kept.
     count = len(result.datasets)

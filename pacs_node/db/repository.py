@@ -260,6 +260,15 @@ class JobRepository:
             )
             return found is not None
 
+    def output_paths_in_use(self, paths: Sequence[str]) -> set[str]:
+        """Which of these derived-file paths an output row of any job names."""
+        if not paths:
+            return set()
+        with self._engine().connect() as connection:
+            return set(
+                connection.scalars(select(JobOutput.path).where(JobOutput.path.in_(list(paths))))
+            )
+
     def find_instances(self, sop_instance_uids: Sequence[str]) -> set[str]:
         """Which of these SOP Instance UIDs are already stored (one query; the last
         commit's answer, as :meth:`find_instance`)."""

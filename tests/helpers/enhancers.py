@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-from models.base import ModelInfo, ProgressCallback, SlicesReady, Spacing
+from models.base import ModelInfo, ProgressCallback, SlicesReady, Spacing, StreamingEnhancer
 
 
 class FailsHalfway:
@@ -38,3 +38,34 @@ class FailsHalfway:
         if not self.written.wait(timeout=30):
             raise AssertionError("the first slice was never written")
         raise RuntimeError("out of luck")
+
+
+class FailsAfter:
+    """A network preset's enhancer that streams every slice as usual, waits until
+    ``written`` is set (its instances are written), then fails: the derived UIDs (and so
+    the files' paths) are those of a successful run."""
+
+    def __init__(self, enhancer: StreamingEnhancer, written: threading.Event) -> None:
+        self.enhancer = enhancer
+        self.written = written
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.enhancer.info
+
+    def __call__(
+        self, volume: np.ndarray, spacing_mm: Spacing, progress: ProgressCallback | None = None
+    ) -> tuple[np.ndarray, Spacing]:
+        raise AssertionError("the streaming entry point is used")
+
+    def enhance_streaming(
+        self,
+        volume: np.ndarray,
+        spacing_mm: Spacing,
+        ready: SlicesReady,
+        progress: ProgressCallback | None = None,
+    ) -> tuple[np.ndarray, Spacing]:
+        self.enhancer.enhance_streaming(volume, spacing_mm, ready, progress)
+        if not self.written.wait(timeout=30):
+            raise AssertionError("the instances were never written")
+        raise RuntimeError("failed after the last slice")

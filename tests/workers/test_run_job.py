@@ -13,11 +13,12 @@ from pydicom.filebase import DicomBytesIO
 from sqlalchemy import update
 
 from models.noise import ct_like_noise
+from pacs_node.admin import JobAdmin
 from pacs_node.db.models import Job, JobStatus, utcnow
 from pacs_node.db.repository import ReceivedInstance, Route
 from pacs_node.errors import DispatchError
 from pacs_node.settings import Settings
-from tests.helpers.enhancers import FailsHalfway
+from tests.helpers.enhancers import FailsAfter, FailsHalfway
 from tests.helpers.jobs import queue_series
 from tests.helpers.synthetic import make_ct_series
 from tests.integration.peers import CaptureSCP, free_port
@@ -302,11 +303,20 @@ def test_a_remote_worker_never_deletes_the_nodes_own_files(tmp_path: Path, db_ur
     assert not derived.exists()
 
 
+def _pipelined(tmp_path: Path, db_url: str) -> WorkerContext:
+    # Without the QA gate (a noise-free synthetic phantom is not what the gate judges).
+    return WorkerContext.from_settings(Settings(
+        data_dir=tmp_path, database_url=db_url, qa={"enabled": False},
+        worker={"pipelined": True},
+    ))  # fmt: skip
+
+
 def test_derived_files_written_while_the_model_ran_are_removed_when_it_fails(
-    ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The first derived instance is written while the model still runs; the model then
     # fails, and that file, which no output row names, is removed with the failure.
+    ctx = _pipelined(tmp_path, db_url)
     written = threading.Event()
     original = ctx.store.write_dataset
 
@@ -344,3 +354,38 @@ def test_a_job_leaves_exactly_its_outputs_on_disk(
     assert on_disk == sorted(Path(o.path) for o in job.outputs)
     for output in job.outputs:
         assert pydicom.dcmread(output.path).SOPInstanceUID == output.sop_instance_uid
+
+
+def test_a_failed_rerun_keeps_the_files_an_earlier_output_recorded(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same series and preset again: the same derived UIDs, so the re-run streams over
+    # the recorded files of the first run; when it fails, those files stay (rows name them).
+    ctx = _pipelined(tmp_path, db_url)
+    sources = make_ct_series(None, n_slices=6, rows=48, cols=48)
+    first = queue_series(ctx, sources, preset="ct-denoise-fast")
+    assert run_job(first, ctx) is JobStatus.DONE
+    done = ctx.repository.get_job(first)
+    assert done is not None and len(done.outputs) == 6
+    real = ctx.enhancers.get("ct-denoise-fast")
+    written = threading.Event()
+    writes: list[Path] = []
+    original = ctx.store.write_dataset
+
+    def write_dataset(path: Path, ds: pydicom.Dataset) -> int:
+        size = original(path, ds)
+        writes.append(path)
+        if len(writes) == 6:
+            written.set()
+        return size
+
+    monkeypatch.setattr(ctx.store, "write_dataset", write_dataset)
+    monkeypatch.setattr(ctx.enhancers, "get",
+                        lambda name, strength=None: FailsAfter(real, written))  # fmt: skip
+    again = JobAdmin(ctx.repository.session_factory).rerun(first, "admin")  # same preset
+    assert run_job(again, ctx) is JobStatus.FAILED
+    failed = ctx.repository.get_job(again)
+    assert failed is not None and "failed after the last slice" in (failed.error_message or "")
+    recorded = sorted(Path(o.path) for o in done.outputs)
+    assert sorted(writes) == recorded  # the re-run wrote over the recorded files ...
+    assert sorted(ctx.store.derived_dir.rglob("*.dcm")) == recorded  # ... and kept them
