@@ -22,7 +22,6 @@ from pynetdicom.status import code_to_category
 from pacs_node.errors import DispatchError, StorageError
 from pacs_node.routing import StowDestination
 from pacs_node.settings import CStoreDestination, SendSettings, TlsSettings
-from pacs_node.sockets import CONNECTION_HANDLERS
 from pacs_node.tls import client_context
 
 logger = logging.getLogger(__name__)
@@ -186,8 +185,13 @@ def _send_on_one_association(
     wanted = UID(destination.transfer_syntax) if destination.transfer_syntax else None
     for sop_class, syntaxes in _proposals(datasets, wanted):
         ae.add_requested_context(sop_class, syntaxes)
+    # Nagle's algorithm stays on here (no TCP_NODELAY): with the answers arriving at once,
+    # pynetdicom's association reactor can take a C-STORE response off the queue before
+    # send_c_store waits for it (its pause flag is read stale when the requests follow
+    # each other closely): seen under load as "Received unexpected C-STORE service
+    # message", a DIMSE timeout and the instance sent again.
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
-                         tls_args=secure, evt_handlers=CONNECTION_HANDLERS)  # fmt: skip
+                         tls_args=secure)  # fmt: skip
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "aborted or unreachable"
         over = " over TLS" if destination.tls else ""

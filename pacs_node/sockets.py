@@ -1,4 +1,5 @@
-"""Socket options for the node's DICOM associations, set when a connection opens."""
+"""Socket options for the DICOM associations the node accepts, set when a connection
+opens."""
 
 from __future__ import annotations
 
@@ -30,5 +31,6 @@ def no_delay(event: Event) -> None:
         logger.debug("TCP_NODELAY not set: %s", exc)
 
 
-# Bound to every association the node opens or accepts.
+# Bound to every association the node accepts (not to those it opens to send: see
+# pacs_node/scu.py).
 CONNECTION_HANDLERS: list[Any] = [(evt.EVT_CONN_OPEN, no_delay)]

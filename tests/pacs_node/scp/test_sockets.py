@@ -1,5 +1,4 @@
-"""The node's DICOM connections send without Nagle's delay (TCP_NODELAY), both the
-associations it accepts and those it opens to send derived series."""
+"""The associations the node accepts answer without Nagle's delay (TCP_NODELAY)."""
 
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ from pacs_node.ingest import Receiver
 from pacs_node.routing import Routing
 from pacs_node.scp.server import start_scp
 from pacs_node.settings import Settings
-from pacs_node.sockets import CONNECTION_HANDLERS
 from pacs_node.storage import InstanceStore
 from tests.integration.peers import free_port
 
@@ -24,7 +22,7 @@ def _no_delay(sock: socket.socket) -> bool:
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
-def test_accepted_and_opened_associations_send_without_nagle(
+def test_accepted_associations_answer_without_nagle(
     tmp_path: Path, repository: JobRepository
 ) -> None:
     settings = Settings(ae_title="ENHANCE", port=free_port(), data_dir=tmp_path)
@@ -35,15 +33,11 @@ def test_accepted_and_opened_associations_send_without_nagle(
         plain = AE(ae_title="SCANNER")
         plain.add_requested_context(Verification)
         scanner = plain.associate("127.0.0.1", settings.port, ae_title="ENHANCE")
-        node_side = AE(ae_title="ENHANCE")
-        node_side.add_requested_context(Verification)
-        sender = node_side.associate("127.0.0.1", settings.port, ae_title="ENHANCE",
-                                     evt_handlers=CONNECTION_HANDLERS)  # fmt: skip
-        assert scanner.is_established and sender.is_established
+        other = plain.associate("127.0.0.1", settings.port, ae_title="ENHANCE")
+        assert scanner.is_established and other.is_established
         try:
-            # The scanner's socket keeps the default; the node's own sockets do not.
+            # The scanners' sockets keep the default; the node's side of each does not.
             assert not _no_delay(scanner.dul.socket.socket)
-            assert _no_delay(sender.dul.socket.socket)
             deadline = time.monotonic() + 5
             while len(servers.servers[0].active_associations) < 2:
                 assert time.monotonic() < deadline
@@ -52,6 +46,6 @@ def test_accepted_and_opened_associations_send_without_nagle(
             assert all(_no_delay(a.dul.socket.socket) for a in accepted)
         finally:
             scanner.release()
-            sender.release()
+            other.release()
     finally:
         servers.shutdown()
