@@ -540,13 +540,18 @@ def _check_sources(sources: Sequence[Dataset], values: np.ndarray) -> int:
     """Return the in-plane scale of ``values``; raise ValueError naming the broken constraint."""
     _check_source_headers(sources)
     scale = _scale(sources, values)
+    _check_values(values)
+    return scale
+
+
+def _check_values(values: np.ndarray) -> None:
+    """Raise ValueError unless ``values`` are real numbers, all finite."""
     if not np.issubdtype(values.dtype, np.number) or np.issubdtype(
         values.dtype, np.complexfloating
     ):
         raise ValueError(f"values must be a real numeric array, got dtype {values.dtype}")
     if not np.isfinite(values).all():
         raise ValueError("values must be finite (no NaN or infinity)")
-    return scale
 
 
 def _check_source_headers(sources: Sequence[Dataset]) -> None:
@@ -750,10 +755,7 @@ class DerivedSeriesBuilder:
         expected = (int(source.Rows) * self.scale, int(source.Columns) * self.scale)
         if frame.shape != expected:
             raise ValueError(f"values[{index}] has shape {frame.shape}; expected {expected}")
-        if not (np.issubdtype(frame.dtype, np.floating) or np.issubdtype(frame.dtype, np.integer)):
-            raise ValueError(f"values must be a real numeric array, got dtype {frame.dtype}")
-        if not np.isfinite(frame).all():
-            raise ValueError("values must be finite (no NaN or infinity)")
+        _check_values(frame)
 
     def build(self, index: int, frame: np.ndarray) -> FileDataset:
         """The derived instance of ``sources[index]`` with the modality values ``frame``."""
