@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from lab import CT_MANIFEST as MANIFEST
+from lab.native_noise import native_bank
 from lab.noise import TRAINING, noise_bank
 from models.checkpoint import ModelCard, initialise_from_checkpoint, save_checkpoint
 from models.networks import build_network
@@ -127,7 +128,7 @@ def load_training_set(path: Path) -> TrainingSet:
 
 def _seconds_per_step(
     network: torch.nn.Module, card: ModelCard, volumes: list[np.ndarray], config: TrainConfig,
-    bank: list[np.ndarray], device: str,
+    bank: list[np.ndarray] | None, device: str, native: list[np.ndarray] | None = None,
 ) -> float:  # fmt: skip
     """Wall seconds per training step on ``device``, timed on a throwaway copy."""
     marks: dict[int, float] = {}
@@ -141,7 +142,7 @@ def _seconds_per_step(
             "diffusion" if card.task == "diffusion" else "denoise"
         )
         train(copy.deepcopy(network), card, volumes, trial, objective, Path(scratch), mark,
-              noise_bank=bank, device=device)  # fmt: skip
+              noise_bank=bank, device=device, native_bank=native)  # fmt: skip
     last = 2 * _CALIBRATION_STEPS
     return (marks[last] - marks[_CALIBRATION_STEPS]) / _CALIBRATION_STEPS
 
@@ -166,6 +167,7 @@ def train_blind(
     init_from: Path | None = None,
     objective: Literal["denoise", "diffusion"] = "denoise",
     before_timing: Callable[[], None] | None = None,
+    native_draws: int = 4,
 ) -> Path:
     """Train a 2D denoiser on fan-beam noise of σ 8-110 HU; write its card and weights.
 
@@ -186,6 +188,12 @@ def train_blind(
 
     ``before_timing`` is called just before the steps are timed (runs sharing one GPU wait
     there for each other, so each is timed at the pace it will train at).
+
+    ``draws`` 0 trains on image-domain CT-like noise instead of a fan-beam bank
+    (``config.sigma_hu``, textures ``config.noise_cutoff``): a bank takes tens of seconds
+    per slice on a CPU. With ``config.recorrupt_alpha`` > 0 each real slice's own noise is
+    measured and ``native_draws`` fields of it recorrupt the pairs
+    (:mod:`lab.native_noise`).
     """
     if (objective == "diffusion") != (architecture == "cold_diffusion"):
         raise ValueError(f"objective {objective} does not train architecture {architecture}: "
@@ -195,8 +203,25 @@ def train_blind(
     images, spacings, names = training_set.images, training_set.spacings, training_set.names
     log(f"data: {len(images)} slices ({training_set.phantoms} phantoms)")
     started = time.perf_counter()
-    bank = noise_bank(images, spacings, TRAINING, draws, config.seed, cache_dir, log, device)
+    bank = (
+        noise_bank(images, spacings, TRAINING, draws, config.seed, cache_dir, log, device)
+        if draws > 0
+        else None
+    )
     log(f"noise bank ready in {time.perf_counter() - started:.0f} s")
+    native = None
+    native_summary = None
+    if config.recorrupt_alpha > 0:
+        native, measured = native_bank(images, names, native_draws, config.seed)
+        sigmas = [m.sigma_hu for m in measured if m is not None]
+        native_summary = (
+            f"Recorrupted-to-Recorrupted, alpha {config.recorrupt_alpha}: {native_draws} "
+            f"fields per slice of its own noise (lab.native_noise), measured on "
+            f"{len(sigmas)} of {len(names)} slices, sigma "
+            f"{min(sigmas, default=0):.1f}-{max(sigmas, default=0):.1f} HU "
+            f"(median {float(np.median(sigmas)) if sigmas else 0:.1f}); none on the others"
+        )
+        log(native_summary)
     network = build_network(architecture, **arch_kwargs)
     initialised_from = (
         initialise_from_checkpoint(network, init_from, architecture, arch_kwargs, 1, "CT")
@@ -220,7 +245,7 @@ def train_blind(
             torch.backends.cudnn.benchmark = True
         if before_timing is not None:
             before_timing()
-        per_step = _seconds_per_step(network, card, volumes, config, bank, device)
+        per_step = _seconds_per_step(network, card, volumes, config, bank, device, native)
         stop_at = started_call + time_budget_s
         steps = int(0.92 * (stop_at - time.monotonic()) / per_step)
         if steps < 1:
@@ -240,6 +265,7 @@ def train_blind(
                 training_set.manifest_sha256,
                 initialised_from,
                 objective,
+                native_draws if config.recorrupt_alpha > 0 else None,
             ],
             sort_keys=True,
             default=str,
@@ -255,7 +281,7 @@ def train_blind(
 
     started = time.perf_counter()
     train(network, card, volumes, config, objective, output, count, noise_bank=bank,
-          run_key=run_key, device=device, stop_at=stop_at)  # fmt: skip
+          run_key=run_key, device=device, stop_at=stop_at, native_bank=native)  # fmt: skip
     seconds = time.perf_counter() - started
     training: dict[str, Any] = {
         "command": command,
@@ -263,12 +289,17 @@ def train_blind(
         "noise": (
             f"fan-beam simulation (lab.noise.TRAINING: {asdict(TRAINING)}), "
             f"{draws} draws per slice, scaled by {config.noise_scale}"
+            if draws > 0
+            else f"image-domain CT-like noise (models.noise.ct_like_noise), sigma "
+            f"{config.sigma_hu} HU, cut-off {config.noise_cutoff} cycles per pixel"
         ),
         "config": asdict(config),
         "seconds": round(seconds, 1),
         "device": "cpu" if not device.startswith("cuda") else torch.cuda.get_device_name(),
         "torch": torch.__version__,
     }
+    if native_summary is not None:
+        training["recorruption"] = native_summary
     if initialised_from is not None:
         training["init_from"] = initialised_from
     if done < config.steps:

@@ -193,7 +193,29 @@ def train_blind_command(
     learning_rate: Annotated[float, typer.Option()] = 1e-3,
     seed: Annotated[int, typer.Option()] = 0,
     phantoms: Annotated[int, typer.Option(min=0, help="low-contrast phantoms to add")] = 12,
-    noise_draws: Annotated[int, typer.Option(min=1, help="fan-beam draws per slice")] = 6,
+    noise_draws: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="fan-beam draws per slice; 0: image-domain CT-like noise "
+            "(--sigma-hu, --noise-cutoff) instead of a fan-beam bank",
+        ),
+    ] = 6,
+    sigma_hu: Annotated[
+        tuple[float, float], typer.Option(help="image-domain noise σ range (HU)")
+    ] = (10.0, 50.0),
+    noise_cutoff: Annotated[
+        tuple[float, float],
+        typer.Option(help="image-domain noise texture cut-off range (cycles per pixel)"),
+    ] = (0.5, 0.5),
+    recorrupt_alpha: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Recorrupted-to-Recorrupted against the references' own "
+            "noise (lab.native_noise): input + alpha z, target - z / alpha; 0: off",
+        ),
+    ] = 0.0,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1 ...")] = "cpu",
     output: Annotated[Path, typer.Option(help="folder for the checkpoint")] = Path(
         "models/weights"
@@ -228,7 +250,8 @@ def train_blind_command(
 
     config = TrainConfig(
         steps=steps, batch_size=batch_size, patch=patch, learning_rate=learning_rate, seed=seed,
-        sampling="slice", noise_scale=(0.8, 1.25),
+        sampling="slice", noise_scale=(0.8, 1.25), sigma_hu=sigma_hu, noise_cutoff=noise_cutoff,
+        recorrupt_alpha=recorrupt_alpha,
     )  # fmt: skip
     command = "pacs-lab " + shlex.join(sys.argv[1:])
     started = time.perf_counter()

@@ -21,11 +21,15 @@ def fbp_noise_filter(height: int, width: int, cutoff: float = 0.5) -> np.ndarray
 
 
 def ct_like_noise(
-    shape: tuple[int, int, int], sigma_hu: np.ndarray | float, rng: np.random.Generator
+    shape: tuple[int, int, int],
+    sigma_hu: np.ndarray | float,
+    rng: np.random.Generator,
+    cutoff: float = 0.5,
 ) -> np.ndarray:
-    """Correlated noise of shape (n, h, w) with standard deviation ``sigma_hu`` per slice."""
+    """Correlated noise of shape (n, h, w) with standard deviation ``sigma_hu`` per slice;
+    ``cutoff`` (cycles per pixel, at most 0.5·√2) sets the texture: lower is coarser."""
     n, height, width = shape
-    spectrum = np.fft.fft2(rng.standard_normal(shape)) * fbp_noise_filter(height, width)
+    spectrum = np.fft.fft2(rng.standard_normal(shape)) * fbp_noise_filter(height, width, cutoff)
     noise = np.real(np.fft.ifft2(spectrum))
     noise /= noise.std(axis=(1, 2), keepdims=True) + 1e-12
     sigma = np.broadcast_to(np.asarray(sigma_hu, dtype=np.float64), (n,))[:, None, None]

@@ -57,6 +57,14 @@ class TrainConfig:
     # slices and the noise bank are held on the training device and cut there
     # (:class:`DevicePatchSampler`), so a GPU no longer waits for the CPU. Needs a noise bank.
     patch_sampling: Literal["host", "device"] = "host"
+    # Image-domain noise (no bank): the texture's cut-off in cycles per pixel, one per
+    # patch drawn from this range (0.5: the Hann window ends at Nyquist).
+    noise_cutoff: tuple[float, float] = (0.5, 0.5)
+    # Recorrupted-to-Recorrupted (Pang et al. 2021) against the references' own noise:
+    # with a bank of fields ``z`` of each reference's acquired noise (``train``'s
+    # ``native_bank``), the input gets ``+ alpha z`` and the target ``- z / alpha``, so the
+    # network learns the clean image rather than the noisy reference. 0: off.
+    recorrupt_alpha: float = 0.0
 
 
 def normalise(volume: np.ndarray, card: ModelCard) -> np.ndarray:
@@ -112,6 +120,7 @@ class PatchSampler:
         seed: int,
         noise: Sequence[np.ndarray] | None = None,
         by_slice: bool = False,
+        native: Sequence[np.ndarray] | None = None,
     ) -> None:
         keep = [i for i, v in enumerate(volumes) if v.shape[1] >= patch and v.shape[2] >= patch]
         if not keep:
@@ -122,8 +131,18 @@ class PatchSampler:
                     raise ValueError(
                         f"noise draws {draws.shape} do not match volume {volume.shape}"
                     )
+        if native is not None:
+            for volume, fields in zip(volumes, native, strict=True):
+                if fields.shape[1:] != volume.shape:
+                    raise ValueError(
+                        f"native noise {fields.shape} does not match volume {volume.shape}"
+                    )
         self.volumes = [volumes[i] for i in keep]
         self.noise = [noise[i] for i in keep] if noise is not None else None
+        self.native = [native[i] for i in keep] if native is not None else None
+        # The matching crop of one native draw per patch from the last ``sample`` call
+        # (count, context, patch, patch), when a native bank is given.
+        self.last_native: np.ndarray | None = None
         self.context = context
         self.patch = patch
         self.rng = np.random.default_rng(seed)
@@ -146,6 +165,7 @@ class PatchSampler:
         shape = (count, self.context, self.patch, self.patch)
         out = np.empty(shape, dtype=np.float32)
         noise_out = np.empty((draws, *shape), dtype=np.float32) if self.noise is not None else None
+        native_out = np.empty(shape, dtype=np.float32) if self.native is not None else None
         for index in range(count):
             which, z = self._pick()
             volume = self.volumes[which]
@@ -165,6 +185,11 @@ class PatchSampler:
                 for slot, k in enumerate(self.rng.choice(bank.shape[0], size=draws, replace=False)):
                     noisy = bank[int(k)][window]
                     noise_out[slot, index] = noisy[:, :, ::-1] if flip else noisy
+            if native_out is not None and self.native is not None:
+                fields = self.native[which]
+                own = fields[int(self.rng.integers(fields.shape[0]))][window]
+                native_out[index] = own[:, :, ::-1] if flip else own
+        self.last_native = native_out
         return out, noise_out
 
 
@@ -279,12 +304,17 @@ def _noise(
         scale = generator.uniform(*config.noise_scale, size=(count, 1, 1, 1)).astype(np.float32)
         return [torch.from_numpy(bank_noise[k] * scale) for k in range(draws)]
     sigma = [float(v) for v in generator.uniform(*config.sigma_hu, size=(count,))]
+    low, high = config.noise_cutoff
+    cutoffs = [float(v) for v in generator.uniform(low, high, size=(count,))] if low != high \
+        else [low] * count  # fmt: skip
     shape = (int(clean.shape[1]), int(clean.shape[2]), int(clean.shape[3]))
     fields = []
     for _ in range(draws):
         # Each context slice gets its own draw: one noise field on every slice would be
         # unrealistic.
-        noise = np.stack([ct_like_noise(shape, s, generator) for s in sigma])
+        noise = np.stack(
+            [ct_like_noise(shape, s, generator, c) for s, c in zip(sigma, cutoffs, strict=True)]
+        )
         fields.append(torch.from_numpy(noise / np.float32(window_width)))
     return fields
 
@@ -331,6 +361,7 @@ def train(
     run_key: str = "",
     device: str = "cpu",
     stop_at: float | None = None,
+    native_bank: Sequence[np.ndarray] | None = None,
 ) -> nn.Module:
     """Train ``network`` in place and return it (in eval mode, on the CPU).
 
@@ -353,6 +384,11 @@ def train(
     ``run_key`` (a digest of the run's arguments) is saved with the state, and a state
     saved under another key is refused rather than resumed.
 
+    With ``config.recorrupt_alpha`` > 0, ``native_bank`` (per volume (draws, z, y, x) HU:
+    fields with the covariance of each volume's own acquired noise, zero where it has
+    none) recorrupts every denoising pair: input ``+ alpha z``, target ``- z / alpha``
+    (host patch sampling only).
+
     Raises
     ------
     ValueError
@@ -366,6 +402,18 @@ def train(
     scaled_bank = (
         [(bank / np.float32(high - low)).astype(np.float32) for bank in noise_bank]
         if noise_bank is not None
+        else None
+    )
+    alpha = config.recorrupt_alpha
+    if alpha < 0:
+        raise ValueError(f"recorrupt_alpha must be at least 0, got {alpha}")
+    if alpha > 0 and (native_bank is None or mode != "denoise"
+                      or config.patch_sampling != "host"):  # fmt: skip
+        raise ValueError("recorruption needs a native noise bank, the denoise objective and "
+                         "host patch sampling")  # fmt: skip
+    scaled_native = (
+        [(fields / np.float32(high - low)).astype(np.float32) for fields in native_bank]
+        if alpha > 0 and native_bank is not None
         else None
     )
     on_device = config.patch_sampling == "device"
@@ -385,7 +433,7 @@ def train(
     else:
         sampler = PatchSampler(
             [normalise(v, card) for v in volumes], context, config.patch, config.seed,
-            scaled_bank, by_slice=config.sampling == "slice",
+            scaled_bank, by_slice=config.sampling == "slice", native=scaled_native,
         )  # fmt: skip
     optimiser = torch.optim.AdamW(
         network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
@@ -448,6 +496,11 @@ def train(
                 # anatomy; its noise averages out in the L1/L2 minimiser.
                 target = (clean + noises[1])[:, half : half + 1]
                 loss = _reconstruction_loss(network, inputs, target, config)
+            elif alpha > 0 and isinstance(sampler, PatchSampler):
+                assert sampler.last_native is not None  # a native bank is required above
+                own = torch.from_numpy(sampler.last_native).to(device)
+                target = (clean - own / alpha)[:, half : half + 1]
+                loss = _reconstruction_loss(network, inputs + alpha * own, target, config)
             else:
                 loss = _reconstruction_loss(network, inputs, clean[:, half : half + 1], config)
         optimiser.zero_grad(set_to_none=True)

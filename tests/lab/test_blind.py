@@ -201,3 +201,26 @@ def test_the_gpu_driver_fine_tunes_and_trains_one_run_at_a_time(tmp_path: Path) 
     assert scratch.training["config"]["learning_rate"] == 1e-3
     for name in ("tiny-start", "ct-denoise-resunet-f4"):
         assert "steps fit the budget" in (tmp_path / "out" / f"{name}.log").read_text()
+
+
+def test_train_blind_recorrupts_with_image_domain_noise_and_records_it(tmp_path: Path) -> None:
+    from lab.blind import train_blind
+
+    rng = np.random.default_rng(4)
+    noisy = _body(256, 40.0, 3)
+    noisy[noisy > -500] += rng.normal(0, 15, int((noisy > -500).sum())).astype(np.float32)
+    training_set = TrainingSet([noisy, _body(256, 20.0, 5)], [0.8, 0.8],
+                               ["tcga/a.dcm", "phantom/5000"], "cd" * 32)  # fmt: skip
+    config = TrainConfig(steps=2, patch=32, batch_size=2, sampling="slice", sigma_hu=(8.0, 100.0),
+                         noise_cutoff=(0.25, 0.7), recorrupt_alpha=0.5)  # fmt: skip
+    out = train_blind(training_set, tmp_path / "out", name="r2r", version="0", architecture="dncnn",
+                      arch_kwargs={"in_channels": 1, "features": 4, "depth": 2}, description="",
+                      config=config, command="test", draws=0, log=lambda _m: None)  # fmt: skip
+    _, card = load_checkpoint(out)
+    assert card.training is not None
+    assert card.training["noise"].startswith("image-domain CT-like noise")
+    # The real slice's own noise is measured (σ 15 HU); the phantom has none.
+    recorded = card.training["recorruption"]
+    assert "alpha 0.5" in recorded and "measured on 1 of 2 slices" in recorded
+    sigma = float(recorded.split("sigma ")[1].split("-")[0])
+    assert 12.0 < sigma < 18.0

@@ -297,3 +297,59 @@ def test_device_sampling_trains_and_resumes(tmp_path: Path) -> None:
         assert torch.allclose(value, resumed.state_dict()[name], atol=1e-6), name
     with pytest.raises(ValueError, match="needs a noise bank"):
         train(resumed, card, [clean], short, "denoise", tmp_path / "none")
+
+
+def test_sampler_crops_the_native_noise_with_the_patch() -> None:
+    volume = np.arange(2 * 24 * 24, dtype=np.float32).reshape(2, 24, 24)
+    native = np.stack([volume * 2, volume * 2])  # each draw: twice the volume
+    sampler = PatchSampler([volume], context=1, patch=8, seed=3, native=[native])
+    clean, _ = sampler.sample(32)
+    assert sampler.last_native is not None
+    # The same window and the same left-right flip as the patch.
+    np.testing.assert_array_equal(sampler.last_native, 2 * clean)
+    with pytest.raises(ValueError, match="native noise"):
+        PatchSampler([volume], 1, 8, 0, native=[native[:, :1]])
+
+
+def test_recorruption_needs_a_native_bank(tmp_path: Path) -> None:
+    card = _card(arch_kwargs={"in_channels": 1, "features": 4, "depth": 2}, context_slices=1)
+    network = build_network("dncnn", **card.arch_kwargs)
+    config = TrainConfig(steps=1, batch_size=2, patch=16, recorrupt_alpha=0.5)
+    volume = np.zeros((1, 20, 20), dtype=np.float32)
+    with pytest.raises(ValueError, match="native noise bank"):
+        train(network, card, [volume], config, "denoise", tmp_path)
+
+
+def _denoiser_trained_on_noisy_references(
+    tmp_path: Path, clean: np.ndarray, reference: np.ndarray, alpha: float
+) -> torch.nn.Module:
+    rng = np.random.default_rng(5)
+    card = _card(arch_kwargs={"in_channels": 1, "features": 16, "depth": 4}, context_slices=1)
+    torch.manual_seed(0)
+    network = build_network("dncnn", **card.arch_kwargs)
+    added = rng.normal(0, 20, (4, *clean.shape)).astype(np.float32)
+    own = rng.normal(0, 20, (4, *clean.shape)).astype(np.float32)  # the references' σ
+    config = TrainConfig(steps=300, batch_size=8, patch=32, learning_rate=3e-3, save_every=10**6,
+                         recorrupt_alpha=alpha)  # fmt: skip
+    train(network, card, [reference], config, "denoise", tmp_path / str(alpha),
+          noise_bank=[added], native_bank=[own] if alpha > 0 else None)  # fmt: skip
+    return network
+
+
+def test_recorruption_teaches_the_clean_image_not_the_noisy_reference(tmp_path: Path) -> None:
+    # References carry noise of their own (σ 20 HU). Trained plainly, a network keeps it;
+    # recorrupted with fields of that noise, it learns to remove it as well.
+    rng = np.random.default_rng(2)
+    clean = np.zeros((8, 64, 64), dtype=np.float32)
+    clean[:, 16:48, 16:48] = 80.0
+    reference = clean + rng.normal(0, 20, clean.shape).astype(np.float32)
+    plain = _denoiser_trained_on_noisy_references(tmp_path, clean, reference, 0.0)
+    recorrupted = _denoiser_trained_on_noisy_references(tmp_path, clean, reference, 0.5)
+    # A new scan like the references: its own noise only, no added noise.
+    scan = clean[:1] + rng.normal(0, 20, (1, 64, 64)).astype(np.float32)
+    errors = {}
+    for name, network in (("plain", plain), ("recorrupted", recorrupted)):
+        with torch.inference_mode():
+            out = network(torch.from_numpy((scan[None] + 1024) / 4096)) * 4096 - 1024
+        errors[name] = float((out[0, 0] - torch.from_numpy(clean[0])).std())
+    assert errors["recorrupted"] < 0.8 * errors["plain"], errors
