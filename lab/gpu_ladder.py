@@ -51,7 +51,7 @@ def _config(args: argparse.Namespace, run: Run) -> TrainConfig:
     return TrainConfig(
         steps=1, batch_size=args.batch_size, patch=args.patch, learning_rate=run.learning_rate,
         seed=args.seed, sampling="slice", noise_scale=(0.8, 1.25), save_every=10**9,
-        patch_sampling=args.patch_sampling,
+        patch_sampling=args.patch_sampling, recorrupt_alpha=args.recorrupt_alpha,
     )  # fmt: skip
 
 
@@ -139,6 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         help="train the runs one after the other, each with an equal share of the time left "
         "(processes sharing one GPU take turns, and a run timed beside others misjudges "
         "its pace)",
+    )
+    parser.add_argument(
+        "--recorrupt-alpha",
+        type=float,
+        default=0.0,
+        help="Recorrupted-to-Recorrupted against the references' own noise "
+        "(lab.native_noise): input + alpha z, target - z / alpha; 0: off",
     )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--draws", type=int, default=24, help="noise draws per slice")

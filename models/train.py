@@ -211,6 +211,7 @@ class DevicePatchSampler:
         noise: Sequence[np.ndarray],
         by_slice: bool,
         device: str,
+        native: Sequence[np.ndarray] | None = None,
     ) -> None:
         shapes = {v.shape[1:] for v in volumes}
         if len(shapes) != 1:
@@ -236,6 +237,27 @@ class DevicePatchSampler:
                 np.ascontiguousarray(bank.swapaxes(0, 1), dtype=np.float32)
             ).to(self.device)
             start += bank.shape[1]
+        # Each slice's own-noise fields (recorruption), held the same way; the crop of one
+        # field per patch from the last ``sample`` call is ``last_native``.
+        self.native: torch.Tensor | None = None
+        self.last_native: torch.Tensor | None = None
+        if native is not None:
+            if {fields.shape[0] for fields in native} != {native[0].shape[0]}:
+                raise ValueError("device patch sampling needs the same number of native noise "
+                                 "fields per slice")  # fmt: skip
+            for volume, fields in zip(volumes, native, strict=True):
+                if fields.shape[1:] != volume.shape:
+                    raise ValueError(
+                        f"native noise {fields.shape} does not match volume {volume.shape}"
+                    )
+            self.native = torch.empty((total, native[0].shape[0], height, width),
+                                      dtype=torch.float32, device=self.device)  # fmt: skip
+            start = 0
+            for fields in native:
+                self.native[start : start + fields.shape[1]] = torch.from_numpy(
+                    np.ascontiguousarray(fields.swapaxes(0, 1), dtype=np.float32)
+                ).to(self.device)
+                start += fields.shape[1]
         lengths = torch.tensor([len(v) for v in volumes], device=self.device)
         self._starts = torch.cumsum(lengths, 0) - lengths
         self._lengths = lengths
@@ -277,6 +299,11 @@ class DevicePatchSampler:
             picks[:, None, :, None, None], chosen[:, :, None, None, None],
             rows[:, None, None, :, None], cols[:, None, None, None, :],
         ]  # fmt: skip
+        if self.native is not None:
+            own = self._integers(self.native.shape[1], count)
+            self.last_native = self.native[
+                picks[:, :, None, None], own[:, None, None, None], grid[0], grid[1]
+            ]
         return clean, noise.transpose(0, 1)
 
 
@@ -386,8 +413,7 @@ def train(
 
     With ``config.recorrupt_alpha`` > 0, ``native_bank`` (per volume (draws, z, y, x) HU:
     fields with the covariance of each volume's own acquired noise, zero where it has
-    none) recorrupts every denoising pair: input ``+ alpha z``, target ``- z / alpha``
-    (host patch sampling only).
+    none) recorrupts every denoising pair: input ``+ alpha z``, target ``- z / alpha``.
 
     Raises
     ------
@@ -407,10 +433,8 @@ def train(
     alpha = config.recorrupt_alpha
     if alpha < 0:
         raise ValueError(f"recorrupt_alpha must be at least 0, got {alpha}")
-    if alpha > 0 and (native_bank is None or mode != "denoise"
-                      or config.patch_sampling != "host"):  # fmt: skip
-        raise ValueError("recorruption needs a native noise bank, the denoise objective and "
-                         "host patch sampling")  # fmt: skip
+    if alpha > 0 and (native_bank is None or mode != "denoise"):
+        raise ValueError("recorruption needs a native noise bank and the denoise objective")
     scaled_native = (
         [(fields / np.float32(high - low)).astype(np.float32) for fields in native_bank]
         if alpha > 0 and native_bank is not None
@@ -428,7 +452,7 @@ def train(
                              "denoising objective")  # fmt: skip
         sampler = DevicePatchSampler(
             [normalise(v, card) for v in volumes], context, config.patch, config.seed,
-            scaled_bank, config.sampling == "slice", device,
+            scaled_bank, config.sampling == "slice", device, native=scaled_native,
         )  # fmt: skip
     else:
         sampler = PatchSampler(
@@ -496,9 +520,11 @@ def train(
                 # anatomy; its noise averages out in the L1/L2 minimiser.
                 target = (clean + noises[1])[:, half : half + 1]
                 loss = _reconstruction_loss(network, inputs, target, config)
-            elif alpha > 0 and isinstance(sampler, PatchSampler):
-                assert sampler.last_native is not None  # a native bank is required above
-                own = torch.from_numpy(sampler.last_native).to(device)
+            elif alpha > 0:
+                native = sampler.last_native  # a native bank is required above
+                assert native is not None
+                own = native if isinstance(native, torch.Tensor) else torch.from_numpy(native)
+                own = own.to(device)
                 target = (clean - own / alpha)[:, half : half + 1]
                 loss = _reconstruction_loss(network, inputs + alpha * own, target, config)
             else:

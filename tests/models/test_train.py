@@ -311,6 +311,22 @@ def test_sampler_crops_the_native_noise_with_the_patch() -> None:
         PatchSampler([volume], 1, 8, 0, native=[native[:, :1]])
 
 
+def test_device_sampler_crops_the_native_noise_with_the_patch() -> None:
+    volume = np.arange(3 * 24 * 24, dtype=np.float32).reshape(3, 24, 24)
+    bank = np.stack([volume * 0, volume * 0])
+    native = np.stack([volume * 2 + 1e6 * d for d in range(3)])  # three fields per slice
+    sampler = DevicePatchSampler([volume], 3, 8, 0, [bank], by_slice=True, device="cpu",
+                                 native=[native])  # fmt: skip
+    clean, _ = sampler.sample(64)
+    own = sampler.last_native
+    assert own is not None and own.shape == clean.shape
+    # The same slices, window and flip as the patch; one field per patch, all fields used.
+    field = torch.div(own, 1e6, rounding_mode="floor")
+    torch.testing.assert_close(own - field * 1e6, 2 * clean)
+    assert set(field[:, 0, 0, 0].tolist()) == {0.0, 1.0, 2.0}
+    assert torch.equal(field, field[:, :1, :1, :1].expand_as(field))
+
+
 def test_recorruption_needs_a_native_bank(tmp_path: Path) -> None:
     card = _card(arch_kwargs={"in_channels": 1, "features": 4, "depth": 2}, context_slices=1)
     network = build_network("dncnn", **card.arch_kwargs)
@@ -318,6 +334,21 @@ def test_recorruption_needs_a_native_bank(tmp_path: Path) -> None:
     volume = np.zeros((1, 20, 20), dtype=np.float32)
     with pytest.raises(ValueError, match="native noise bank"):
         train(network, card, [volume], config, "denoise", tmp_path)
+
+
+def test_recorruption_trains_with_patches_cut_on_the_device(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    reference = rng.normal(40, 20, (2, 32, 32)).astype(np.float32)
+    card = _card(arch_kwargs={"in_channels": 1, "features": 4, "depth": 2}, context_slices=1)
+    network = build_network("dncnn", **card.arch_kwargs)
+    before = [p.detach().clone() for p in network.parameters()]
+    config = TrainConfig(steps=3, batch_size=4, patch=16, save_every=10**6, recorrupt_alpha=0.5,
+                         patch_sampling="device")  # fmt: skip
+    added = rng.normal(0, 30, (2, *reference.shape)).astype(np.float32)
+    own = rng.normal(0, 20, (2, *reference.shape)).astype(np.float32)
+    train(network, card, [reference], config, "denoise", tmp_path, noise_bank=[added],
+          native_bank=[own])  # fmt: skip
+    assert any(not torch.equal(a, b) for a, b in zip(before, network.parameters(), strict=True))
 
 
 def _denoiser_trained_on_noisy_references(
