@@ -71,7 +71,7 @@ def _figure(
             axis.set_title(f"{ref.name.rsplit('/', 1)[-1][:7]} {method}", fontsize=7)
             axis.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=70)
+    fig.savefig(path, dpi=48)
     plt.close(fig)
 
 

@@ -214,12 +214,14 @@ def train_blind(
     if config.recorrupt_alpha > 0:
         native, measured = native_bank(images, names, native_draws, config.seed)
         sigmas = [m.sigma_hu for m in measured if m is not None]
+        real = sum(not name.startswith("phantom/") for name in names)
         native_summary = (
             f"Recorrupted-to-Recorrupted, alpha {config.recorrupt_alpha}: {native_draws} "
             f"fields per slice of its own noise (lab.native_noise), measured on "
-            f"{len(sigmas)} of {len(names)} slices, sigma "
+            f"{len(sigmas)} of {real} real slices, sigma "
             f"{min(sigmas, default=0):.1f}-{max(sigmas, default=0):.1f} HU "
-            f"(median {float(np.median(sigmas)) if sigmas else 0:.1f}); none on the others"
+            f"(median {float(np.median(sigmas)) if sigmas else 0:.1f}); the other real slices "
+            "and the phantoms train without recorruption"
         )
         log(native_summary)
     network = build_network(architecture, **arch_kwargs)

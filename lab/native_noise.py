@@ -9,9 +9,11 @@ Recorrupted-to-Recorrupted (Pang et al., CVPR 2021) removes that bias without cl
 with ``z`` drawn with the same covariance as the reference's own noise ``n`` and α > 0,
 the input ``y + α z`` (plus the simulated low-dose noise) and the target ``y - z / α``
 carry noises ``n + α z`` and ``n - z / α`` that are uncorrelated (their covariance is
-Σ − Σ = 0), so for Gaussian noise the loss's minimiser is the clean image's expectation
-given the input. This module gives ``z``: a stationary Gaussian field with the noise power
-spectrum (NPS) and σ measured in the slice's flat soft tissue, inside its body only.
+Σ − Σ = 0), so for Gaussian noise the target's noise is independent of the input and the
+loss's minimiser is that of a clean target (the conditional median for the L1 loss used
+here, the expectation for L2). This module gives ``z``: a stationary Gaussian field with
+the noise power spectrum (NPS) and σ measured in the slice's flat soft tissue, inside its
+body only.
 Exact-truth phantoms have no acquired noise, and get none.
 """
 
@@ -24,19 +26,19 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from lab.noise import soft_tissue_mask
-
 ROI_PX = 24  # NPS ROI side (chest slices have little contiguous soft tissue)
 # ROIs whose NPS is averaged: those whose detrended variance is at or below this quantile
 # of all soft-tissue ROIs (the rest hold edges or texture, which would pass for noise).
 FLAT_QUANTILE = 0.5
 MIN_ROIS = 4
+MIN_SOFT_TISSUE_PX = 500
 
 
 @dataclass(frozen=True)
 class NativeNoise:
-    """A slice's acquired noise: σ (HU) and the radial NPS shape over frequency in
-    cycles per pixel (0 to 0.5·√2), normalised to unit variance."""
+    """A slice's acquired noise: σ (HU), the radial NPS shape over frequency in cycles per
+    pixel (0 to 0.5·√2; scaled to unit mean, :func:`native_field` sets the level from σ),
+    and the number of ROIs the shape was averaged over."""
 
     sigma_hu: float
     frequencies: np.ndarray
@@ -68,12 +70,25 @@ def _radial_frequency(size: int) -> np.ndarray:
 
 
 def measure_native_noise(image_hu: np.ndarray) -> NativeNoise | None:
-    """The acquired noise of a slice from its flattest soft-tissue ROIs, or None when too
-    few ROIs fit (little soft tissue: the slice then gets no recorruption)."""
-    try:
-        # On the smoothed slice: noise of a sharp kernel would fragment the mask.
-        mask = soft_tissue_mask(ndimage.gaussian_filter(image_hu.astype(np.float32), 2.0))
-    except ValueError:
+    """The acquired noise of a slice (HU, air at -1024) in its flat soft tissue.
+
+    σ is the median standard deviation of 24² ROIs, each with its best-fit plane removed
+    (the median: structure only moves the upper tail, and the flattest ROIs alone would
+    bias σ low); the NPS shape is averaged over the flatter half of them.
+
+    Returns
+    -------
+    NativeNoise or None
+        None when the slice has too little soft tissue or too few ROIs fit (the slice then
+        gets no recorruption).
+    """
+    # Soft tissue as lab.noise.soft_tissue_mask finds it, on the smoothed slice (the noise
+    # of a sharp kernel would fragment the mask), without its fall-back to the whole body:
+    # lungs and bone are not flat, and a σ measured there would be too high.
+    smooth = ndimage.gaussian_filter(image_hu.astype(np.float32), 2.0)
+    body = ndimage.binary_erosion(smooth > -500, iterations=10)
+    mask = body & (np.abs(smooth) < 150)
+    if mask.sum() < MIN_SOFT_TISSUE_PX:
         return None
     rois = _detrended_rois(image_hu, ndimage.binary_erosion(mask, iterations=2))
     if len(rois) < MIN_ROIS:
@@ -108,7 +123,8 @@ def body_mask(image_hu: np.ndarray) -> np.ndarray:
 def native_field(
     noise: NativeNoise, shape: tuple[int, int], rng: np.random.Generator
 ) -> np.ndarray:
-    """A stationary Gaussian field (y, x) in HU with the noise's NPS shape and σ."""
+    """A stationary Gaussian field of ``shape`` (y, x), float32 HU, with the noise's NPS
+    shape and σ (periodic: white noise filtered in the Fourier domain)."""
     height, width = shape
     fy = np.fft.fftfreq(height)[:, None]
     fx = np.fft.fftfreq(width)[None, :]

@@ -109,7 +109,9 @@ class PatchSampler:
     low-dose noise simulated for every slice), each patch comes with the matching crop of
     one randomly chosen draw; neighbouring slices carry their own, independent noise.
     ``by_slice`` draws every slice of every volume with equal probability instead of first
-    choosing a volume uniformly.
+    choosing a volume uniformly. With ``native`` (per volume (fields, z, y, x): each
+    slice's own noise, for recorruption), every ``sample`` also crops one field per patch
+    at the same place and flip, kept in ``last_native``.
     """
 
     def __init__(
@@ -199,7 +201,8 @@ class DevicePatchSampler:
     The same draw as :class:`PatchSampler` (a slice, a position, a left-right flip and
     distinct noise draws per patch, volume- or slice-uniform), from a ``torch.Generator``
     on ``device``, with every slice and noise field held there. All volumes must share one
-    slice size and every noise bank the same number of draws.
+    slice size and every noise bank the same number of draws. ``native`` (own-noise
+    fields, as for :class:`PatchSampler`) is held there too, and ``last_native`` is a tensor.
     """
 
     def __init__(
@@ -332,8 +335,10 @@ def _noise(
         return [torch.from_numpy(bank_noise[k] * scale) for k in range(draws)]
     sigma = [float(v) for v in generator.uniform(*config.sigma_hu, size=(count,))]
     low, high = config.noise_cutoff
-    cutoffs = [float(v) for v in generator.uniform(low, high, size=(count,))] if low != high \
-        else [low] * count  # fmt: skip
+    if low == high:  # one texture: no draw, so runs from before the range existed repeat
+        cutoffs = [low] * count
+    else:
+        cutoffs = [float(v) for v in generator.uniform(low, high, size=(count,))]
     shape = (int(clean.shape[1]), int(clean.shape[2]), int(clean.shape[3]))
     fields = []
     for _ in range(draws):
@@ -430,9 +435,17 @@ def train(
         if noise_bank is not None
         else None
     )
+    if not 0.0 < config.noise_cutoff[0] <= config.noise_cutoff[1]:
+        raise ValueError(
+            f"noise_cutoff must be a range within (0, 0.71], got {config.noise_cutoff}"
+        )
     alpha = config.recorrupt_alpha
     if alpha < 0:
         raise ValueError(f"recorrupt_alpha must be at least 0, got {alpha}")
+    if alpha > 0 and context > 1:
+        # Independent fields per context slice pair correctly only if the references' noise
+        # is independent between slices, which overlapping reconstructions break.
+        raise ValueError("recorruption trains 2D networks only (context_slices 1)")
     if alpha > 0 and (native_bank is None or mode != "denoise"):
         raise ValueError("recorruption needs a native noise bank and the denoise objective")
     scaled_native = (

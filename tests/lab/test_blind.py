@@ -221,6 +221,6 @@ def test_train_blind_recorrupts_with_image_domain_noise_and_records_it(tmp_path:
     assert card.training["noise"].startswith("image-domain CT-like noise")
     # The real slice's own noise is measured (σ 15 HU); the phantom has none.
     recorded = card.training["recorruption"]
-    assert "alpha 0.5" in recorded and "measured on 1 of 2 slices" in recorded
+    assert "alpha 0.5" in recorded and "measured on 1 of 1 real slices" in recorded
     sigma = float(recorded.split("sigma ")[1].split("-")[0])
     assert 12.0 < sigma < 18.0

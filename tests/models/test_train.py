@@ -340,15 +340,32 @@ def test_recorruption_trains_with_patches_cut_on_the_device(tmp_path: Path) -> N
     rng = np.random.default_rng(6)
     reference = rng.normal(40, 20, (2, 32, 32)).astype(np.float32)
     card = _card(arch_kwargs={"in_channels": 1, "features": 4, "depth": 2}, context_slices=1)
-    network = build_network("dncnn", **card.arch_kwargs)
-    before = [p.detach().clone() for p in network.parameters()]
     config = TrainConfig(steps=3, batch_size=4, patch=16, save_every=10**6, recorrupt_alpha=0.5,
                          patch_sampling="device")  # fmt: skip
     added = rng.normal(0, 30, (2, *reference.shape)).astype(np.float32)
-    own = rng.normal(0, 20, (2, *reference.shape)).astype(np.float32)
-    train(network, card, [reference], config, "denoise", tmp_path, noise_bank=[added],
-          native_bank=[own])  # fmt: skip
-    assert any(not torch.equal(a, b) for a, b in zip(before, network.parameters(), strict=True))
+    trained = []
+    for scale in (0.0, 1.0):  # fields of zero: the plain pairs; else recorrupted ones
+        own = scale * rng.normal(0, 20, (2, *reference.shape)).astype(np.float32)
+        torch.manual_seed(0)
+        network = build_network("dncnn", **card.arch_kwargs)
+        train(network, card, [reference], config, "denoise", tmp_path / str(scale),
+              noise_bank=[added], native_bank=[own])  # fmt: skip
+        trained.append(network)
+    # The same seed, patches and noise: only the native fields differ, and they were used.
+    assert any(not torch.equal(a, b) for a, b in
+               zip(trained[0].parameters(), trained[1].parameters(), strict=True))  # fmt: skip
+
+
+def test_recorruption_and_noise_textures_are_checked(tmp_path: Path) -> None:
+    volume = np.zeros((3, 20, 20), dtype=np.float32)
+    native = [np.zeros((1, 3, 20, 20), dtype=np.float32)]
+    network = build_network("dncnn", **_card().arch_kwargs)
+    with pytest.raises(ValueError, match="2D networks only"):
+        train(network, _card(), [volume], TrainConfig(steps=1, batch_size=2, patch=16,
+              recorrupt_alpha=0.5), "denoise", tmp_path, native_bank=native)  # fmt: skip
+    with pytest.raises(ValueError, match="noise_cutoff"):
+        train(network, _card(), [volume], TrainConfig(steps=1, batch_size=2, patch=16,
+              noise_cutoff=(0.0, 0.5)), "denoise", tmp_path)  # fmt: skip
 
 
 def _denoiser_trained_on_noisy_references(
