@@ -46,27 +46,26 @@ class NativeNoise:
     rois: int
 
 
-def _detrended_rois(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """ROIs (k, ROI_PX, ROI_PX) inside ``mask`` on a half-overlapping grid, each with its
+def detrended_rois(image: np.ndarray, mask: np.ndarray, size: int = ROI_PX) -> np.ndarray:
+    """ROIs (k, size, size) float64 inside ``mask`` on a half-overlapping grid, each with its
     best-fit plane removed (anatomy varies slowly in flat tissue; noise does not)."""
-    yy, xx = np.mgrid[:ROI_PX, :ROI_PX].astype(np.float64)
-    design = np.stack([np.ones(ROI_PX * ROI_PX), yy.ravel(), xx.ravel()], axis=1)
+    yy, xx = np.mgrid[:size, :size].astype(np.float64)
+    design = np.stack([np.ones(size * size), yy.ravel(), xx.ravel()], axis=1)
     pinv = np.linalg.pinv(design)
-    stride = ROI_PX // 2
+    stride = size // 2
     rois = []
-    for top in range(0, image.shape[0] - ROI_PX + 1, stride):
-        for left in range(0, image.shape[1] - ROI_PX + 1, stride):
-            window = (slice(top, top + ROI_PX), slice(left, left + ROI_PX))
+    for top in range(0, image.shape[0] - size + 1, stride):
+        for left in range(0, image.shape[1] - size + 1, stride):
+            window = (slice(top, top + size), slice(left, left + size))
             if mask[window].all():
                 values = image[window].astype(np.float64).ravel()
-                rois.append((values - design @ (pinv @ values)).reshape(ROI_PX, ROI_PX))
-    return np.stack(rois) if rois else np.empty((0, ROI_PX, ROI_PX))
+                rois.append((values - design @ (pinv @ values)).reshape(size, size))
+    return np.stack(rois) if rois else np.empty((0, size, size))
 
 
-def _radial_frequency(size: int) -> np.ndarray:
-    fy = np.fft.fftfreq(size)[:, None]
-    fx = np.fft.fftfreq(size)[None, :]
-    return np.asarray(np.hypot(fy, fx))
+def _radial_frequency(height: int, width: int) -> np.ndarray:
+    """|f| in cycles per pixel on the (height, width) FFT grid."""
+    return np.asarray(np.hypot(np.fft.fftfreq(height)[:, None], np.fft.fftfreq(width)[None, :]))
 
 
 def measure_native_noise(image_hu: np.ndarray) -> NativeNoise | None:
@@ -90,7 +89,7 @@ def measure_native_noise(image_hu: np.ndarray) -> NativeNoise | None:
     mask = body & (np.abs(smooth) < 150)
     if mask.sum() < MIN_SOFT_TISSUE_PX:
         return None
-    rois = _detrended_rois(image_hu, ndimage.binary_erosion(mask, iterations=2))
+    rois = detrended_rois(image_hu, ndimage.binary_erosion(mask, iterations=2))
     if len(rois) < MIN_ROIS:
         return None
     variances = rois.reshape(len(rois), -1).var(axis=1)
@@ -98,7 +97,7 @@ def measure_native_noise(image_hu: np.ndarray) -> NativeNoise | None:
     if len(flat) < MIN_ROIS:
         return None
     power = np.mean(np.abs(np.fft.fft2(flat)) ** 2, axis=0) / (ROI_PX * ROI_PX)
-    radius = _radial_frequency(ROI_PX).ravel()
+    radius = _radial_frequency(ROI_PX, ROI_PX).ravel()
     edges = np.linspace(0.0, radius.max() + 1e-9, ROI_PX // 2 + 2)
     which = np.digitize(radius, edges) - 1
     profile = np.array([power.ravel()[which == k].mean() for k in range(len(edges) - 1)])
@@ -125,11 +124,7 @@ def native_field(
 ) -> np.ndarray:
     """A stationary Gaussian field of ``shape`` (y, x), float32 HU, with the noise's NPS
     shape and σ (periodic: white noise filtered in the Fourier domain)."""
-    height, width = shape
-    fy = np.fft.fftfreq(height)[:, None]
-    fx = np.fft.fftfreq(width)[None, :]
-    radius = np.hypot(fy, fx)
-    amplitude = np.sqrt(np.interp(radius, noise.frequencies, noise.shape))
+    amplitude = np.sqrt(np.interp(_radial_frequency(*shape), noise.frequencies, noise.shape))
     white = rng.standard_normal(shape)
     field = np.real(np.fft.ifft2(np.fft.fft2(white) * amplitude))
     field *= noise.sigma_hu / max(float(field.std()), 1e-9)

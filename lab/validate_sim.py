@@ -26,6 +26,7 @@ import torch
 from scipy import ndimage
 
 from lab.data import CtSlice, load_slices, read_manifest
+from lab.native_noise import detrended_rois
 from lab.noise import GE_LIKE, soft_tissue_mask
 from models.fanbeam import FanBeamSimulator, Kernel
 from models.simulation import noise_power_spectrum, nps_mean_frequency
@@ -44,20 +45,10 @@ def detrended_nps(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Radial NPS of ``image`` from ROIs inside ``mask``, each with its best-fit plane
     removed (anatomy varies slowly in flat soft tissue; noise does not)."""
-    yy, xx = np.mgrid[:ROI, :ROI].astype(np.float64)
-    design = np.stack([np.ones(ROI * ROI), yy.ravel(), xx.ravel()], axis=1)
-    pinv = np.linalg.pinv(design)
-    stride = ROI // 2
-    rois = []
-    for top in range(0, image.shape[0] - ROI + 1, stride):
-        for left in range(0, image.shape[1] - ROI + 1, stride):
-            window = (slice(top, top + ROI), slice(left, left + ROI))
-            if mask[window].all():
-                values = image[window].astype(np.float64).ravel()
-                rois.append((values - design @ (pinv @ values)).reshape(ROI, ROI))
-    if not rois:
+    rois = detrended_rois(image, mask, ROI)
+    if not len(rois):
         raise ValueError("no ROI fits inside the soft tissue")
-    return noise_power_spectrum(np.stack(rois), ROI, spacing)
+    return noise_power_spectrum(rois, ROI, spacing)
 
 
 def flat_sigma(image: np.ndarray, mask: np.ndarray) -> float:
