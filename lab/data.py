@@ -130,14 +130,21 @@ def _exposure(dataset: pydicom.Dataset) -> float | None:
 
 
 def _members(archive: Path) -> Iterator[tuple[str, bytes]]:
-    """(member path, bytes) of every regular file in ``archive``, in name order."""
-    with tarfile.open(archive) as tar:
-        for info in sorted(tar.getmembers(), key=lambda item: item.name):
+    """(member path, bytes) of every regular file in ``archive``, in name order.
+
+    The archive is read once as a stream, then sorted: reading members of an xz archive out
+    of order seeks backwards, which decompresses it again from the start each time (minutes
+    per archive). The archives are tens of MB, so holding one in memory is fine.
+    """
+    files = []
+    with tarfile.open(archive, mode="r|*") as tar:
+        for info in tar:
             if not info.isfile():
                 continue
             handle = tar.extractfile(info)
             if handle is not None:
-                yield info.name, handle.read()
+                files.append((info.name, handle.read()))
+    yield from sorted(files, key=lambda item: item[0])
 
 
 def _is_axial_image(dataset: pydicom.Dataset) -> bool:
