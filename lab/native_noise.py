@@ -26,12 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from lab.noise import MIN_SOFT_TISSUE_PX, soft_tissue_mask
+
 ROI_PX = 24  # NPS ROI side (chest slices have little contiguous soft tissue)
 # ROIs whose NPS is averaged: those whose detrended variance is at or below this quantile
 # of all soft-tissue ROIs (the rest hold edges or texture, which would pass for noise).
 FLAT_QUANTILE = 0.5
 MIN_ROIS = 4
-MIN_SOFT_TISSUE_PX = 500
 
 
 @dataclass(frozen=True)
@@ -81,12 +82,14 @@ def measure_native_noise(image_hu: np.ndarray) -> NativeNoise | None:
         None when the slice has too little soft tissue or too few ROIs fit (the slice then
         gets no recorruption).
     """
-    # Soft tissue as lab.noise.soft_tissue_mask finds it, on the smoothed slice (the noise
-    # of a sharp kernel would fragment the mask), without its fall-back to the whole body:
-    # lungs and bone are not flat, and a σ measured there would be too high.
+    # Soft tissue of the smoothed slice (the noise of a sharp kernel would fragment the
+    # mask), without the fall-back to the whole body: lungs and bone are not flat, and a σ
+    # measured there would be too high.
     smooth = ndimage.gaussian_filter(image_hu.astype(np.float32), 2.0)
-    body = ndimage.binary_erosion(smooth > -500, iterations=10)
-    mask = body & (np.abs(smooth) < 150)
+    try:
+        mask = soft_tissue_mask(smooth, fall_back_to_body=False)
+    except ValueError:  # no body at all
+        return None
     if mask.sum() < MIN_SOFT_TISSUE_PX:
         return None
     rois = detrended_rois(image_hu, ndimage.binary_erosion(mask, iterations=2))

@@ -98,17 +98,23 @@ TESTING = NoiseRecipe(
 )
 
 
-def soft_tissue_mask(image_hu: np.ndarray, fov: np.ndarray | None = None) -> np.ndarray:
+MIN_SOFT_TISSUE_PX = 500
+
+
+def soft_tissue_mask(
+    image_hu: np.ndarray, fov: np.ndarray | None = None, fall_back_to_body: bool = True
+) -> np.ndarray:
     """Soft tissue well inside the body: |HU| < 150 at least 10 pixels from air.
 
-    Falls back to the whole body (HU > -500, eroded) when a slice has little soft tissue.
+    Falls back to the whole body (HU > -500, eroded) when a slice has little soft tissue
+    (under 500 pixels); with ``fall_back_to_body`` False it returns that little instead.
     """
     body = ndimage.binary_erosion(image_hu > -500, iterations=10)
     soft = body & (np.abs(image_hu) < 150)
     if fov is not None:
         soft &= fov
         body &= fov
-    if soft.sum() < 500:
+    if soft.sum() < MIN_SOFT_TISSUE_PX and fall_back_to_body:
         soft = body
     if not soft.any():
         raise ValueError("the slice has no body to measure noise in")
