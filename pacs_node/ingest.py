@@ -1,8 +1,11 @@
 """Accepting one instance, whatever the way in (C-STORE or STOW-RS): check, store, record.
 
-Both receivers call :meth:`Receiver.accept` and translate its :class:`IngestResult` (a
-storage status, PS3.4 B.2.3, the same codes STOW-RS reports as Failure Reason) into their
-own protocol. The file is durably on disk and its row committed before success is returned.
+Both receivers call the :class:`Receiver` (:meth:`~Receiver.accept` for a C-STORE,
+:meth:`~Receiver.accept_many` for a STOW-RS request) and translate its
+:class:`IngestResult` (a storage status, PS3.4 B.2.3, the same codes STOW-RS reports as
+Failure Reason) into their own protocol. The file is durably on disk and its row committed
+before success is returned. Instances that parallel associations bring while a commit is
+in flight are written and recorded together (:mod:`pacs_node.group_commit`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pacs_node.dicom.validation import (
     pixel_data_problem,
 )
 from pacs_node.errors import EnhancementError
+from pacs_node.group_commit import GroupCommit
 from pacs_node.metrics import ReceiverMetrics
 from pacs_node.routing import Routing
 from pacs_node.storage import InstanceStore
@@ -53,6 +57,9 @@ class IngestResult:
 
 # A batch result never set (a fault in this module): the instance was not stored.
 _UNSTORED = IngestResult(OUT_OF_RESOURCES, "not stored (internal error)")
+
+# An instance to store: the decoded data set, the encoded bytes, the transfer syntax.
+Item = tuple[Dataset, bytes, str]
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,10 @@ class Receiver:
         self.routing = routing
         self.metrics = metrics
         self.disk = disk
+        # Checked C-STOREs of parallel associations, stored and recorded together.
+        self.group: GroupCommit[tuple[Item, Origin], IngestResult] = GroupCommit(
+            self._store_group, _UNSTORED
+        )
 
     def disk_refusal(self) -> str | None:
         """Why new data must be refused now (the data disk past its watermark), or None."""
@@ -183,7 +194,7 @@ class Receiver:
         return failure
 
     def accept_many(
-        self, items: Sequence[tuple[Dataset, bytes, str]], origin: Origin, decoded: bool = False
+        self, items: Sequence[Item], origin: Origin, decoded: bool = False
     ) -> list[IngestResult]:
         """:meth:`accept` for the instances of one request (``(dataset, encoded bytes,
         transfer syntax)`` each, a STOW-RS body), in order, counted in the metrics.
@@ -201,42 +212,76 @@ class Receiver:
             if results[index] is None:
                 ready.append(index)
         if ready:
-            try:
-                self._store_many(items, ready, results, origin)
-            except Exception:  # edge: a failure outside one instance (the database down)
-                logger.exception("%s: a batch could not be stored together", origin.source)
-                for index in ready:
-                    if results[index] is None:
-                        ds, encoded, transfer_syntax_uid = items[index]
-                        results[index] = self._accept(ds, encoded, transfer_syntax_uid, origin)
-                    if not results[index].ok:  # type: ignore[union-attr]
-                        # The batch may have written its file before it failed.
-                        self._forget_unrecorded(str(items[index][0].get("SOPInstanceUID", "")))
+            self._store_checked(items, ready, results, [origin] * len(items))
         return [self.count(origin.protocol, r or _UNSTORED) for r in results]
+
+    def _store_group(self, batch: Sequence[tuple[Item, Origin]]) -> list[IngestResult]:
+        """Store and record checked instances that arrived together (a group commit).
+
+        One attempt each, as if each had come alone: a failure of the database fails the
+        batch at once (its senders try again), and a write that fails is retried for each
+        instance alone, so that one sender's bad file does not fail another's instance.
+        """
+        items = [item for item, _ in batch]
+        origins = [origin for _, origin in batch]
+        results: list[IngestResult | None] = [None] * len(batch)
+        try:
+            self._store_many(items, list(range(len(batch))), results, origins, alone=True)
+        except Exception as exc:  # noqa: BLE001 - edge: the database down; a status each
+            for index, result in enumerate(results):
+                if result is None:
+                    uid = str(items[index][0].get("SOPInstanceUID", "") or "")
+                    results[index] = self._not_stored(uid, exc, origins[index])
+        return [r or _UNSTORED for r in results]
+
+    def _store_checked(
+        self,
+        items: Sequence[Item],
+        ready: list[int],
+        results: list[IngestResult | None],
+        origins: Sequence[Origin],
+    ) -> None:
+        """Store and record the checked ``items[ready]`` together, setting their
+        ``results``; when the batch fails as a whole, each is tried alone."""
+        try:
+            self._store_many(items, ready, results, origins)
+        except Exception:  # edge: a failure outside one instance (the database down)
+            sources = ", ".join(sorted({origins[index].source for index in ready}))
+            logger.exception("%s: a batch could not be stored together", sources)
+            for index in ready:
+                if results[index] is None:
+                    results[index] = self._store_one(*items[index], origins[index])
+                if not results[index].ok:  # type: ignore[union-attr]
+                    # The batch may have written its file before it failed.
+                    self._forget_unrecorded(str(items[index][0].get("SOPInstanceUID", "")))
 
     def _store_many(
         self,
-        items: Sequence[tuple[Dataset, bytes, str]],
+        items: Sequence[Item],
         ready: list[int],
         results: list[IngestResult | None],
-        origin: Origin,
+        origins: Sequence[Origin],
+        alone: bool = False,
     ) -> None:
-        """Store and record ``items[ready]``, setting their ``results``."""
+        """Store and record ``items[ready]`` (sent by ``origins[ready]``), setting their
+        ``results``; ``alone``: when writing the files together fails, each instance is
+        written and recorded alone instead of all failing."""
         uid_of = {i: str(items[i][0].get("SOPInstanceUID", "") or "") for i in ready}
         known = self.repository.find_instances(sorted(set(uid_of.values())))
         fresh = []
         for index in ready:
             if uid_of[index] in known:
-                logger.info("%s: instance %s is a duplicate, already stored", origin.source,
-                            uid_of[index])  # fmt: skip
+                logger.info("%s: instance %s is a duplicate, already stored",
+                            origins[index].source, uid_of[index])  # fmt: skip
                 results[index] = IngestResult(SUCCESS, duplicate=True)
             else:
                 fresh.append(index)
         if not fresh:
             return
+        source = ", ".join(sorted({origins[index].source for index in fresh}))
         full = self.disk_refusal()
         if full is not None:
-            logger.warning("%s: %d instances refused: %s", origin.source, len(fresh), full)
+            logger.warning("%s: %d instances refused: %s", source, len(fresh), full)
             for index in fresh:
                 results[index] = IngestResult(OUT_OF_RESOURCES, full)
             return
@@ -247,24 +292,30 @@ class Receiver:
         try:
             self.store.write_many([(paths[uid], items[i][1]) for uid, i in first.items()])
         except EnhancementError as exc:
-            logger.error("%s: %d instances: storage failed: %s", origin.source, len(fresh), exc)
+            logger.error("%s: %d instances: storage failed: %s", source, len(fresh), exc)
             for uid in first:
                 self._forget_unrecorded(uid)
+            if alone and len(first) > 1:
+                for index in fresh:
+                    results[index] = self._store_one(*items[index], origins[index])
+                return
             for index in fresh:
                 results[index] = IngestResult(OUT_OF_RESOURCES, str(exc))
             return
         received = [
             _received(items[i][0], uid_of[i], paths[uid_of[i]], len(items[first[uid_of[i]]][1]),
-                      items[i][2], origin)
+                      items[i][2], origins[i])
             for i in fresh
         ]  # fmt: skip
-        datasets = {uid: items[i][0] for uid, i in first.items()}
+        # Routed (once per series, when its job opens) on the data set and the origin of
+        # the instance that opens it.
+        routed = {uid: (items[i][0], origins[i]) for uid, i in first.items()}
         outcomes = self.repository.record_instances(
-            received, lambda item: self.route(datasets[item.sop_instance_uid], origin)
+            received, lambda item: self.route(*routed[item.sop_instance_uid])
         )
         for index, outcome in zip(fresh, outcomes, strict=True):
             if isinstance(outcome, Exception):
-                results[index] = self._not_stored(uid_of[index], outcome, origin)
+                results[index] = self._not_stored(uid_of[index], outcome, origins[index])
             else:
                 results[index] = IngestResult(
                     SUCCESS, job_id=outcome.job_id, duplicate=outcome.duplicate
@@ -273,8 +324,30 @@ class Receiver:
     def accept(
         self, ds: Dataset, encoded: bytes, transfer_syntax_uid: str, origin: Origin
     ) -> IngestResult:
-        """Check, store and record one instance (see :meth:`_accept`), counted in the metrics."""
-        return self.count(origin.protocol, self._accept(ds, encoded, transfer_syntax_uid, origin))
+        """Check, store and record one instance, counted in the metrics; never raises.
+
+        The checks run in the caller's thread. The write and the row go through the
+        group commit: alone, at once; with the instances of other associations that arrive
+        while a commit is in flight, together with them. Success is returned only once the
+        instance's file is durable and its row committed.
+
+        Parameters
+        ----------
+        ds
+            The decoded dataset (pixel data included, to measure its length).
+        encoded
+            The bytes to store: a DICOM file, preamble and file meta included.
+        transfer_syntax_uid
+            Transfer syntax of the dataset.
+        origin
+            Sender, for the job row and its audit trail.
+        """
+        failure = self._refusal(ds, transfer_syntax_uid, origin)
+        if failure is None:
+            return self.count(
+                origin.protocol, self.group.submit(((ds, encoded, transfer_syntax_uid), origin))
+            )
+        return self.count(origin.protocol, failure)
 
     def _forget_unrecorded(self, uid: str) -> None:
         """Remove the file of a refused instance, once the database confirms that no row
@@ -286,26 +359,11 @@ class Receiver:
         except Exception:  # noqa: BLE001 - the database is still down: keep the file
             logger.warning("instance %s: file kept until the database can be asked", uid)
 
-    def _accept(
+    def _store_one(
         self, ds: Dataset, encoded: bytes, transfer_syntax_uid: str, origin: Origin
     ) -> IngestResult:
-        """Check ``ds``, write ``encoded`` (a DICOM file, preamble and file meta included)
-        atomically and record it; never raises.
-
-        Parameters
-        ----------
-        ds
-            The decoded dataset (pixel data included, to measure its length).
-        encoded
-            The bytes to store.
-        transfer_syntax_uid
-            Transfer syntax of the dataset.
-        origin
-            Sender, for the job row and its audit trail.
-        """
-        failure = self._refusal(ds, transfer_syntax_uid, origin)
-        if failure is not None:
-            return failure
+        """Write the checked ``ds`` (its bytes ``encoded``) atomically and record it, alone;
+        never raises."""
         uid = str(ds.get("SOPInstanceUID", "") or "")
         try:
             if self.repository.find_instance(uid):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import tarfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,11 +14,9 @@ from sqlalchemy import Engine
 from pacs_node.db.migrate import upgrade
 from pacs_node.db.repository import JobRepository
 from pacs_node.db.session import make_engine, make_session_factory
+from tests.helpers.postgres import POSTGRES_ADMIN_DSN, postgres_database
 
 # The production-mode services; CI (`make test`) starts them on these addresses.
-POSTGRES_ADMIN_DSN = os.environ.get(
-    "PACS_NODE_TEST_POSTGRES_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test"
-)
 REDIS_URL = os.environ.get("PACS_NODE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
@@ -41,14 +38,8 @@ def postgres_url(postgres_available: bool) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
     if not postgres_available:
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_DSN!r} (make test starts it)")
-    name = f"pacs_node_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    params = psycopg.conninfo.conninfo_to_dict(POSTGRES_ADMIN_DSN)
-    user = params.get("user", "postgres")
-    yield f"postgresql+psycopg://{user}@{params.get('host')}:{params.get('port')}/{name}"
-    with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
