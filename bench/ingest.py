@@ -14,6 +14,7 @@ rounds. ``TCP_NODELAY=1`` is set for every process (storescu, storescp, Orthanc,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -24,10 +25,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -38,6 +40,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt  # noqa: E402
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # noqa: E402
 
 from pacs_node.api.multipart import build_related  # noqa: E402
+from tests.helpers.postgres import postgres_database  # noqa: E402
 from tests.helpers.synthetic import make_ct_series  # noqa: E402
 from tests.integration.node import NodeProcess  # noqa: E402
 from tests.integration.peers import OrthancPeer, free_port  # noqa: E402
@@ -99,6 +102,30 @@ def node(work: Path) -> Iterator[int]:
     # Defaults, except a long completion timeout: only receiving is measured.
     with NodeProcess(work / "node", preset="identity", series_timeout_s="600") as process:
         yield process.port
+
+
+def node_variant(processes: int, database: str) -> Callable[[Path], Any]:
+    """The node with ``scp.processes`` and a job database of its own (SQLite in its data
+    directory, or a fresh PostgreSQL database)."""
+
+    @contextmanager
+    def variant(work: Path) -> Iterator[int]:
+        settings = {"scp__processes": str(processes)}
+        with contextlib.ExitStack() as stack:
+            if database == "postgresql":
+                settings["database_url"] = stack.enter_context(postgres_database("pacs_node_bench"))
+            process = stack.enter_context(
+                NodeProcess(work / "node", preset="identity", series_timeout_s="600", **settings)
+            )
+            logs = [work / "node" / f"receiver-{i}.log" for i in range(1, processes)]
+            deadline = time.monotonic() + 60  # measured once every receiver child listens
+            while not all(log.exists() and "ready" in log.read_text() for log in logs):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"receiver processes not ready:\n{process.log()}")
+                time.sleep(0.1)
+            yield process.port
+
+    return variant
 
 
 @contextmanager
@@ -163,9 +190,26 @@ def main() -> None:
     )
     parser.add_argument("--receivers", nargs="+", choices=sorted(RECEIVERS), default=None,
                         help="a subset (default: all); the node is always measured")  # fmt: skip
+    parser.add_argument(
+        "--node-processes",
+        type=int,
+        nargs="+",
+        default=[],
+        help="also measure the node with these scp.processes (C-STORE only)",
+    )
+    parser.add_argument("--node-database", nargs="+", choices=["sqlite", "postgresql"],
+                        default=["sqlite"],
+                        help="the job databases of the node variants of --node-processes "
+                        "(PostgreSQL: the test server, a fresh database each round)")  # fmt: skip
     args = parser.parse_args()
     chosen = {n: r for n, r in RECEIVERS.items() if args.receivers is None
               or n in args.receivers or n == "node"}  # fmt: skip
+    for database in args.node_database:
+        for processes in args.node_processes:
+            if (database, processes) == ("sqlite", 1):
+                continue  # the node with its defaults, measured always
+            label = f"node, {database}, {processes} process{'es' if processes > 1 else ''}"
+            chosen[label] = node_variant(processes, database)
     # Every process here (storescu, storescp, Orthanc, the node) inherits it: DCMTK-based
     # peers then send without Nagle's delay, as dcmtk recommends for throughput.
     os.environ["TCP_NODELAY"] = "1"

@@ -94,6 +94,20 @@ def serve(config: ConfigOption = None) -> None:
         raise typer.Exit(1) from exc
 
 
+@app.command(hidden=True)
+def receive(config: ConfigOption = None) -> None:
+    """A receiver process of `serve` (scp.processes above 1): the Storage SCP alone."""
+    settings = _settings(config)
+    _configure_logging(settings.log_level)
+    from pacs_node.scp.process import receive as run_receiver
+
+    try:
+        run_receiver(settings)
+    except (EnhancementError, OSError) as exc:  # OSError: the port cannot be bound
+        console.print(f"[red]cannot start:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
 @app.command()
 def worker(config: ConfigOption = None) -> None:
     """Run a Celery worker for this node's queue (same as `celery -A workers.app worker`)."""

@@ -29,6 +29,7 @@ from pacs_node.ingest import Receiver
 from pacs_node.metrics import ReceiverMetrics
 from pacs_node.retention import Retention
 from pacs_node.routing import load_routing
+from pacs_node.scp.process import stop_on_signal
 from pacs_node.scp.server import start_scp
 from pacs_node.settings import REPO_ROOT, Settings
 from pacs_node.storage import InstanceStore
@@ -36,6 +37,9 @@ from pacs_node.storage import InstanceStore
 logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1  # prctl(2) option, <linux/prctl.h>
+RESTART_DELAY_S = 2.0  # a dead child is restarted after this, doubling up to the maximum
+RESTART_DELAY_MAX_S = 60.0
+STOP_TIMEOUT_S = 60.0  # a child's warm shutdown, then it is killed
 
 
 def _die_with_parent() -> collections.abc.Callable[[], None] | None:
@@ -82,18 +86,25 @@ def worker_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-class EmbeddedWorker:
-    """A Celery worker child process, restarted if it dies, stopped with the node."""
+class SupervisedChild:
+    """A child process of the node, restarted if it dies, stopped with the node; its
+    output goes to ``log_path``."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._command = worker_command(settings, f"embedded-{os.getpid()}@%h")
-        self._env = worker_environment(settings)
-        self._log_path = settings.data_dir / "worker.log"
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self._command = command
+        self._env = env
+        self._log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._supervise, name="worker-supervisor", daemon=True
+            target=self._supervise, name=f"{name} supervisor", daemon=True
         )
+
+    @property
+    def pid(self) -> int | None:
+        """The running child's process id."""
+        return self._process.pid if self._process is not None else None
 
     def _spawn(self) -> None:
         with open(self._log_path, "ab") as log:
@@ -104,37 +115,86 @@ class EmbeddedWorker:
                 self._command, env=self._env, stdout=log, stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent(),
             )  # fmt: skip
-        logger.info("embedded worker started (pid %d, log %s)", self._process.pid, self._log_path)
+        logger.info("%s started (pid %d, log %s)", self.name, self._process.pid, self._log_path)
 
     def _supervise(self) -> None:
+        delay = RESTART_DELAY_S
+        started = time.monotonic()
         while not self._stop.is_set():
-            if self._process is None or self._process.poll() is not None:
-                if self._process is not None:
-                    logger.error(
-                        "embedded worker exited with %s; restarting", self._process.returncode
-                    )
-                    self._stop.wait(2.0)
-                    if self._stop.is_set():
-                        return
-                self._spawn()
+            try:
+                if self._process is None or self._process.poll() is not None:
+                    if self._process is not None:
+                        # A child that keeps failing (a bad configuration) is restarted
+                        # less and less often, up to once a minute; one that ran for a
+                        # while starts again from the short delay.
+                        if time.monotonic() - started > RESTART_DELAY_MAX_S:
+                            delay = RESTART_DELAY_S
+                        logger.error("%s exited with %s; restarting in %.0f s", self.name,
+                                     self._process.returncode, delay)  # fmt: skip
+                        self._stop.wait(delay)
+                        delay = min(2 * delay, RESTART_DELAY_MAX_S)
+                        if self._stop.is_set():
+                            return
+                    started = time.monotonic()
+                    self._spawn()
+            except Exception:  # a failed spawn (no memory, no file descriptor): try again
+                logger.exception("%s could not be started; trying again", self.name)
+                self._stop.wait(delay)
+                delay = min(2 * delay, RESTART_DELAY_MAX_S)
             self._stop.wait(1.0)
 
     def start(self) -> None:
-        """Start the worker and its supervisor."""
+        """Start the child and its supervisor."""
         self._spawn()
         self._thread.start()
 
-    def stop(self) -> None:
-        """Warm shutdown (SIGTERM: finish the current task), then kill after 60 s."""
+    def request_stop(self) -> None:
+        """No more restarts, and SIGTERM to the child (warm shutdown: a worker finishes
+        its task, a receiver its associations); :meth:`wait_stopped` waits for it."""
         self._stop.set()
         self._thread.join(timeout=5)
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()
-            try:
-                self._process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+
+    def wait_stopped(self, deadline: float) -> None:
+        """Wait for the child until ``deadline`` (``time.monotonic()``), then kill it."""
+        if self._process is None:
+            return
+        try:
+            self._process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def stop(self) -> None:
+        """:meth:`request_stop`, then kill the child after 60 s."""
+        self.request_stop()
+        self.wait_stopped(time.monotonic() + STOP_TIMEOUT_S)
+
+
+class EmbeddedWorker(SupervisedChild):
+    """A Celery worker child process, restarted if it dies, stopped with the node."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(
+            "embedded worker",
+            worker_command(settings, f"embedded-{os.getpid()}@%h"),
+            worker_environment(settings),
+            settings.data_dir / "worker.log",
+        )
+
+
+class ReceiverProcess(SupervisedChild):
+    """A receiver child (``scp.processes`` above 1): :func:`pacs_node.scp.process.receive`
+    in its own process, on the node's DICOM port(s)."""
+
+    def __init__(self, settings: Settings, index: int) -> None:
+        super().__init__(
+            f"receiver process {index}",
+            [sys.executable, "-m", "pacs_node", "receive"],
+            worker_environment(settings),
+            settings.data_dir / f"receiver-{index}.log",
+        )
 
 
 def serve(settings: Settings) -> None:
@@ -161,6 +221,9 @@ def serve(settings: Settings) -> None:
     )
     receiver = Receiver(store, repository, routing, ReceiverMetrics(registry), disk)
     scp = start_scp(settings, receiver)
+    receivers = [ReceiverProcess(settings, index) for index in range(1, settings.scp.processes)]
+    for child in receivers:
+        child.start()
     monitor = CompletionMonitor(
         repository,
         dispatcher,
@@ -187,14 +250,7 @@ def serve(settings: Settings) -> None:
     http_thread = threading.Thread(target=http.run, name="http", daemon=True)
     http_thread.start()
 
-    stop = threading.Event()
-
-    def _request_stop(signum: int, _frame: object) -> None:
-        logger.info("signal %d received; stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _request_stop)
-    signal.signal(signal.SIGINT, _request_stop)
+    stop = stop_on_signal()
     logger.info(
         "node ready: AE %s on DICOM port %d, admin API and DICOMweb http://%s:%d, %s worker",
         ", ".join(routing.ae_titles),
@@ -206,7 +262,14 @@ def serve(settings: Settings) -> None:
     _write_ready_file(settings.data_dir)
     while not stop.is_set():
         stop.wait(1.0)
+    # Receivers first: no restarts and SIGTERM to all at once, so none accepts while the
+    # others drain; then this process's SCP; then one shared deadline for all of them.
+    for child in receivers:
+        child.request_stop()
     scp.shutdown()
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for child in receivers:
+        child.wait_stopped(deadline)
     monitor.stop()
     retention.stop()
     http.should_exit = True

@@ -165,9 +165,24 @@ class ScpSettings(_Section):
     maximum_associations: int = Field(
         default=16,
         ge=1,
-        description="associations at once; one more is rejected (A-ASSOCIATE-RJ, local limit "
-        "exceeded) until one ends",
+        description="associations at once, per receiving process; one more is rejected "
+        "(A-ASSOCIATE-RJ, local limit exceeded) until one ends",
     )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="processes accepting associations on the DICOM port(s): the node and "
+        "processes - 1 receiver children, sharing the port (SO_REUSEPORT, Linux), so that "
+        "parallel associations use several cores; the receive counters of /metrics count "
+        "the node's own process only",
+    )
+
+    @model_validator(mode="after")
+    def _processes_need_linux(self) -> ScpSettings:
+        if self.processes > 1 and not sys.platform.startswith("linux"):
+            raise ValueError("scp.processes above 1 needs Linux (SO_REUSEPORT spreading)")
+        return self
 
 
 class SendSettings(_Section):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 from typing import Any
 
 from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -46,6 +48,51 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
+class SharedPortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, binding with ``SO_REUSEPORT``: several processes
+    listen on one port and the kernel spreads new connections over them."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None  # made by the constructor, before binding
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def _check_port_free(address: tuple[str, int]) -> None:
+    """Raise OSError (address in use) when something listens on ``address`` already.
+
+    ``SO_REUSEPORT`` would let this node join another process's port (another node with
+    receiver processes, or an old one still draining) and split the senders' associations
+    between them without a word. A bind without it fails when anyone listens there.
+    """
+    with socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        probe.bind(address)
+
+
+def _serve(
+    ae: AE,
+    address: tuple[str, int],
+    handlers: list[Any],
+    shared: bool,
+    first: bool,
+    **options: Any,
+) -> ThreadedAssociationServer | None:
+    """A server accepting on ``address`` in a background thread; on a port shared with
+    other processes when ``shared`` (``first``: the node's own server, which finds the
+    port free)."""
+    if not shared:
+        return ae.start_server(address, block=False, evt_handlers=handlers, **options)
+    if first:
+        _check_port_free(address)
+    server = ae.make_server(address, evt_handlers=handlers, server_class=SharedPortServer,
+                            **options)  # fmt: skip
+    threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
+    # As AE.start_server does: the AE's list of its servers, which server.shutdown() leaves.
+    ae._servers.append(server)
+    return server
+
+
 class StorageServers:
     """The SCP's listening servers (plain, and TLS when configured); one AE, so the
     association limit counts both."""
@@ -60,10 +107,12 @@ class StorageServers:
 
 
 def start_scp(
-    settings: Settings, receiver: Receiver, routing: Routing | None = None
+    settings: Settings, receiver: Receiver, routing: Routing | None = None, first: bool = True
 ) -> StorageServers:
     """Start the SCP in background threads on its port, and on ``tls.port`` with TLS;
-    ``shutdown()`` stops them."""
+    ``shutdown()`` stops them. With ``scp.processes`` above 1 the ports are shared with
+    the node's receiver processes (:func:`pacs_node.scp.process.receive`, which pass
+    ``first=False``: the node's own server checks that nobody else listens there)."""
     ae = build_ae(settings)
     routes = routing or receiver.routing
     handlers: list[Any] = [
@@ -72,13 +121,14 @@ def start_scp(
         *CONNECTION_HANDLERS,
     ]
     address = settings.scp.bind_address
-    servers = [ae.start_server((address, settings.port), block=False, evt_handlers=handlers)]
+    shared = settings.scp.processes > 1
+    servers = [_serve(ae, (address, settings.port), handlers, shared, first)]
     titles = ", ".join(routes.ae_titles)
     logger.info("Storage SCP %s listening on %s:%d", titles, address, settings.port)
     if settings.tls.port is not None:
         context = server_context(settings.tls)
-        servers.append(ae.start_server((address, settings.tls.port), block=False,
-                                       evt_handlers=handlers, ssl_context=context))  # fmt: skip
+        servers.append(_serve(ae, (address, settings.tls.port), handlers, shared, first,
+                              ssl_context=context))  # fmt: skip
         verified = "client certificates required" if settings.tls.ca_file else "no client check"
         logger.info("Storage SCP %s listening with TLS on %s:%d (%s)", titles, address,
                     settings.tls.port, verified)  # fmt: skip

@@ -124,3 +124,12 @@ def test_a_tls_port_needs_a_certificate_and_its_key(tmp_path: Path) -> None:
         Settings(tls={"port": 2762})
     with pytest.raises(ValidationError, match="does not exist"):
         Settings(tls={"port": 2762, "cert_file": tmp_path / "x.pem", "key_file": tmp_path / "k"})
+
+
+def test_receiver_processes_need_linux(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings(scp={"processes": 1}).scp.processes == 1  # anywhere
+    monkeypatch.setattr("sys.platform", "darwin")
+    with pytest.raises(ValidationError, match=r"scp\.processes above 1 needs Linux"):
+        Settings(scp={"processes": 2})
+    monkeypatch.setattr("sys.platform", "linux")
+    assert Settings(scp={"processes": 2}).scp.processes == 2

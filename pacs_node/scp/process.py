@@ -1,0 +1,68 @@
+"""A receiver process (``scp.processes`` above 1): the Storage SCP alone, beside the node.
+
+Kept light on purpose: a receiver imports what receiving needs (settings, routing, the job
+database, the store) and none of the model, worker or web stack, so each starts in a
+moment and holds little memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+from prometheus_client import CollectorRegistry
+
+from pacs_node.admission import DiskGuard
+from pacs_node.db.repository import JobRepository
+from pacs_node.db.session import make_engine, make_session_factory
+from pacs_node.ingest import Receiver
+from pacs_node.metrics import ReceiverMetrics
+from pacs_node.routing import load_routing
+from pacs_node.scp.server import start_scp
+from pacs_node.settings import Settings
+from pacs_node.storage import InstanceStore
+
+logger = logging.getLogger(__name__)
+
+
+def stop_on_signal() -> threading.Event:
+    """An event set by SIGTERM or SIGINT."""
+    stop = threading.Event()
+
+    def _request_stop(signum: int, _frame: object) -> None:
+        logger.info("signal %d received; stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, _request_stop)
+    return stop
+
+
+def receive(settings: Settings) -> None:
+    """Run a receiver process until SIGTERM: the Storage SCP alone, on the port(s) the
+    node shares with it, storing and recording as the node does.
+
+    Each process has its own interpreter lock, so parallel associations spread over the
+    processes use several cores. The node itself migrates the database, watches series
+    completion, dispatches jobs and serves HTTP; a receiver only receives. It reads the
+    configuration when it starts, as the node did (a receiver restarted after the
+    configuration was edited sees the edit; restart the node after editing it).
+    """
+    stop = stop_on_signal()
+    routing = load_routing(settings)
+    engine = make_engine(settings.db_url)
+    repository = JobRepository(make_session_factory(engine))
+    disk = DiskGuard(
+        settings.data_dir, settings.admission.max_used_percent, settings.admission.min_free_gib
+    )
+    receiver = Receiver(InstanceStore(settings.data_dir), repository, routing,
+                        ReceiverMetrics(CollectorRegistry()), disk)  # fmt: skip
+    scp = start_scp(settings, receiver, first=False)
+    logger.info("receiver process %d ready", os.getpid())
+    while not stop.is_set():
+        stop.wait(1.0)
+    scp.shutdown()
+    engine.dispose()
+    logger.info("receiver process %d stopped accepting; ending its associations", os.getpid())
