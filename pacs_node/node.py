@@ -101,11 +101,6 @@ class SupervisedChild:
             target=self._supervise, name=f"{name} supervisor", daemon=True
         )
 
-    @property
-    def pid(self) -> int | None:
-        """The running child's process id."""
-        return self._process.pid if self._process is not None else None
-
     def _spawn(self) -> None:
         with open(self._log_path, "ab") as log:
             # The parent-death signal fires when the thread that started the child ends:
