@@ -1,18 +1,25 @@
-"""Prometheus metrics (``/metrics``): counters of the receivers in this process, and job
+"""Prometheus metrics (``/metrics``): counters of the node's receivers, and job
 states, queue depth, stage latencies and send failures read from the job database at each
 scrape, so workers on other hosts are counted too."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,17 +33,79 @@ BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
 
 class ReceiverMetrics:
-    """Counters the receivers (C-STORE and STOW-RS) increment in this process."""
+    """Counters the receivers (C-STORE and STOW-RS) increment in this process.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    They are exported to ``registry`` (``/metrics``) together with the counts that the
+    node's receiver processes (``scp.processes`` above 1) publish as files in ``peers``:
+    a receiver process makes its own without a registry and writes its counts there with
+    :meth:`publish`.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None, peers: Path | None = None) -> None:
+        own = CollectorRegistry()  # exported through _ReceiverCollector, merged with peers
         self.received = Counter(
-            "pacs_node_instances_received", "Instances stored (duplicates included)",
-            ["protocol"], registry=registry,
+            "pacs_node_instances_received", RECEIVED_HELP, ["protocol"], registry=own,
         )  # fmt: skip
         self.rejected = Counter(
-            "pacs_node_instances_rejected", "Instances refused, by storage status",
-            ["protocol", "status"], registry=registry,
+            "pacs_node_instances_rejected", REJECTED_HELP, ["protocol", "status"], registry=own,
         )  # fmt: skip
+        if registry is not None:
+            registry.register(_ReceiverCollector(self, peers))
+
+    def counts(self) -> dict[str, list[tuple[list[str], float]]]:
+        """This process's counts: ``{"received": [([protocol], n), ...], "rejected":
+        [([protocol, status], n), ...]}``."""
+        found: dict[str, list[tuple[list[str], float]]] = {"received": [], "rejected": []}
+        for key, counter in (("received", self.received), ("rejected", self.rejected)):
+            for metric in counter.collect():
+                for sample in metric.samples:
+                    if sample.name.endswith("_total"):
+                        found[key].append((list(sample.labels.values()), sample.value))
+        return found
+
+    def publish(self, path: Path) -> None:
+        """Write :meth:`counts` to ``path`` atomically (the node's collector reads it)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.counts()))
+        os.replace(temporary, path)
+
+
+RECEIVED_HELP = "Instances stored (duplicates included)"
+REJECTED_HELP = "Instances refused, by storage status"
+
+
+class _ReceiverCollector(Collector):
+    """The receive counters of this process plus those published in ``peers``."""
+
+    def __init__(self, metrics: ReceiverMetrics, peers: Path | None) -> None:
+        self.metrics = metrics
+        self.peers = peers
+
+    def _published(self) -> Iterator[dict[str, Any]]:
+        if self.peers is None or not self.peers.is_dir():
+            return
+        for path in sorted(self.peers.glob("*.json")):
+            try:
+                yield json.loads(path.read_text())
+            except (OSError, ValueError):  # removed or replaced meanwhile: next scrape
+                continue
+
+    def collect(self) -> Iterator[Metric]:
+        totals: dict[str, Tally[tuple[str, ...]]] = {"received": Tally(), "rejected": Tally()}
+        for counts in [self.metrics.counts(), *self._published()]:
+            for key, tally in totals.items():
+                for labels, value in counts.get(key, []):
+                    tally[tuple(labels)] += value
+        received = CounterMetricFamily("pacs_node_instances_received", RECEIVED_HELP,
+                                       labels=["protocol"])  # fmt: skip
+        rejected = CounterMetricFamily("pacs_node_instances_rejected", REJECTED_HELP,
+                                       labels=["protocol", "status"])  # fmt: skip
+        for family, key in ((received, "received"), (rejected, "rejected")):
+            for labels, value in sorted(totals[key].items()):
+                family.add_metric(list(labels), value)
+        yield received
+        yield rejected
 
 
 def _histogram(name: str, doc: str, values: Iterable[float]) -> HistogramMetricFamily:

@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from pacs_node.ingest import Receiver
 from pacs_node.metrics import ReceiverMetrics
 from pacs_node.retention import Retention
 from pacs_node.routing import load_routing
-from pacs_node.scp.process import stop_on_signal
+from pacs_node.scp.process import receiver_counts, stop_on_signal
 from pacs_node.scp.server import start_scp
 from pacs_node.settings import REPO_ROOT, Settings
 from pacs_node.storage import InstanceStore
@@ -214,7 +215,10 @@ def serve(settings: Settings) -> None:
     disk = DiskGuard(
         settings.data_dir, settings.admission.max_used_percent, settings.admission.min_free_gib
     )
-    receiver = Receiver(store, repository, routing, ReceiverMetrics(registry), disk)
+    counts = receiver_counts(settings)  # of receiver processes, when there are some
+    shutil.rmtree(counts, ignore_errors=True)
+    metrics = ReceiverMetrics(registry, counts if settings.scp.processes > 1 else None)
+    receiver = Receiver(store, repository, routing, metrics, disk)
     scp = start_scp(settings, receiver)
     receivers = [ReceiverProcess(settings, index) for index in range(1, settings.scp.processes)]
     for child in receivers:

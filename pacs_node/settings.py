@@ -174,8 +174,7 @@ class ScpSettings(_Section):
         le=64,
         description="processes accepting associations on the DICOM port(s): the node and "
         "processes - 1 receiver children, sharing the port (SO_REUSEPORT, Linux), so that "
-        "parallel associations use several cores; the receive counters of /metrics count "
-        "the node's own process only",
+        "parallel associations use several cores",
     )
 
     @model_validator(mode="after")

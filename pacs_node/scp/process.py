@@ -11,8 +11,7 @@ import logging
 import os
 import signal
 import threading
-
-from prometheus_client import CollectorRegistry
+from pathlib import Path
 
 from pacs_node.admission import DiskGuard
 from pacs_node.db.repository import JobRepository
@@ -25,6 +24,14 @@ from pacs_node.settings import Settings
 from pacs_node.storage import InstanceStore
 
 logger = logging.getLogger(__name__)
+
+PUBLISH_INTERVAL_S = 1.0  # how often a receiver writes its counts for the node's /metrics
+
+
+def receiver_counts(settings: Settings) -> Path:
+    """The folder where receiver processes publish their counts, one file each (the node
+    empties it when it starts: counters start from zero with the node)."""
+    return settings.data_dir / "receivers"
 
 
 def stop_on_signal() -> threading.Event:
@@ -57,12 +64,15 @@ def receive(settings: Settings) -> None:
     disk = DiskGuard(
         settings.data_dir, settings.admission.max_used_percent, settings.admission.min_free_gib
     )
-    receiver = Receiver(InstanceStore(settings.data_dir), repository, routing,
-                        ReceiverMetrics(CollectorRegistry()), disk)  # fmt: skip
+    metrics = ReceiverMetrics(None)  # the node exports them, from the file published here
+    published = receiver_counts(settings) / f"{os.getpid()}.json"
+    receiver = Receiver(InstanceStore(settings.data_dir), repository, routing, metrics, disk)
     scp = start_scp(settings, receiver, first=False)
     logger.info("receiver process %d ready", os.getpid())
     while not stop.is_set():
-        stop.wait(1.0)
+        metrics.publish(published)
+        stop.wait(PUBLISH_INTERVAL_S)
     scp.shutdown()
+    metrics.publish(published)
     engine.dispose()
     logger.info("receiver process %d stopped accepting; ending its associations", os.getpid())

@@ -11,7 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
@@ -48,6 +50,18 @@ def _connections(pid: int, port: int) -> int:
             continue
         held += target.startswith("socket:[") and target[8:-1] in inodes
     return held
+
+
+def _received(node: NodeProcess) -> float:
+    """``pacs_node_instances_received_total`` of C-STORE on the node's /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{node.http_port}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "pacs_node_instances_received_total"
+        and sample.labels == {"protocol": "C-STORE"}
+    )
 
 
 def _ready_receivers(node: NodeProcess, count: int) -> list[int]:
@@ -91,6 +105,11 @@ def test_parallel_associations_are_received_by_several_processes(tmp_path: Path)
         [job] = node.wait_until_finished(1)
         assert job["instance_count"] == 24 and job["status"] == "DONE", job
         node.assert_invariants()
+        # /metrics counts what every process received (receivers publish each second).
+        deadline = time.monotonic() + 10
+        while _received(node) != 24:
+            assert time.monotonic() < deadline, _received(node)
+            time.sleep(0.5)
         node._process.send_signal(signal.SIGKILL)
         node._process.wait(timeout=10)
         deadline = time.monotonic() + 30
