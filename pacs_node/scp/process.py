@@ -47,6 +47,15 @@ def stop_on_signal() -> threading.Event:
     return stop
 
 
+def publish(metrics: ReceiverMetrics, path: Path) -> None:
+    """:meth:`ReceiverMetrics.publish`, logging a failure (the data disk full) instead
+    of ending the receiver: receiving matters more than counting."""
+    try:
+        metrics.publish(path)
+    except OSError as exc:
+        logger.warning("receive counts not published to %s: %s", path, exc)
+
+
 def receive(settings: Settings) -> None:
     """Run a receiver process until SIGTERM: the Storage SCP alone, on the port(s) the
     node shares with it, storing and recording as the node does.
@@ -70,9 +79,9 @@ def receive(settings: Settings) -> None:
     scp = start_scp(settings, receiver, first=False)
     logger.info("receiver process %d ready", os.getpid())
     while not stop.is_set():
-        metrics.publish(published)
+        publish(metrics, published)
         stop.wait(PUBLISH_INTERVAL_S)
     scp.shutdown()
-    metrics.publish(published)
+    publish(metrics, published)
     engine.dispose()
     logger.info("receiver process %d stopped accepting; ending its associations", os.getpid())

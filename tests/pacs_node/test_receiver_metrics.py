@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pacs_node.metrics import ReceiverMetrics
+from pacs_node.scp.process import publish
 
 
 def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[str, ...]], float]:
@@ -46,3 +48,12 @@ def test_a_node_alone_exports_its_own_counts(tmp_path: Path) -> None:
     assert not any(name.startswith("pacs_node_instances") for name, _ in _samples(registry))
     node.received.labels("C-STORE").inc()
     assert _samples(registry) == {("pacs_node_instances_received_total", ("C-STORE",)): 1.0}
+
+
+def test_a_receiver_that_cannot_publish_keeps_receiving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "receivers").write_text("a file where the folder should be")
+    metrics = ReceiverMetrics(None)
+    publish(metrics, tmp_path / "receivers" / "101.json")  # logs, does not raise
+    assert "receive counts not published" in caplog.text
