@@ -97,16 +97,10 @@ def orthanc(work: Path) -> Iterator[int]:
         yield peer.dicom_port
 
 
-@contextmanager
-def node(work: Path) -> Iterator[int]:
-    # Defaults, except a long completion timeout: only receiving is measured.
-    with NodeProcess(work / "node", preset="identity", series_timeout_s="600") as process:
-        yield process.port
-
-
 def node_variant(processes: int, database: str) -> Callable[[Path], Any]:
     """The node with ``scp.processes`` and a job database of its own (SQLite in its data
-    directory, or a fresh PostgreSQL database)."""
+    directory, or a fresh PostgreSQL database); otherwise its defaults, but for a long
+    completion timeout: only receiving is measured."""
 
     @contextmanager
     def variant(work: Path) -> Iterator[int]:
@@ -117,12 +111,7 @@ def node_variant(processes: int, database: str) -> Callable[[Path], Any]:
             process = stack.enter_context(
                 NodeProcess(work / "node", preset="identity", series_timeout_s="600", **settings)
             )
-            logs = [work / "node" / f"receiver-{i}.log" for i in range(1, processes)]
-            deadline = time.monotonic() + 60  # measured once every receiver child listens
-            while not all(log.exists() and "ready" in log.read_text() for log in logs):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"receiver processes not ready:\n{process.log()}")
-                time.sleep(0.1)
+            process.receiver_pids(processes - 1)  # measured once every receiver listens
             yield process.port
 
     return variant
@@ -159,7 +148,7 @@ def stow(files: list[Path], base_url: str, token: str | None, per_request: int) 
 
 
 RECEIVERS = {"dcmtk storescp": storescp, "bare pynetdicom SCP": bare_pynetdicom,
-             "Orthanc": orthanc, "node": node}  # fmt: skip
+             "Orthanc": orthanc, "node": node_variant(1, "sqlite")}  # fmt: skip
 
 
 def send(folders: list[Path], port: int) -> float:

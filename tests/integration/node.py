@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -65,6 +66,19 @@ class NodeProcess:
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"node did not start; log:\n{self.log()}")
+
+    def receiver_pids(self, count: int, timeout_s: float = 60.0) -> list[int]:
+        """The pids of the node's ``count`` receiver processes (``scp.processes``), once
+        each has logged that it is ready."""
+        logs = [self.data_dir / f"receiver-{i}.log" for i in range(1, count + 1)]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+            found = re.findall(r"receiver process \d+ started \(pid (\d+)", text)
+            if len(found) == count and all(f.exists() and "ready" in f.read_text() for f in logs):
+                return [int(pid) for pid in found]
+            time.sleep(0.1)
+        raise RuntimeError(f"receiver processes not ready:\n{self.log()}")
 
     def log(self) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

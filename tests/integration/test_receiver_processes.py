@@ -64,25 +64,13 @@ def _received(node: NodeProcess) -> float:
     )
 
 
-def _ready_receivers(node: NodeProcess, count: int) -> list[int]:
-    """The pids of the node's receiver processes, once each has logged that it is ready."""
-    logs = [node.data_dir / f"receiver-{i}.log" for i in range(1, count + 1)]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = re.findall(r"receiver process \d+ started \(pid (\d+)", node.log())
-        if len(found) == count and all(f.exists() and "ready" in f.read_text() for f in logs):
-            return [int(pid) for pid in found]
-        time.sleep(0.2)
-    raise AssertionError(f"receivers not ready:\n{node.log()}")
-
-
 def test_parallel_associations_are_received_by_several_processes(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "node", scp__processes="3", preset="identity",
                        series_timeout_s="5").start()  # fmt: skip
     assert node._process is not None
     receivers: list[int] = []
     try:
-        receivers = _ready_receivers(node, 2)
+        receivers = node.receiver_pids(2)
         series = make_ct_series(None, n_slices=24, rows=32, cols=32, seed=11)
         scanner = AE(ae_title="SCANNER")
         scanner.add_requested_context(CTImageStorage)
@@ -127,7 +115,7 @@ def test_a_stopped_node_stops_its_receivers_and_restarts_one_that_dies(tmp_path:
     node = NodeProcess(tmp_path / "node", scp__processes="2").start()
     receivers: list[int] = []
     try:
-        [first] = receivers = _ready_receivers(node, 1)
+        [first] = receivers = node.receiver_pids(1)
         os.kill(first, signal.SIGKILL)  # a receiver that dies is started again
         deadline = time.monotonic() + 60
         while len(re.findall(r"receiver process 1 started", node.log())) < 2:
