@@ -51,6 +51,7 @@ class ReceiverMetrics:
         )  # fmt: skip
         if registry is not None:
             registry.register(_ReceiverCollector(self, peers))
+        self._published: dict[str, list[tuple[list[str], float]]] | None = None
 
     def counts(self) -> dict[str, list[tuple[list[str], float]]]:
         """This process's counts: ``{"received": [([protocol], n), ...], "rejected":
@@ -64,11 +65,16 @@ class ReceiverMetrics:
         return found
 
     def publish(self, path: Path) -> None:
-        """Write :meth:`counts` to ``path`` atomically (the node's collector reads it)."""
+        """Write :meth:`counts` to ``path`` atomically (the node's collector reads it),
+        unless they are what this call wrote last time."""
+        counts = self.counts()
+        if counts == self._published:
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.counts()))
+        temporary.write_text(json.dumps(counts))
         os.replace(temporary, path)
+        self._published = counts
 
 
 RECEIVED_HELP = "Instances stored (duplicates included)"

@@ -18,7 +18,6 @@ from pathlib import Path
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from pacs_node.admission import DiskGuard
 from pacs_node.api.app import Readiness, create_app
 from pacs_node.completion import CompletionMonitor
 from pacs_node.db import migrate
@@ -26,14 +25,12 @@ from pacs_node.db.repository import JobRepository
 from pacs_node.db.session import make_engine, make_session_factory
 from pacs_node.dispatch import Dispatcher
 from pacs_node.enhancers import EnhancerCache
-from pacs_node.ingest import Receiver
 from pacs_node.metrics import ReceiverMetrics
 from pacs_node.retention import Retention
 from pacs_node.routing import load_routing
-from pacs_node.scp.process import receiver_counts, stop_on_signal
+from pacs_node.scp.process import make_receiver, receiver_counts, stop_on_signal
 from pacs_node.scp.server import start_scp
 from pacs_node.settings import REPO_ROOT, Settings
-from pacs_node.storage import InstanceStore
 
 logger = logging.getLogger(__name__)
 
@@ -206,19 +203,15 @@ def serve(settings: Settings) -> None:
     migrate.upgrade(settings.db_url)
     engine = make_engine(settings.db_url)
     repository = JobRepository(make_session_factory(engine))
-    store = InstanceStore(settings.data_dir)
     dispatcher = Dispatcher(settings.celery_broker_url, settings.worker.queue)
     worker = EmbeddedWorker(settings) if settings.embedded_worker else None
     if worker is not None:
         worker.start()
     registry = CollectorRegistry()
-    disk = DiskGuard(
-        settings.data_dir, settings.admission.max_used_percent, settings.admission.min_free_gib
-    )
     counts = receiver_counts(settings)  # of receiver processes, when there are some
     shutil.rmtree(counts, ignore_errors=True)
     metrics = ReceiverMetrics(registry, counts if settings.scp.processes > 1 else None)
-    receiver = Receiver(store, repository, routing, metrics, disk)
+    receiver = make_receiver(settings, repository, routing, metrics)
     scp = start_scp(settings, receiver)
     receivers = [ReceiverProcess(settings, index) for index in range(1, settings.scp.processes)]
     for child in receivers:

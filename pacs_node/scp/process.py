@@ -18,7 +18,7 @@ from pacs_node.db.repository import JobRepository
 from pacs_node.db.session import make_engine, make_session_factory
 from pacs_node.ingest import Receiver
 from pacs_node.metrics import ReceiverMetrics
-from pacs_node.routing import load_routing
+from pacs_node.routing import Routing, load_routing
 from pacs_node.scp.server import start_scp
 from pacs_node.settings import Settings
 from pacs_node.storage import InstanceStore
@@ -47,6 +47,17 @@ def stop_on_signal() -> threading.Event:
     return stop
 
 
+def make_receiver(
+    settings: Settings, repository: JobRepository, routing: Routing, metrics: ReceiverMetrics
+) -> Receiver:
+    """The receiver of the node or of a receiver process: the data directory's store,
+    guarded by the data disk's watermarks."""
+    disk = DiskGuard(
+        settings.data_dir, settings.admission.max_used_percent, settings.admission.min_free_gib
+    )
+    return Receiver(InstanceStore(settings.data_dir), repository, routing, metrics, disk)
+
+
 def publish(metrics: ReceiverMetrics, path: Path) -> None:
     """:meth:`ReceiverMetrics.publish`, logging a failure (the data disk full) instead
     of ending the receiver: receiving matters more than counting."""
@@ -70,12 +81,9 @@ def receive(settings: Settings) -> None:
     routing = load_routing(settings)
     engine = make_engine(settings.db_url)
     repository = JobRepository(make_session_factory(engine))
-    disk = DiskGuard(
-        settings.data_dir, settings.admission.max_used_percent, settings.admission.min_free_gib
-    )
     metrics = ReceiverMetrics(None)  # the node exports them, from the file published here
     published = receiver_counts(settings) / f"{os.getpid()}.json"
-    receiver = Receiver(InstanceStore(settings.data_dir), repository, routing, metrics, disk)
+    receiver = make_receiver(settings, repository, routing, metrics)
     scp = start_scp(settings, receiver, first=False)
     logger.info("receiver process %d ready", os.getpid())
     while not stop.is_set():
