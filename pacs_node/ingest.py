@@ -15,7 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom.charset import default_encoding
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+from pydicom.valuerep import AMBIGUOUS_VR, VR
 
 from pacs_node.admission import DiskGuard
 from pacs_node.db.repository import JobRepository, ReceivedInstance, Route
@@ -114,10 +119,58 @@ def decoding_problem(ds: Dataset) -> str | None:
     value, a broken sequence), or None. pydicom decodes lazily, so a damaged element
     would otherwise fail later, wherever it is first read."""
     try:
-        ds.walk(lambda _ds, _elem: None)
+        _decode_all(ds)
     except Exception as exc:  # noqa: BLE001 - edge: any decoding failure is the reason
-        return f"cannot decode dataset: {type(exc).__name__}: {exc}"[:200]
+        detail = str(exc) if isinstance(exc, _Undecodable) else f"{type(exc).__name__}: {exc}"
+        return f"cannot decode dataset: {detail}"[:200]
     return None
+
+
+class _Undecodable(ValueError):
+    """An element that cannot be decoded; the message names it."""
+
+
+def _decode_all(ds: Dataset) -> None:
+    """Decode every element of ``ds`` and of its sequences' items as reading it would,
+    raising what that raises (with the element's tag).
+
+    What ``Dataset.walk`` does, in a third of its time on a real CT header (150-250
+    elements): a plain element is converted from its raw form and the result dropped (a
+    later read converts it again, the same way), without the dataset's item machinery;
+    sequences, elements of ambiguous VR and deferred values are read through the dataset
+    itself, which keeps what it converts.
+    """
+    # The encoding reading would use (Dataset.__getitem__); the Specific Character Set
+    # itself is read in the default encoding.
+    encoding = ds.original_character_set or ds._character_set
+    for tag, elem in list(ds._dict.items()):
+        try:
+            if isinstance(elem, RawDataElement) and _plain(elem):
+                converted = convert_raw_data_element(
+                    elem, encoding=default_encoding if tag == _CHARSET else encoding, ds=ds
+                )
+                if converted.VR != VR.SQ and converted.VR not in AMBIGUOUS_VR:
+                    continue
+            element = ds[tag]  # converted and kept by the dataset
+        except Exception as exc:
+            raise _Undecodable(f"element {tag}: {type(exc).__name__}: {exc}") from exc
+        if element.VR == VR.SQ:
+            for item in element.value:
+                _decode_all(item)
+
+
+_CHARSET = Tag(0x00080005)
+
+
+def _plain(elem: RawDataElement) -> bool:
+    """Whether ``elem`` can be converted on its own: its value was read, and it is not a
+    sequence (by its explicit VR, or the dictionary's for an implicit one)."""
+    if elem.value is None and elem.length != 0:  # deferred
+        return False
+    vr = elem.VR
+    if vr is None and dictionary_has_tag(elem.tag):
+        vr = dictionary_VR(elem.tag)
+    return vr != VR.SQ
 
 
 def check_dataset(ds: Dataset, transfer_syntax_uid: str) -> IngestResult | None:
