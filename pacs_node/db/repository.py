@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Engine, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -222,6 +222,29 @@ class _NotOpen(Exception):
 
 OPEN_SERIES_CACHE = 1024  # series whose open job a process remembers
 
+# The receive path's statements, built once (building a statement costs more than SQLite
+# takes to run it).
+_FIND_INSTANCES = select(Instance.sop_instance_uid).where(
+    Instance.sop_instance_uid.in_(bindparam("uids", expanding=True))
+)
+# Counts instances on a job that is still RECEIVING and still belongs to its series: ids of
+# deleted rows may be reused (SQLite), so the series UID is checked too.
+_COUNT_ON_OPEN_JOB = (
+    update(Job)
+    .where(
+        Job.id == bindparam("p_job_id"),
+        Job.status == JobStatus.RECEIVING,
+        Job.series_id == bindparam("p_series_id"),
+        select(Series.id)
+        .where(Series.id == bindparam("p_series_id"),
+               Series.series_instance_uid == bindparam("p_series_uid"))
+        .exists(),
+    )
+    .values(instance_count=Job.instance_count + bindparam("p_count"),
+            last_instance_at=bindparam("p_now"), updated_at=bindparam("p_now"))
+)  # fmt: skip
+_INSERT_INSTANCE = insert(Instance)
+
 
 class JobRepository:
     """The job database behind one session factory; each method is one transaction."""
@@ -273,13 +296,7 @@ class JobRepository:
         """Which of these SOP Instance UIDs are already stored (one query; the last
         commit's answer, as :meth:`find_instance`)."""
         with self._engine().connect().execution_options(**{READ_ONLY: True}) as connection:
-            return set(
-                connection.scalars(
-                    select(Instance.sop_instance_uid).where(
-                        Instance.sop_instance_uid.in_(list(sop_instance_uids))
-                    )
-                )
-            )
+            return set(connection.scalars(_FIND_INSTANCES, {"uids": list(sop_instance_uids)}))
 
     def _remember_open(self, series_uid: str, series_id: int, job_id: int) -> None:
         with self._open_lock:
@@ -298,20 +315,13 @@ class JobRepository:
         series_uid = received[0].series_instance_uid
         try:
             with self._engine().begin() as connection:
-                # The job must still be RECEIVING and still belong to this series: ids of
-                # deleted rows may be reused (SQLite), so the series UID is checked too.
-                same_series = select(Series.id).where(
-                    Series.id == series_id, Series.series_instance_uid == series_uid
-                )
-                counted = connection.execute(
-                    update(Job).where(Job.id == job_id, Job.status == JobStatus.RECEIVING,
-                                      Job.series_id == series_id, same_series.exists())
-                    .values(instance_count=Job.instance_count + len(received),
-                            last_instance_at=now, updated_at=now)
-                )  # fmt: skip
+                counted = connection.execute(_COUNT_ON_OPEN_JOB, {
+                    "p_job_id": job_id, "p_series_id": series_id, "p_series_uid": series_uid,
+                    "p_count": len(received), "p_now": now,
+                })  # fmt: skip
                 if counted.rowcount != 1:
                     raise _NotOpen
-                connection.execute(insert(Instance), [
+                connection.execute(_INSERT_INSTANCE, [
                     {"series_id": series_id, "job_id": job_id,
                      "sop_instance_uid": item.sop_instance_uid,
                      "sop_class_uid": item.sop_class_uid,
