@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -35,6 +36,29 @@ def _syncfs() -> object | None:
 
 
 _SYNCFS = _syncfs()
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the entries of ``folder`` (files renamed or folders made in it) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_folder(folder: Path) -> None:
+    """``mkdir -p`` whose new folders survive a power loss: the parent of each folder made
+    is flushed, as a renamed file's folder is (a file flushed in a folder whose own entry
+    was lost would be lost with it). Folders that exist cost one stat."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another thread
+            made.mkdir()
+        _fsync_folder(made.parent)
 
 
 def _digest(*parts: str) -> str:
@@ -80,11 +104,7 @@ class InstanceStore:
             except BaseException:
                 Path(tmp_name).unlink(missing_ok=True)
                 raise
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _fsync_folder(path.parent)
         except OSError as exc:
             raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
@@ -138,14 +158,14 @@ class InstanceStore:
         """A new temporary file in ``folder``, made once if missing (folders this store has
         seen are not asked for again: a system call less per instance)."""
         if folder not in self._folders:
-            folder.mkdir(parents=True, exist_ok=True)
+            _make_folder(folder)
             if len(self._folders) >= FOLDERS_REMEMBERED:  # one per derived series: bounded
                 self._folders.clear()
             self._folders.add(folder)
         try:
             return tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
         except FileNotFoundError:  # removed behind this store's back: make it again
-            folder.mkdir(parents=True, exist_ok=True)
+            _make_folder(folder)
             return tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
 
     def write_dataset(self, path: Path, ds: Dataset) -> int:

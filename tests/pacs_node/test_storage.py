@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,31 @@ def test_a_folder_removed_behind_the_store_is_made_again(tmp_path: Path) -> None
     first.parent.rmdir()  # e.g. an operator's clean-up
     store.write_atomic(first, b"again")
     assert first.read_bytes() == b"again"
+
+
+def test_folders_made_for_a_file_are_flushed_in_their_parents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file flushed in a new folder whose own entry is lost in a power cut would be
+    lost with it: each folder made is flushed in its parent, once."""
+    flushed: list[int] = []  # inodes of what os.fsync was called on
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        flushed.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    store = InstanceStore(tmp_path / "data")
+    path = store.received_path("1.2.3")
+    store.write_atomic(path, b"one")
+    folders = [tmp_path, tmp_path / "data", tmp_path / "data" / "received", path.parent]
+    for folder in folders:  # each parent of a folder made, and the file's own folder
+        assert folder.stat().st_ino in flushed, folder
+    assert path.stat().st_ino in flushed  # the file itself (flushed before its rename)
+    flushed.clear()
+    store.write_atomic(path, b"again")  # no folder made
+    assert len(flushed) == 2  # the file and its folder only
 
 
 def test_write_many_writes_every_file_durably_with_no_temporaries(tmp_path: Path) -> None:
