@@ -11,7 +11,7 @@ in flight are written and recorded together (:mod:`pacs_node.group_commit`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import MutableSequence, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,11 +134,12 @@ def _decode_all(ds: Dataset) -> None:
     """Decode every element of ``ds`` and of its sequences' items as reading it would,
     raising what that raises (with the element's tag).
 
-    What ``Dataset.walk`` does, in two thirds of its time on a real CT header (150-250
-    elements): a plain element is converted from its raw form without the dataset's item
-    machinery and kept (private elements and pixel data are not kept: reading them
-    converts them again, the same way); sequences, elements of ambiguous VR and deferred
-    values are read through the dataset itself, which keeps what it converts.
+    What ``Dataset.walk`` does, in less time: a plain element is converted from its raw
+    form without the dataset's item machinery and kept (private elements and pixel data
+    are not kept: reading them converts them again, the same way), unless the same bytes
+    of a public element were decoded before (:data:`_DECODED`); sequences, elements of
+    ambiguous VR and deferred values are read through the dataset itself, which keeps what
+    it converts.
     """
     # The encoding reading would use (Dataset.__getitem__); the Specific Character Set
     # itself is read in the default encoding.
@@ -146,10 +147,16 @@ def _decode_all(ds: Dataset) -> None:
     for tag, elem in list(ds._dict.items()):
         try:
             if isinstance(elem, RawDataElement) and _plain(elem):
-                converted = convert_raw_data_element(
-                    elem, encoding=default_encoding if tag == _CHARSET else encoding, ds=ds
-                )
+                element_encoding = default_encoding if tag == _CHARSET else encoding
+                key = _decoded_key(elem, element_encoding)
+                if key is not None and key in _DECODED:
+                    continue  # these very bytes decoded before (left as read)
+                converted = convert_raw_data_element(elem, encoding=element_encoding, ds=ds)
                 if converted.VR != VR.SQ and converted.VR not in AMBIGUOUS_VR:
+                    if key is not None:
+                        if len(_DECODED) >= DECODED_REMEMBERED:
+                            _DECODED.clear()
+                        _DECODED.add(key)
                     if not tag.is_private and tag not in PIXEL_KEYWORDS:
                         # Kept, as reading it keeps it (for such an element,
                         # Dataset.__setitem__ only stores it).
@@ -164,6 +171,25 @@ def _decode_all(ds: Dataset) -> None:
 
 
 _CHARSET = Tag(0x00080005)
+
+# Public elements this process has decoded without error, by everything their decoding
+# depends on (tag, VR, bytes, encoding and byte order; only a private element's VR depends
+# on its dataset). Decoding is deterministic, so the same key decodes again; most of a
+# series' header repeats from instance to instance, and is then not decoded at the door.
+DECODED_REMEMBERED = 1 << 16
+DECODED_VALUE_BYTES = 1024  # longer values are decoded each time
+_DECODED: set[tuple[object, ...]] = set()
+
+
+def _decoded_key(
+    elem: RawDataElement, encoding: str | MutableSequence[str] | None
+) -> tuple[object, ...] | None:
+    """What decoding ``elem`` depends on, or None for an element not to remember."""
+    if elem.tag.is_private or elem.value is None or len(elem.value) > DECODED_VALUE_BYTES:
+        return None
+    charset = encoding if isinstance(encoding, str) or encoding is None else tuple(encoding)
+    return (int(elem.tag), elem.VR, elem.length, elem.value, elem.is_implicit_VR,
+            elem.is_little_endian, charset)  # fmt: skip
 
 
 def _plain(elem: RawDataElement) -> bool:

@@ -15,9 +15,12 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 
+from pacs_node import ingest
 from pacs_node.ingest import decoding_problem
 from tests.helpers.synthetic import make_ct_series
 
@@ -79,6 +82,33 @@ def test_a_value_that_cannot_be_decoded_inside_a_sequence_item_is_found() -> Non
     assert decoding_problem(_read(_encoded(ds))) is None
     problem = decoding_problem(_read(_relabelled(ds)))
     assert problem is not None and "(0020,9057)" in problem, problem
+
+
+def test_elements_decoded_before_are_not_decoded_again_and_damage_still_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ingest, "_DECODED", set())
+    [ds] = make_ct_series(None, n_slices=1, rows=16, cols=16)
+    ds.InStackPositionNumber = 3
+    assert decoding_problem(_read(_encoded(ds))) is None
+    remembered = len(ingest._DECODED)
+    assert remembered > 10  # the plain public elements, pixel data and private ones aside
+    again = _read(_encoded(ds))
+    assert decoding_problem(again) is None
+    assert len(ingest._DECODED) == remembered
+    assert isinstance(again._dict[Tag(0x00209057)], RawDataElement)  # left as read
+    assert again.InStackPositionNumber == 3  # and read as before
+    # The same element damaged is other bytes under another VR: decoded, and refused.
+    problem = decoding_problem(_read(_relabelled(ds)))
+    assert problem is not None and "(0020,9057)" in problem, problem
+
+
+def test_the_memory_of_decoded_elements_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ingest, "_DECODED", set())
+    monkeypatch.setattr(ingest, "DECODED_REMEMBERED", 40)
+    for ds in make_ct_series(None, n_slices=6, rows=16, cols=16):
+        assert decoding_problem(_read(_encoded(ds))) is None
+        assert len(ingest._DECODED) <= 40
 
 
 @pytest.mark.parametrize("name", SOURCES)
