@@ -140,7 +140,8 @@ def real_headers() -> dict[str, object]:
     def walk(ds: Dataset) -> None:
         ds.walk(lambda _ds, _elem: None)
 
-    ingest._DECODED.clear()
+    if hasattr(ingest, "_DECODED"):  # absent from code before 2026-12-01
+        ingest._DECODED.clear()
     report: dict[str, object] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # some real headers carry values pydicom warns about

@@ -136,6 +136,11 @@ class SupervisedChild:
                 delay = min(2 * delay, RESTART_DELAY_MAX_S)
             self._stop.wait(1.0)
 
+    def running(self) -> bool:
+        """Whether the child is alive now (False while it waits to be restarted)."""
+        process = self._process
+        return process is not None and process.poll() is None
+
     def start(self) -> None:
         """Start the child and its supervisor."""
         self._spawn()
@@ -229,11 +234,17 @@ def serve(settings: Settings) -> None:
     monitor.start()
     retention = Retention(repository.session_factory, settings.data_dir, settings.retention)
     retention.start()
+    readiness = Readiness(
+        settings,
+        dispatcher.ping,
+        # The node's own SCP and the receiver processes alive now.
+        (lambda: (1 + sum(child.running() for child in receivers), settings.scp.processes))
+        if receivers
+        else None,
+    )
     http = uvicorn.Server(
         uvicorn.Config(
-            create_app(
-                repository, engine, receiver, Readiness(settings, dispatcher.ping), registry
-            ),
+            create_app(repository, engine, receiver, readiness, registry),
             host=settings.http_host,
             port=settings.http_port,
             log_level="warning",

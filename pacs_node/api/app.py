@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -38,10 +39,13 @@ MIN_FREE_DISK_BYTES = 1 << 30
 
 @dataclass(frozen=True)
 class Readiness:
-    """What ``/api/ready`` checks besides the database: broker, disk, workers."""
+    """What ``/api/ready`` checks besides the database: broker, disk, workers, and the
+    receiving processes (``scp.processes`` above 1)."""
 
     settings: Settings | None = None
     broker_check: Any = None  # callable returning None or raising when the broker is down
+    # Callable returning (processes receiving now, processes configured).
+    receivers: Callable[[], tuple[int, int]] | None = None
 
 
 class RerunRequest(BaseModel):
@@ -153,10 +157,26 @@ def create_app(
             results["workers"] = f"{len(live)} live" if live else "no worker seen in 60 s"
         except Exception as exc:  # noqa: BLE001 - edge: each check reports
             results["workers"] = f"unknown: {exc}"
-        ok = all(v == "ok" or v.endswith(" live") for v in results.values())
+        degraded = []
+        if checks.receivers is not None:
+            running, configured = checks.receivers()
+            if running == configured:
+                results["receivers"] = f"{running} of {configured} processes receiving"
+            else:
+                # The node's own SCP still receives, and connections go to the processes
+                # that listen: degraded, not unready.
+                results["receivers"] = (
+                    f"only {running} of {configured} processes receiving;"
+                    " the others are being restarted (see node.log)"
+                )
+                degraded.append("receivers")
+        ok = all(
+            v == "ok" or v.endswith((" live", " receiving")) or k in degraded
+            for k, v in results.items()
+        )
         if not ok:
             raise HTTPException(503, results)
-        return {"status": "ready", "checks": results}
+        return {"status": "degraded" if degraded else "ready", "checks": results}
 
     @app.get("/api/jobs", tags=["jobs"])
     def list_jobs(

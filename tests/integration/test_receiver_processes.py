@@ -52,6 +52,12 @@ def _connections(pid: int, port: int) -> int:
     return held
 
 
+def _readiness(node: NodeProcess) -> dict[str, str]:
+    """The checks of the node's /api/ready (ready or not: a worker may not have beaten yet)."""
+    answer = httpx.get(f"http://127.0.0.1:{node.http_port}/api/ready", timeout=10).json()
+    return answer.get("checks") or answer["detail"]
+
+
 def _received(node: NodeProcess) -> float:
     """``pacs_node_instances_received_total`` of C-STORE on the node's /metrics."""
     text = httpx.get(f"http://127.0.0.1:{node.http_port}/metrics", timeout=10).text
@@ -116,11 +122,17 @@ def test_a_stopped_node_stops_its_receivers_and_restarts_one_that_dies(tmp_path:
     receivers: list[int] = []
     try:
         [first] = receivers = node.receiver_pids(1)
+        assert _readiness(node)["receivers"] == "2 of 2 processes receiving"
         os.kill(first, signal.SIGKILL)  # a receiver that dies is started again
+        # /api/ready tells it (the restart waits 2 s), then the restart.
+        seen = set()
         deadline = time.monotonic() + 60
         while len(re.findall(r"receiver process 1 started", node.log())) < 2:
             assert time.monotonic() < deadline, node.log()
-            time.sleep(0.2)
+            seen.add(_readiness(node)["receivers"])
+            time.sleep(0.1)
+        assert any(s.startswith("only 1 of 2 processes receiving") for s in seen), seen
+        assert _readiness(node)["receivers"] == "2 of 2 processes receiving"
         [second] = re.findall(r"receiver process 1 started \(pid (\d+)", node.log())[1:]
         receivers.append(int(second))
         started = time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -146,6 +147,31 @@ def test_ready_checks_database_broker_disk_and_a_live_worker(
     failed = down.get("/api/ready")
     assert failed.status_code == 503
     assert failed.json()["detail"]["broker"] == "unavailable: connection refused"
+
+
+def test_ready_reports_receiving_processes_and_a_missing_one_as_degraded(
+    repository: JobRepository, engine: Engine, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path)
+    repository.beat("worker-1@host")
+    counts = [(3, 3)]
+
+    def client(broker: Callable[[], None] = lambda: None) -> TestClient:
+        checks = Readiness(settings, broker, lambda: counts[0])
+        return TestClient(create_app(repository, engine, readiness=checks))
+
+    ready = client().get("/api/ready")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert ready.json()["checks"]["receivers"] == "3 of 3 processes receiving"
+    counts[0] = (2, 3)  # one receiver process is being restarted: the node still receives
+    degraded = client().get("/api/ready")
+    assert degraded.status_code == 200 and degraded.json()["status"] == "degraded"
+    assert degraded.json()["checks"]["receivers"].startswith("only 2 of 3 processes receiving")
+
+    def broker_down() -> None:
+        raise ConnectionError("connection refused")
+
+    assert client(broker_down).get("/api/ready").status_code == 503  # degraded and down
 
 
 def test_config_is_admin_only_and_redacts_passwords(
