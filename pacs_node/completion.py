@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 class CompletionMonitor:
     """Polls the job database; every step is idempotent so several nodes may run it.
 
-    A job whose series received no instance for ``series_timeout_s`` is closed: SKIPPED
+    A job whose series received no instance for ``series_timeout_s`` (for
+    ``declared_complete_after_s`` once its sender declared it complete: the end of a
+    STOW-RS request) is closed: SKIPPED
     with the reason when the series is not enhanceable, else QUEUED. QUEUED jobs not yet
     in the broker are published; if the broker is down they stay and are retried, so an
     accepted series is never lost. Jobs left in RECEIVING by a restart are picked up too.
@@ -43,10 +45,12 @@ class CompletionMonitor:
         preset_modalities: Mapping[str, str] | None = None,
         max_attempts: int = 3,
         requeue_after_s: float = 600.0,
+        declared_complete_after_s: float = 0.0,
     ) -> None:
         self._repository = repository
         self._dispatcher = dispatcher
         self._quiet_for = timedelta(seconds=series_timeout_s)
+        self._declared_quiet_for = timedelta(seconds=declared_complete_after_s)
         self._interval_s = interval_s
         self._own_manufacturer = own_manufacturer
         self._preset_modalities = dict(preset_modalities or {})
@@ -81,9 +85,10 @@ class CompletionMonitor:
         """Close every quiet series, take back jobs whose worker's lease expired, mark jobs
         that waited too long in the queue for publishing again, and publish every
         undispatched job."""
-        for job_id in self._repository.due_receiving_jobs(self._quiet_for):
+        quiet, declared = self._quiet_for, self._declared_quiet_for
+        for job_id in self._repository.due_receiving_jobs(quiet, declared):
             reason = self._skip_reason(job_id)
-            status = self._repository.close_receiving(job_id, self._quiet_for, reason)
+            status = self._repository.close_receiving(job_id, quiet, reason, declared)
             if status is JobStatus.SKIPPED:
                 logger.info("job %d skipped: %s", job_id, reason)
             elif status is JobStatus.QUEUED:

@@ -230,6 +230,7 @@ def serve(settings: Settings) -> None:
         preset_modalities={name: p.modality for name, p in enhancers.presets.items()},
         max_attempts=settings.worker.max_attempts,
         requeue_after_s=settings.worker.requeue_after_s,
+        declared_complete_after_s=settings.dicomweb.complete_after_s,
     )
     monitor.start()
     retention = Retention(repository.session_factory, settings.data_dir, settings.retention)

@@ -389,13 +389,21 @@ class WorkerSettings(_Section):
 
 
 class DicomwebSettings(_Section):
-    """Who may use the DICOMweb routes."""
+    """Who may use the DICOMweb routes, and when a series sent by STOW-RS is complete."""
 
     allow_anonymous: bool = Field(
         default=False,
         description="true opens STOW-RS, QIDO-RS and WADO-RS to callers without a token "
         "(trusted networks only; a warning is logged at start); otherwise each needs a "
         "token of a role that allows it",
+    )
+    complete_after_s: float = Field(
+        default=3.0,
+        ge=0,
+        description="the end of a STOW-RS request declares its series complete: the series' "
+        "job closes once no instance of it arrived for this long (instead of "
+        "`series_timeout_s`). Longer than the longest pause a client makes between the "
+        "requests of one series, or the series is processed in parts",
     )
 
 

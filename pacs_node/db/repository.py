@@ -507,36 +507,47 @@ class JobRepository:
             return [job.id for job in jobs]
 
     @staticmethod
-    def _closable(cutoff: datetime) -> ColumnElement[bool]:
-        """Quiet since ``cutoff``, or declared complete after its last instance."""
+    def _closable(cutoff: datetime, declared_cutoff: datetime) -> ColumnElement[bool]:
+        """Quiet since ``cutoff``, or declared complete after its last instance and quiet
+        since ``declared_cutoff``."""
         return or_(
             Job.last_instance_at <= cutoff,
             and_(
                 Job.complete_requested_at.is_not(None),
                 Job.complete_requested_at >= Job.last_instance_at,
+                Job.last_instance_at <= declared_cutoff,
             ),
         )
 
-    def due_receiving_jobs(self, quiet_for: timedelta) -> list[int]:
-        """Jobs in RECEIVING quiet for ``quiet_for`` or declared complete by their sender."""
-        cutoff = utcnow() - quiet_for
+    def due_receiving_jobs(
+        self, quiet_for: timedelta, declared_quiet_for: timedelta = timedelta(0)
+    ) -> list[int]:
+        """Jobs in RECEIVING quiet for ``quiet_for``, or declared complete by their sender
+        (the end of a STOW-RS request) and quiet for ``declared_quiet_for``."""
+        now = utcnow()
         with self._sessions() as session:
             rows = session.scalars(
                 select(Job.id)
-                .where(Job.status == JobStatus.RECEIVING, self._closable(cutoff))
+                .where(Job.status == JobStatus.RECEIVING,
+                       self._closable(now - quiet_for, now - declared_quiet_for))
                 .order_by(Job.id)
-            )
+            )  # fmt: skip
             return list(rows)
 
     def close_receiving(
-        self, job_id: int, quiet_for: timedelta, skip_reason: str | None
+        self,
+        job_id: int,
+        quiet_for: timedelta,
+        skip_reason: str | None,
+        declared_quiet_for: timedelta = timedelta(0),
     ) -> JobStatus | None:
-        """Move a quiet RECEIVING job to QUEUED, or to SKIPPED with ``skip_reason``.
+        """Move a quiet RECEIVING job to QUEUED, or to SKIPPED with ``skip_reason``
+        (quiet as :meth:`due_receiving_jobs` says).
 
         Returns the new status, or None when an instance arrived meanwhile (the
         job is still receiving) or another process closed it first.
         """
-        cutoff = utcnow() - quiet_for
+        now = utcnow()
         new_status = JobStatus.SKIPPED if skip_reason else JobStatus.QUEUED
         with self._sessions.begin() as session:
             count = session.scalar(select(Job.instance_count).where(Job.id == job_id))
@@ -548,7 +559,8 @@ class JobRepository:
                 message = f"series complete ({count} instances); queued"
             moved = lifecycle.move(
                 session, job_id, new_status, message, expect=[JobStatus.RECEIVING],
-                where=[self._closable(cutoff)], values=values,
+                where=[self._closable(now - quiet_for, now - declared_quiet_for)],
+                values=values,
             )  # fmt: skip
             return new_status if moved else None
 

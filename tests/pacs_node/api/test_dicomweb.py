@@ -28,7 +28,10 @@ from pacs_node.admin import TokenStore
 from pacs_node.admission import DiskGuard
 from pacs_node.api.app import Readiness, create_app
 from pacs_node.api.multipart import build_related, parse_content_type, split_related
+from pacs_node.completion import CompletionMonitor
+from pacs_node.db.models import JobStatus
 from pacs_node.db.repository import JobRepository
+from pacs_node.dispatch import Dispatcher
 from pacs_node.ingest import Receiver
 from pacs_node.metrics import ReceiverMetrics
 from pacs_node.routing import Routing
@@ -87,6 +90,28 @@ def _stow_raw(
     return server.http.post(
         server.url + path, content=b"".join(chunks), headers={"Content-Type": header}
     )
+
+
+def test_a_series_sent_in_several_requests_becomes_one_job(server: Server, tmp_path: Path) -> None:
+    """The end of a request declares its series complete, but the job closes only once the
+    series has been quiet for ``dicomweb.complete_after_s``: a client that sends one series
+    in several requests gets one job, not one per request (a series processed in parts)."""
+    series = make_ct_series(tmp_path / "in", n_slices=6, rows=32, cols=32)
+    dispatcher = Dispatcher(f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}", "q")
+    monitor = CompletionMonitor(server.repository, dispatcher, 3600.0, 1.0,
+                                "PACS Enhancement Node", declared_complete_after_s=1.0)  # fmt: skip
+    try:
+        for start in (0, 2, 4):  # three requests, the monitor running between them
+            assert _stow_raw(server, [_encoded(ds) for ds in series[start : start + 2]]).is_success
+            monitor.run_once()
+        [job] = server.repository.list_jobs()
+        assert job.status is JobStatus.RECEIVING and job.instance_count == 6
+        time.sleep(1.2)  # quiet for complete_after_s: closed although series_timeout_s is 1 h
+        monitor.run_once()
+        [job] = server.repository.list_jobs()
+        assert job.status is JobStatus.QUEUED and job.instance_count == 6
+    finally:
+        dispatcher.close()
 
 
 def test_stow_stores_durably_and_declares_the_series_complete(
