@@ -15,10 +15,12 @@ from collections.abc import MutableSequence, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom import config
 from pydicom.charset import default_encoding
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import PIXEL_KEYWORDS, Dataset
+from pydicom.hooks import hooks
 from pydicom.tag import Tag
 from pydicom.valuerep import AMBIGUOUS_VR, VR
 
@@ -144,11 +146,12 @@ def _decode_all(ds: Dataset) -> None:
     # The encoding reading would use (Dataset.__getitem__); the Specific Character Set
     # itself is read in the default encoding.
     encoding = ds.original_character_set or ds._character_set
+    settings = _decoding_settings()
     for tag, elem in list(ds._dict.items()):
         try:
             if isinstance(elem, RawDataElement) and _plain(elem):
                 element_encoding = default_encoding if tag == _CHARSET else encoding
-                key = _decoded_key(elem, element_encoding)
+                key = _decoded_key(elem, element_encoding, settings)
                 if key is not None and key in _DECODED:
                     continue  # these very bytes decoded before (left as read)
                 converted = convert_raw_data_element(elem, encoding=element_encoding, ds=ds)
@@ -173,23 +176,40 @@ def _decode_all(ds: Dataset) -> None:
 _CHARSET = Tag(0x00080005)
 
 # Public elements this process has decoded without error, by everything their decoding
-# depends on (tag, VR, bytes, encoding and byte order; only a private element's VR depends
-# on its dataset). Decoding is deterministic, so the same key decodes again; most of a
-# series' header repeats from instance to instance, and is then not decoded at the door.
-DECODED_REMEMBERED = 1 << 16
-DECODED_VALUE_BYTES = 1024  # longer values are decoded each time
+# depends on (tag, VR, bytes, encoding, byte order, and pydicom's reading settings; only a
+# private element's VR depends on its dataset). Decoding is deterministic, so the same key
+# decodes again; most of a series' header repeats from instance to instance, and is then
+# not decoded at the door. Values unique to each instance (UIDs, positions) fill it, so it
+# is emptied every few thousand instances; short values only, so it stays small.
+DECODED_REMEMBERED = 1 << 14
+DECODED_VALUE_BYTES = 256  # longer values are decoded each time
 _DECODED: set[tuple[object, ...]] = set()
 
 
+def _decoding_settings() -> tuple[object, ...]:
+    """The pydicom settings and hooks a raw element's decoding depends on."""
+    return (
+        config.settings.reading_validation_mode,
+        config.convert_wrong_length_to_UN,
+        config.replace_un_with_known_vr,
+        config.data_element_callback,
+        hooks.raw_element_vr,
+        hooks.raw_element_value,
+        bool(hooks.raw_element_kwargs),
+    )
+
+
 def _decoded_key(
-    elem: RawDataElement, encoding: str | MutableSequence[str] | None
+    elem: RawDataElement,
+    encoding: str | MutableSequence[str] | None,
+    settings: tuple[object, ...],
 ) -> tuple[object, ...] | None:
     """What decoding ``elem`` depends on, or None for an element not to remember."""
     if elem.tag.is_private or elem.value is None or len(elem.value) > DECODED_VALUE_BYTES:
         return None
     charset = encoding if isinstance(encoding, str) or encoding is None else tuple(encoding)
     return (int(elem.tag), elem.VR, elem.length, elem.value, elem.is_implicit_VR,
-            elem.is_little_endian, charset)  # fmt: skip
+            elem.is_little_endian, charset, settings)  # fmt: skip
 
 
 def _plain(elem: RawDataElement) -> bool:

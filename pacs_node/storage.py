@@ -47,18 +47,26 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _make_folder(folder: Path) -> None:
-    """``mkdir -p`` whose new folders survive a power loss: the parent of each folder made
-    is flushed, as a renamed file's folder is (a file flushed in a folder whose own entry
-    was lost would be lost with it). Folders that exist cost one stat."""
+def _make_folder(folder: Path, root: Path) -> None:
+    """``mkdir -p`` whose folders survive a power loss: made where missing, then the
+    entry of each folder from ``folder`` up to ``root`` is flushed in its parent, as a
+    renamed file's folder is (a file flushed in a folder whose own entry was lost would be
+    lost with it). Flushed even where the folder existed: another thread or process may
+    have made it and not flushed it yet. Called once per folder a store sees."""
     missing = []
-    while not folder.is_dir():
-        missing.append(folder)
-        folder = folder.parent
+    probe = folder
+    while not probe.is_dir():
+        missing.append(probe)
+        probe = probe.parent
     for made in reversed(missing):
         with contextlib.suppress(FileExistsError):  # made meanwhile by another thread
             made.mkdir()
-        _fsync_folder(made.parent)
+    flushed = folder
+    while True:
+        _fsync_folder(flushed.parent)
+        if flushed == root or flushed.parent == flushed or not flushed.is_relative_to(root):
+            break
+        flushed = flushed.parent
 
 
 def _digest(*parts: str) -> str:
@@ -158,14 +166,14 @@ class InstanceStore:
         """A new temporary file in ``folder``, made once if missing (folders this store has
         seen are not asked for again: a system call less per instance)."""
         if folder not in self._folders:
-            _make_folder(folder)
+            _make_folder(folder, self.root)
             if len(self._folders) >= FOLDERS_REMEMBERED:  # one per derived series: bounded
                 self._folders.clear()
             self._folders.add(folder)
         try:
             return tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
         except FileNotFoundError:  # removed behind this store's back: make it again
-            _make_folder(folder)
+            _make_folder(folder, self.root)
             return tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
 
     def write_dataset(self, path: Path, ds: Dataset) -> int:

@@ -159,16 +159,20 @@ def create_app(
             results["workers"] = f"unknown: {exc}"
         degraded = []
         if checks.receivers is not None:
-            running, configured = checks.receivers()
-            if running == configured:
-                results["receivers"] = f"{running} of {configured} processes receiving"
-            else:
-                # The node's own SCP still receives, and connections go to the processes
-                # that listen: degraded, not unready.
-                results["receivers"] = (
-                    f"only {running} of {configured} processes receiving;"
-                    " the others are being restarted (see node.log)"
-                )
+            try:
+                running, configured = checks.receivers()
+                if running == configured:
+                    results["receivers"] = f"{running} of {configured} processes receiving"
+                else:
+                    # The node's own SCP still receives, and new connections go to the
+                    # processes that listen: degraded, not unready.
+                    results["receivers"] = (
+                        f"only {running} of {configured} processes receiving;"
+                        " the others are being restarted (see node.log)"
+                    )
+                    degraded.append("receivers")
+            except Exception as exc:  # noqa: BLE001 - edge: each check reports
+                results["receivers"] = f"unknown: {exc}"
                 degraded.append("receivers")
         ok = all(
             v == "ok" or v.endswith((" live", " receiving")) or k in degraded

@@ -489,8 +489,9 @@ class JobRepository:
     # -- completion and dispatch -----------------------------------------------------
 
     def request_completion(self, series_instance_uids: Iterable[str], source: str) -> list[int]:
-        """The sender declared these series complete: their RECEIVING jobs close at the next
-        monitor round. Returns the affected job ids."""
+        """The sender declared these series complete: their RECEIVING jobs close once quiet
+        for the declared period (``dicomweb.complete_after_s``) instead of the full one.
+        Returns the affected job ids."""
         now = utcnow()
         with self._sessions.begin() as session:
             jobs = session.scalars(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom import config
 from pydicom.data import get_testdata_file
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -101,6 +102,21 @@ def test_elements_decoded_before_are_not_decoded_again_and_damage_still_fails(
     # The same element damaged is other bytes under another VR: decoded, and refused.
     problem = decoding_problem(_read(_relabelled(ds)))
     assert problem is not None and "(0020,9057)" in problem, problem
+
+
+def test_what_was_remembered_is_decoded_again_under_other_pydicom_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ingest, "_DECODED", set())
+    [ds] = make_ct_series(None, n_slices=1, rows=16, cols=16)
+    ds.SliceThickness = "7.125"
+    data = _encoded(ds).replace(b"7.125 ", b"7.1z5 ")  # not a number
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert decoding_problem(_read(data)) is None  # pydicom's default: a warning only
+    monkeypatch.setattr(config.settings, "reading_validation_mode", config.RAISE)
+    problem = decoding_problem(_read(data))  # remembered under the old setting only
+    assert problem is not None and "(0018,0050)" in problem, problem
 
 
 def test_the_memory_of_decoded_elements_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -75,6 +75,11 @@ def test_folders_made_for_a_file_are_flushed_in_their_parents(
     flushed.clear()
     store.write_atomic(path, b"again")  # no folder made
     assert len(flushed) == 2  # the file and its folder only
+    # A folder another store (thread, process) made may not be flushed yet: a store that
+    # sees it for the first time flushes its entry too.
+    flushed.clear()
+    InstanceStore(tmp_path / "data").write_atomic(path, b"third")
+    assert (tmp_path / "data" / "received").stat().st_ino in flushed
 
 
 def test_write_many_writes_every_file_durably_with_no_temporaries(tmp_path: Path) -> None:
